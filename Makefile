@@ -1,0 +1,33 @@
+# Every target sets up the virtual environment on first use (and again when the
+# dependencies change), so a fresh clone needs no separate set-up step.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MNIST  ?= ../shared/datasets/mnist
+EPOCHS ?= 2
+
+.PHONY: setup mnist test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# constraints.txt holds torch at the CPU wheel; unpinned, pip pulls GBs of CUDA.
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job, sized for a 2-core CPU with no internet: the local MNIST test split, 2 epochs.
+mnist: $(STAMP)
+	$(VENV)/bin/ganops submit jobs/mnist_dcgan.yaml \
+	  --set spec.data.root=$(MNIST) --set spec.data.split=test --set spec.train.epochs=$(EPOCHS)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,59 @@
+"""The ganops SDK: typed functions the CLI calls (and users may call from Python).
+
+Nothing heavy is imported at module level: validating a spec or printing help must not
+import torch, Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ganops import data as gdata
+from ganops.errors import UserError
+from ganops.spec import load
+from ganops.spec.models import GANJob
+
+if TYPE_CHECKING:
+    from ganops.train.launch import RunResult
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> GANJob:
+    """Read, override and validate a job spec (the one path the CLI and workers share)."""
+    return load(path, overrides)
+
+
+def preflight(job: GANJob) -> gdata.ImageInfo:
+    """Checks that need the data's headers: cheap, and done before any worker starts."""
+    spec = job.spec
+    info = gdata.probe(spec.data)
+    if spec.model.conditional and not info.num_classes:
+        raise UserError(
+            f"spec.model.conditional: dataset '{spec.data.dataset}' at {spec.data.root} has no labels "
+            "(use class sub-folders, or set conditional: false)"
+        )
+    workers = spec.scaling.num_workers
+    per_worker_images = info.num_images // workers
+    per_worker_batch = spec.train.batch_size // workers
+    if per_worker_images < per_worker_batch:
+        raise UserError(
+            f"spec.train.batch_size: {spec.train.batch_size} needs {per_worker_batch} images per worker, "
+            f"but {info.num_images} images over {workers} workers leave {per_worker_images} each"
+        )
+    return info
+
+
+def submit(
+    job: GANJob,
+    *,
+    address: str | None = None,
+    restart: bool = False,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """Train ``job`` on Ray: the embedded local Ray, or the cluster at ``address``."""
+    preflight(job)
+    from ganops.train.launch import run
+
+    return run(job, address=address, restart=restart, show_progress=show_progress, echo=echo)

@@ -1,0 +1,235 @@
+"""The GANJob spec as pydantic models: the one definition the CLI, the workers and the
+Kubernetes CRD are built from.
+
+Every model forbids unknown keys (a typo must not silently fall back to a default), and
+constraints live on the fields so that errors name the exact path
+(``spec.train.lr: must be > 0``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_VERSION = "ganops.io/v1alpha1"
+KIND = "GANJob"
+
+# Names of the registries the workers build from. Kept here (not imported from the torch
+# side) so that validating a spec never imports torch; tests check the two agree.
+ARCHS = ("mlp", "dcgan", "deep")
+LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake")
+OPTIMIZERS = ("adam", "rmsprop")
+
+# metadata.name becomes a directory, an MLflow tag and a Kubernetes object name, so it
+# follows the strictest of those: an RFC 1123 label.
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class Metadata(_Strict):
+    name: str = Field(max_length=63)
+    """Job name: the storage directory, the MLflow run name and the Kubernetes object name."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form labels, copied to MLflow tags and Kubernetes labels."""
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                "must be lowercase letters, digits and '-', start and end with a letter or digit "
+                "(it names a directory and a Kubernetes object)"
+            )
+        return v
+
+
+class DataSpec(_Strict):
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake"]
+    """Which reader to use."""
+    root: str | None = None
+    """Directory holding the dataset's official files (required for all but `fake`)."""
+    split: Literal["train", "test"] = "train"
+    """Which official split to read."""
+    download: bool = False
+    """Fetch the official files into `root` when they are missing (needs internet)."""
+    image_size: PositiveInt | None = None
+    """Resize folder images to this square size (folder only; others have a fixed size)."""
+    channels: Literal[1, 3] | None = None
+    """1 (grey) or 3 (RGB) for folder and fake data; fixed for the named datasets."""
+    limit: PositiveInt | None = None
+    """Use only the first N images (quick runs, smoke tests)."""
+    num_classes: PositiveInt | None = None
+    """Classes of the fake dataset (others know their own)."""
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataSpec:
+        if self.dataset != "fake" and not self.root:
+            raise ValueError(f"root: required for dataset '{self.dataset}' (the directory holding its files)")
+        if self.dataset not in ("folder", "fake") and self.image_size is not None:
+            raise ValueError(f"image_size: only for 'folder' and 'fake' datasets ('{self.dataset}' has a fixed size)")
+        if self.dataset not in ("folder", "fake") and self.channels is not None:
+            raise ValueError(f"channels: only for 'folder' and 'fake' datasets ('{self.dataset}' has fixed channels)")
+        return self
+
+
+class ModelSpec(_Strict):
+    arch: Literal["mlp", "dcgan", "deep"] = "dcgan"
+    """Network family: fully-connected `mlp`, `dcgan`, or the deeper CNN `deep`."""
+    latent_dim: PositiveInt = 100
+    """Size of the noise vector z."""
+    conditional: bool = False
+    """Class-conditional G and D (needs a labelled dataset)."""
+    embed_dim: PositiveInt | None = None
+    """Class embedding size for conditional models (default: 50)."""
+    d_conditioning: Literal["projection", "concat"] = "projection"
+    """How D sees the class: projection discriminator or a concatenated label map."""
+    g_widths: list[PositiveInt] | None = None
+    """Generator layer widths, widest first (default: the arch's, per resolution)."""
+    d_widths: list[PositiveInt] | None = None
+    """Discriminator layer widths, narrowest first (default: the arch's, per resolution)."""
+    kernel_size: PositiveInt = 5
+    """Convolution kernel size of the conv archs."""
+    g_activation: Literal["relu", "leaky_relu"] | None = None
+    """Generator hidden activation (default: the arch's)."""
+    d_norm: Literal["batch", "none"] | None = None
+    """Normalisation in D (default: the arch's). Use `none` with wgan_gp."""
+    d_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Dropout after each D block (default: the arch's)."""
+    g_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Dropout in G (the deep arch uses it; default: the arch's)."""
+    init: Literal["dcgan", "default"] = "dcgan"
+    """`dcgan`: weights from N(0, 0.02), BatchNorm scale from N(1, 0.02); `default`: PyTorch's."""
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["adam", "rmsprop"] | None = None
+    lr: PositiveFloat | None = None
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = 25
+    """Epochs to train in total (a resumed job trains up to this count)."""
+    batch_size: PositiveInt = 128
+    """Global batch: each of N workers gets batch_size / N."""
+    loss: Literal["bce", "minimax", "hinge", "wgan_gp", "lsgan"] = "bce"
+    """GAN objective: non-saturating `bce`, original `minimax`, `hinge`, `wgan_gp`, `lsgan`."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """One-sided label smoothing: real targets become 1 - s (bce and minimax)."""
+    gp_weight: Annotated[float, Field(ge=0)] = 10.0
+    """Gradient-penalty weight for wgan_gp."""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """Optimizer for both nets (override per net in `g_optimizer` / `d_optimizer`)."""
+    lr: PositiveFloat = 2e-4
+    """Learning rate for both nets unless `g_lr` / `d_lr` are set."""
+    g_lr: PositiveFloat | None = None
+    d_lr: PositiveFloat | None = None
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    """Adam betas."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    clip_grad_value: PositiveFloat | None = None
+    """Clip each gradient element to [-v, v] before a step (Keras' clipvalue)."""
+    clip_grad_norm: PositiveFloat | None = None
+    """Clip the gradient norm of each net to this value before a step."""
+    d_steps: PositiveInt = 1
+    """Discriminator steps per generator step."""
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Keep an exponential moving average of G's weights with this decay (e.g. 0.999)."""
+    seed: int = 0
+    """Seed for weights, data order and noise; each rank derives its own."""
+    log_every_steps: PositiveInt = 50
+    """Report progress and metrics every N steps (rank 0, batched)."""
+
+    @model_validator(mode="after")
+    def _clip_once(self) -> TrainSpec:
+        if self.clip_grad_value is not None and self.clip_grad_norm is not None:
+            raise ValueError("clip_grad_value: set at most one of clip_grad_value and clip_grad_norm")
+        return self
+
+    @property
+    def lr_g(self) -> float:
+        return self.g_lr if self.g_lr is not None else self.lr
+
+    @property
+    def lr_d(self) -> float:
+        return self.d_lr if self.d_lr is not None else self.lr
+
+
+class ScalingSpec(_Strict):
+    num_workers: PositiveInt = 2
+    """Data-parallel training workers (one DDP rank each)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    """Ray resources each worker reserves, e.g. {CPU: 4, GPU: 1} (default: an even share of the CPUs)."""
+
+
+class CheckpointSpec(_Strict):
+    every_epochs: PositiveInt = 1
+    """Write a checkpoint every N epochs (and always at the end)."""
+    keep: PositiveInt = 3
+    """Keep the newest N checkpoints."""
+
+
+class SamplesSpec(_Strict):
+    every_epochs: PositiveInt = 1
+    """Write a grid of G(fixed noise) every N epochs."""
+    num: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Images in each grid (conditional models: one row per class)."""
+    gif: bool = True
+    """Assemble the grids into an animated GIF at the end."""
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = None
+    """MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite store under the storage root)."""
+    experiment: str | None = None
+    """MLflow experiment (default: 'ganops')."""
+    register_as: str | None = None
+    """Register the final generator under this model name."""
+
+
+class GANJobSpec(_Strict):
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    samples: SamplesSpec = Field(default_factory=SamplesSpec)
+    storage: str = "./runs"
+    """Local directory or s3://bucket/prefix; the job writes under <storage>/<metadata.name>/."""
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> GANJobSpec:
+        workers = self.scaling.num_workers
+        if self.train.batch_size % workers:
+            raise ValueError(
+                f"train.batch_size: {self.train.batch_size} is not divisible by scaling.num_workers={workers} "
+                "(the batch is global: each worker gets batch_size / num_workers)"
+            )
+        return self
+
+
+class GANJob(_Strict):
+    apiVersion: Literal["ganops.io/v1alpha1"] = API_VERSION  # noqa: N815 - Kubernetes field name
+    kind: Literal["GANJob"] = KIND
+    metadata: Metadata
+    spec: GANJobSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,287 @@
+"""Run a GANJob on Ray Train: the embedded local Ray by default, or a running cluster.
+
+Driver side only: pre-flight checks that Ray would otherwise turn into an endless wait
+(workers that can never be placed), resume/restart decisions, the live display, Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ganops import jobdir, storage
+from ganops.errors import ResourceError, UserError
+from ganops.spec import dump
+from ganops.spec.models import GANJob
+
+Echo = Callable[[str], None]
+
+# Ray's own chatter (usage stats, dashboards) is off for an embedded run on a laptop.
+_EMBEDDED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
+
+
+@dataclass
+class RunResult:
+    job_uri: str
+    epochs_done: int
+    epochs_requested: int
+    step: int
+    latest_checkpoint: str | None
+    samples_uri: str
+    gif_uri: str | None
+    resumed_from: str | None
+    archived_to: str | None
+    stopped_early: bool
+    elapsed_s: float
+    trained: bool = True
+
+
+def _compatible(previous: dict[str, Any], job: GANJob) -> list[str]:
+    """Fields whose change makes a checkpoint unusable (the weights would not load)."""
+    now = job.to_dict()["spec"]
+    prev = previous.get("spec", {})
+    problems = []
+    if prev.get("model") != now["model"]:
+        changed = sorted(k for k in now["model"] if prev.get("model", {}).get(k) != now["model"][k])
+        problems += [f"spec.model.{k}" for k in changed]
+    for k in ("dataset", "image_size", "channels"):
+        if prev.get("data", {}).get(k) != now["data"][k]:
+            problems.append(f"spec.data.{k}")
+    return problems
+
+
+def default_resources(job: GANJob, embedded: bool) -> dict[str, float] | None:
+    """An even share of this machine's CPUs per worker on the embedded Ray.
+
+    Ray caps each worker's torch threads at the CPUs it reserves (OMP_NUM_THREADS), so the
+    default of one CPU would leave cores idle on a one- or two-worker laptop run.
+    """
+    scaling = job.spec.scaling
+    if scaling.resources_per_worker is not None:
+        return dict(scaling.resources_per_worker)
+    if not embedded:
+        return None
+    cpus = os.cpu_count() or 1
+    return {"CPU": float(max(1, cpus // scaling.num_workers))}
+
+
+def check_resources(job: GANJob, resources: dict[str, float] | None) -> None:
+    """Refuse at once when the workers can never be placed: Ray alone would wait forever."""
+    import ray
+
+    scaling = job.spec.scaling
+    per_worker = dict(resources or {"CPU": 1.0})
+    if scaling.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    total = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    shown = ", ".join(f"{k}: {v:g}" for k, v in per_worker.items())
+    for key, amount in per_worker.items():
+        need = amount * scaling.num_workers
+        have = total.get(key, 0.0)
+        if need > have:
+            hint = "set spec.scaling.use_gpu=false or " if key == "GPU" else ""
+            raise ResourceError(
+                f"spec.scaling: {scaling.num_workers} workers × {{{shown}}} need {key} {need:g}, "
+                f"but the Ray cluster has {key} {have:g} in all "
+                f"({hint}lower spec.scaling.num_workers or spec.scaling.resources_per_worker)"
+            )
+    if nodes and not any(all(n.get(k, 0.0) >= v for k, v in per_worker.items()) for n in nodes):
+        raise ResourceError(
+            f"spec.scaling.resources_per_worker: no single Ray node has {{{shown}}} "
+            "(a worker runs on one node)"
+        )
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start the embedded Ray; returns True when embedded."""
+    import ray
+
+    if ray.is_initialized():
+        return not address
+    for k, v in _EMBEDDED_ENV.items():
+        os.environ.setdefault(k, v)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    return True
+
+
+@contextmanager
+def _ctrl_c_stops(control: Any, echo: Echo) -> Iterator[None]:
+    """First Ctrl-C: workers write a checkpoint and stop. Second: abort at once."""
+    previous = signal.getsignal(signal.SIGINT)
+    pressed = {"n": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed["n"] += 1
+        if pressed["n"] > 1:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        echo("\nstopping: the workers write a checkpoint first (Ctrl-C again to abort without one)")
+        control.request_stop.remote()
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. under a test runner's thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        stack += [x for x in (e.__cause__, e.__context__) if x is not None]
+        for attr in ("worker_failures", "errors"):
+            more = getattr(e, attr, None)
+            if isinstance(more, dict):
+                stack += [v for v in more.values() if isinstance(v, BaseException)]
+            elif isinstance(more, list):
+                stack += [v for v in more if isinstance(v, BaseException)]
+    return None
+
+
+def run(
+    job: GANJob,
+    *,
+    address: str | None = None,
+    restart: bool = False,
+    show_progress: bool = True,
+    echo: Echo = print,
+) -> RunResult:
+    t0 = time.time()
+    spec = job.spec
+    jd = jobdir.JobDir(spec.storage, job.name)
+    archived = None
+    if restart and jd.exists():
+        archived = jd.archive()
+        echo(f"restart: the previous run was moved to {archived}")
+    storage.check_writable(jd.root)
+
+    latest = jd.latest_checkpoint()
+    if latest is not None:
+        prev = yaml.safe_load(storage.read_bytes(storage.locate(latest.uri).child(jobdir.SPEC_FILE)))
+        changed = _compatible(prev, job)
+        if changed:
+            raise UserError(
+                f"{latest.uri} was written with a different {', '.join(changed)}; its weights cannot be "
+                f"resumed with this spec. Use --restart to start over (the old run is kept)."
+            )
+        if latest.epoch >= spec.train.epochs:
+            echo(
+                f"{job.name}: already trained {latest.epoch}/{spec.train.epochs} epochs "
+                f"({latest.uri}); raise spec.train.epochs to continue, or --restart"
+            )
+            return _result(jd, job, latest, None, archived, False, t0, trained=False)
+        where = f"epoch {latest.epoch}" + (f", batch {latest.batch}" if latest.batch else "")
+        echo(f"resuming {job.name} from {latest.name} ({where}) → {spec.train.epochs} epochs")
+    storage.write_bytes(jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ganops.train.control import JobControl
+    from ganops.train.loop import train_loop_per_worker
+    from ganops.train.progress import ProgressDisplay
+
+    embedded = _init_ray(address)
+    resources = default_resources(job, embedded)
+    check_resources(job, resources)
+
+    control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
+    control = JobControl.options(name=control_name).remote()
+    ckpt_loc = jd.checkpoints
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job.to_dict(),
+            "control": control_name,
+            "resume_from": latest.uri if latest else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=jobdir.CHECKPOINTS,
+            storage_path=posixpath.dirname(ckpt_loc.path),
+            storage_filesystem=ckpt_loc.fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    total_steps = _total_steps(job)
+    start_step = latest.step if latest else 0
+    try:
+        with _ctrl_c_stops(control, echo):
+            if show_progress:
+                with ProgressDisplay(control, total_steps, start_step):
+                    trainer.fit()
+            else:
+                trainer.fit()
+    except Exception as e:
+        user = _user_error_in(e)
+        if user is not None:
+            raise user from None
+        raise
+    finally:
+        ray.kill(control)
+    latest_after = jd.latest_checkpoint()
+    stopped = latest_after is not None and latest_after.epoch < spec.train.epochs
+    return _result(jd, job, latest_after, latest, archived, stopped, t0)
+
+
+def _total_steps(job: GANJob) -> int:
+    from ganops import data as gdata
+
+    info = gdata.probe(job.spec.data)
+    per_rank = job.spec.train.batch_size // job.spec.scaling.num_workers
+    per_epoch = (info.num_images // job.spec.scaling.num_workers) // per_rank
+    return per_epoch * job.spec.train.epochs
+
+
+def _result(
+    jd: jobdir.JobDir,
+    job: GANJob,
+    latest: jobdir.CheckpointInfo | None,
+    resumed: jobdir.CheckpointInfo | None,
+    archived: str | None,
+    stopped: bool,
+    t0: float,
+    trained: bool = True,
+) -> RunResult:
+    gif = jd.samples.child(jobdir.GIF_FILE)
+    return RunResult(
+        job_uri=jd.uri,
+        epochs_done=latest.epoch if latest else 0,
+        epochs_requested=job.spec.train.epochs,
+        step=latest.step if latest else 0,
+        latest_checkpoint=latest.uri if latest else None,
+        samples_uri=jd.samples.uri,
+        gif_uri=gif.uri if storage.exists(gif) else None,
+        resumed_from=resumed.uri if resumed else None,
+        archived_to=archived,
+        stopped_early=stopped,
+        elapsed_s=time.time() - t0,
+        trained=trained,
+    )

@@ -1,0 +1,309 @@
+"""The per-worker training loop that Ray Train runs on every rank.
+
+Every rank trains; only rank 0 writes (checkpoints, grids, the GIF) and reports
+progress. Checkpoints are written on all ranks' behalf by rank 0 after gathering each
+rank's RNG state, so a resumed run continues every rank's random stream exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from pyarrow import fs as pafs
+from torch.utils.data import DistributedSampler
+
+from ganops import data as gdata
+from ganops import jobdir, storage
+from ganops.spec import dump, validate
+from ganops.spec.models import GANJob
+from ganops.train import samples
+from ganops.train.step import GANStep
+
+# How often rank 0 asks the driver whether Ctrl-C was pressed (the answer is broadcast so
+# every rank stops at the same batch).
+STOP_POLL_BATCHES = 10
+
+
+def rank_seed(seed: int, rank: int, salt: int = 0) -> int:
+    """Distinct, reproducible seeds per rank (and per purpose via ``salt``)."""
+    return (seed * 1_000_003 + rank * 7919 + salt * 104_729) % (2**63 - 1)
+
+
+@dataclass
+class Position:
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # batches done in total (D steps)
+
+
+class Worker:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.job: GANJob = validate(config["job"])
+        self.spec = self.job.spec
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world = ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if self.spec.scaling.use_gpu else torch.device("cpu")
+        self.jobdir = jobdir.JobDir(self.spec.storage, self.job.name)
+        self.control = ray.get_actor(config["control"]) if config.get("control") else None
+
+        torch.manual_seed(rank_seed(self.spec.train.seed, 0))  # same initial weights everywhere
+        self.data = gdata.load(self.spec.data)
+        info = self.data.info
+        self.step = GANStep(
+            self.spec,
+            info.shape,
+            info.num_classes,
+            self.device,
+            ddp=self.world > 1,
+            noise_seed=rank_seed(self.spec.train.seed, self.rank, salt=1),
+        )
+        torch.manual_seed(rank_seed(self.spec.train.seed, self.rank, salt=2))  # dropout differs per rank
+        self.fixed_z, self.fixed_y, self.grid_cols = self._fixed_noise(info.num_classes)
+        self.pos = Position()
+        self.images = torch.from_numpy(self.data.images)
+        self.labels = torch.from_numpy(self.data.labels) if self.data.labels is not None else None
+        if self.device.type == "cuda" and self.images.numel() < 2**31:
+            # Small datasets live on the GPU: batches are gathered there, no host copies.
+            self.images = self.images.to(self.device)
+            self.labels = self.labels.to(self.device) if self.labels is not None else None
+        self.per_rank_batch = self.spec.train.batch_size // self.world
+        self.sampler = DistributedSampler(
+            range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
+            seed=self.spec.train.seed, drop_last=True,
+        )  # fmt: skip
+        self.batches_per_epoch = len(self.sampler) // self.per_rank_batch
+
+    # -- set-up -----------------------------------------------------------------------
+    def _fixed_noise(self, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """One noise batch for every grid, so epochs are comparable; classes in rows."""
+        g = torch.Generator().manual_seed(rank_seed(self.spec.train.seed, 0, salt=3))
+        n = self.spec.samples.num
+        y = None
+        cols = math.ceil(math.sqrt(n))
+        if self.spec.model.conditional and num_classes:
+            cols = max(1, n // num_classes)
+            n = cols * num_classes
+            y = torch.arange(num_classes).repeat_interleave(cols)
+        z = torch.randn(n, self.spec.model.latent_dim, generator=g)
+        return z, y, cols
+
+    def restore(self) -> None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None and self.config.get("resume_from"):
+            loc = storage.locate(self.config["resume_from"])
+            ckpt = ray.train.Checkpoint(loc.path, loc.fs)
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, jobdir.STATE_FILE), map_location="cpu", weights_only=True)
+        self.step.load_state_dict(state["nets"])
+        self.pos = Position(**state["position"])
+        self.fixed_z = state["fixed_z"]
+        self.fixed_y = state.get("fixed_y")
+        rng = state["rng"]
+        if len(rng) == self.world:
+            mine = rng[self.rank]
+            torch.set_rng_state(mine["torch"])
+            self.step.noise.set_state(mine["noise"].to(self.step.noise.get_state().device))
+            if mine.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+        else:
+            # Another world size: the old streams do not map onto ranks; start fresh ones
+            # derived from the position so the run stays reproducible for this world size.
+            torch.manual_seed(rank_seed(self.spec.train.seed, self.rank, salt=2 + self.pos.step))
+            self.step.noise.manual_seed(rank_seed(self.spec.train.seed, self.rank, salt=1 + self.pos.step))
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        self.restore()
+        spec = self.spec
+        stop = False
+        t_log, steps_since_log = time.perf_counter(), 0
+        while self.pos.epoch < spec.train.epochs and not stop:
+            t_epoch = time.perf_counter()
+            self.sampler.set_epoch(self.pos.epoch)
+            order = torch.tensor(list(iter(self.sampler)), dtype=torch.long, device=self.images.device)
+            self.step.g.train()
+            self.step.d.train()
+            while self.pos.batch < self.batches_per_epoch:
+                sel = order[self.pos.batch * self.per_rank_batch : (self.pos.batch + 1) * self.per_rank_batch]
+                real = self.images[sel].to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+                y = self.labels[sel].to(self.device, non_blocking=True) if self.labels is not None else None
+                self.step.train_batch(real, y)
+                self.pos.batch += 1
+                self.pos.step += 1
+                steps_since_log += 1
+                if self.pos.step % spec.train.log_every_steps == 0:
+                    now = time.perf_counter()
+                    self._log_progress(now - t_log, steps_since_log)
+                    t_log, steps_since_log = now, 0
+                if self.pos.step % STOP_POLL_BATCHES == 0 and self._stop_requested():
+                    stop = True
+                    break
+            if stop:
+                break
+            self.pos.epoch += 1
+            self.pos.batch = 0
+            epoch_time = time.perf_counter() - t_epoch
+            self._end_of_epoch(epoch_time)
+        if stop:
+            self._save_and_report(self._metrics(), final=True)
+        if self.rank == 0 and spec.samples.gif and not stop:
+            self._write_gif()
+
+    def _end_of_epoch(self, epoch_time: float) -> None:
+        spec = self.spec
+        e = self.pos.epoch
+        if self.rank == 0 and (e % spec.samples.every_epochs == 0 or e == spec.train.epochs):
+            self._write_grid(e)
+        metrics = self._metrics()
+        metrics["epoch_time_s"] = epoch_time
+        last = e == spec.train.epochs
+        if e % spec.checkpoint.every_epochs == 0 or last:
+            self._save_and_report(metrics, final=last)
+        else:
+            ray.train.report(metrics)
+
+    def _metrics(self) -> dict[str, Any]:
+        return {"epoch": self.pos.epoch, "batch": self.pos.batch, "step": self.pos.step}
+
+    def _log_progress(self, elapsed: float, steps: int) -> None:
+        stats = self.step.take_stats()
+        if self.world > 1:
+            # Average over ranks: one small all-reduce per log step.
+            t = torch.tensor(list(stats.values()), device=self.device)
+            dist.all_reduce(t)
+            stats = dict(zip(stats, (t / self.world).tolist(), strict=True))
+        if self.rank != 0 or self.control is None:
+            return
+        images_per_s = steps * self.spec.train.batch_size / max(elapsed, 1e-9)
+        self.control.push.remote(
+            {
+                **stats,
+                "epoch": self.pos.epoch + 1,
+                "epochs": self.spec.train.epochs,
+                "batch": self.pos.batch,
+                "batches_per_epoch": self.batches_per_epoch,
+                "step": self.pos.step,
+                "images_per_s": images_per_s,
+                "lr_g": self.step.opt_g.param_groups[0]["lr"],
+                "lr_d": self.step.opt_d.param_groups[0]["lr"],
+                "time": time.time(),
+            }
+        )
+
+    def _stop_requested(self) -> bool:
+        flag = torch.zeros(1, device=self.device)
+        if self.rank == 0 and self.control is not None:
+            flag[0] = float(ray.get(self.control.stop_requested.remote()))
+        if self.world > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    # -- outputs (rank 0) -------------------------------------------------------------
+    @torch.no_grad()
+    def _write_grid(self, epoch: int) -> None:
+        net = self.step.sampler
+        was_training = net.training
+        net.eval()
+        y = self.fixed_y.to(self.device) if self.fixed_y is not None else None
+        imgs = net(self.fixed_z.to(self.device), y).float().cpu().numpy()
+        net.train(was_training)
+        tile = samples.grid(samples.to_uint8(imgs), ncols=self.grid_cols)
+        storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch)), samples.png_bytes(tile))
+
+    def _write_gif(self) -> None:
+        names = self.jobdir.sample_grids()
+        if not names:
+            return
+        frames = [storage.read_bytes(self.jobdir.samples.child(n)) for n in names]
+        storage.write_bytes(self.jobdir.samples.child(jobdir.GIF_FILE), samples.gif_bytes(frames))
+
+    def _rng_state(self) -> dict[str, torch.Tensor | None]:
+        return {
+            "torch": torch.get_rng_state(),
+            "noise": self.step.noise.get_state().cpu(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def _save_and_report(self, metrics: dict[str, Any], final: bool) -> None:
+        """Every rank calls this (ray.train.report is a barrier); rank 0 writes."""
+        rng = [self._rng_state()]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        name = jobdir.checkpoint_name(self.pos.epoch, self.pos.batch)
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return
+        tmp = tempfile.mkdtemp(prefix="ganops-ckpt-")
+        try:
+            state = {
+                "nets": self.step.state_dict(),
+                "position": vars(self.pos).copy(),
+                "fixed_z": self.fixed_z,
+                "fixed_y": self.fixed_y,
+                "rng": rng,
+            }
+            torch.save(state, os.path.join(tmp, jobdir.STATE_FILE))
+            with open(os.path.join(tmp, jobdir.SPEC_FILE), "w") as f:
+                f.write(dump(self.job))
+            meta = {**metrics, "world_size": self.world, "final": final, "time": time.time()}
+            with open(os.path.join(tmp, jobdir.MARKER), "w") as f:
+                json.dump(meta, f)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=_upload_marker_last,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _upload_marker_last(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+    """Copy a checkpoint into the run directory with its completion marker written last."""
+    storage_ctx = ray.train.get_context().get_storage()
+    fs = storage_ctx.storage_filesystem
+    dest = posixpath.join(storage_ctx.experiment_fs_path, dir_name)
+    # A directory of that name without a marker is a leftover of an interrupted write.
+    if fs.get_file_info(dest).type != pafs.FileType.NotFound:
+        fs.delete_dir(dest)
+    fs.create_dir(dest, recursive=True)
+    local = checkpoint.path
+    names = sorted(os.listdir(local), key=lambda n: n == jobdir.MARKER)
+    for n in names:
+        pafs.copy_files(
+            os.path.join(local, n),
+            posixpath.join(dest, n),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    return ray.train.Checkpoint(dest, fs)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, ...)``)."""
+    # Ray sets OMP_NUM_THREADS from the CPUs reserved for the worker; make torch follow it
+    # even when torch was imported before the variable took effect.
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    np.seterr(all="ignore")
+    Worker(config).run()

@@ -1,0 +1,206 @@
+"""One GAN training step, the same on one process (benchmarks) and under DDP (workers).
+
+The DDP details follow from having two networks:
+- D sees real and fake in one forward pass, so each D step does one all-reduce.
+- In the G step, fake images go through D's *plain module* with D's parameters frozen:
+  no D weight gradients are computed and none are all-reduced (only G's DDP syncs).
+- ``broadcast_buffers=False``: each rank keeps its own BatchNorm statistics; rank 0's
+  would otherwise overwrite them on every forward, costing a broadcast per call.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ganops.losses import get_loss, gradient_penalty, interpolates
+from ganops.nets import build_discriminator, build_generator
+from ganops.spec.models import GANJobSpec, TrainSpec
+
+# Running sums kept on the device between log steps: one host sync per log step, not per step.
+STAT_NAMES = ("d_loss", "g_loss", "d_x", "d_g_z")
+
+
+def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if train.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+
+
+@dataclass
+class StepStats:
+    """Device-side running sums of the step statistics (see ``STAT_NAMES``)."""
+
+    sums: Tensor
+    d_steps: int = 0
+    g_steps: int = 0
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.d_steps = self.g_steps = 0
+
+
+class GANStep:
+    """Holds G, D, their optimizers and the optional EMA of G, and trains one batch at a time."""
+
+    def __init__(
+        self,
+        spec: GANJobSpec,
+        image_shape: tuple[int, int, int],
+        num_classes: int | None,
+        device: torch.device,
+        ddp: bool = False,
+        noise_seed: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.train_spec = spec.train
+        self.device = device
+        self.num_classes = num_classes if spec.model.conditional else None
+        self.latent_dim = spec.model.latent_dim
+        self.g = build_generator(spec.model, image_shape, self.num_classes).to(device)
+        self.d = build_discriminator(spec.model, image_shape, self.num_classes).to(device)
+        self.g_ema: nn.Module | None = None
+        if spec.train.ema_decay is not None:
+            self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
+        self.opt_g = _optimizer(spec.train, list(self.g.parameters()), spec.train.lr_g)
+        self.opt_d = _optimizer(spec.train, list(self.d.parameters()), spec.train.lr_d)
+        self.loss = get_loss(spec.train.loss)
+        self.g_train: nn.Module = self.g
+        self.d_train: nn.Module = self.d
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.g_train = DDP(self.g, device_ids=ids, broadcast_buffers=False)
+            self.d_train = DDP(self.d, device_ids=ids, broadcast_buffers=False)
+        # A dedicated generator for z keeps the noise stream independent of dropout's RNG,
+        # and its state is part of the checkpoint.
+        self.noise = torch.Generator(device=device)
+        self.noise.manual_seed(noise_seed)
+        self.stats = StepStats(torch.zeros(len(STAT_NAMES), device=device))
+        self._batches = 0
+
+    # -- sampling ---------------------------------------------------------------------
+    def sample_z(self, n: int) -> Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device, generator=self.noise)
+
+    def sample_labels(self, n: int) -> Tensor | None:
+        if self.num_classes is None:
+            return None
+        return torch.randint(0, self.num_classes, (n,), device=self.device, generator=self.noise)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The network to draw samples from: the EMA of G when enabled."""
+        return self.g_ema if self.g_ema is not None else self.g
+
+    # -- training ---------------------------------------------------------------------
+    def _clip(self, params: list[nn.Parameter]) -> None:
+        t = self.train_spec
+        if t.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(params, t.clip_grad_value)
+        elif t.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
+
+    def d_step(self, real: Tensor, labels: Tensor | None) -> None:
+        # (1) Update D: push D(x) up and D(G(z)) down.
+        n = real.size(0)
+        y = labels if self.num_classes is not None else None
+        with torch.no_grad():
+            fake = self.g(self.sample_z(n), y)
+        parts, ys = [real, fake], [y, y]
+        interp = None
+        if self.loss.gradient_penalty:
+            interp = interpolates(real, fake, self.noise)
+            parts.append(interp)
+            ys.append(y)
+        x = torch.cat(parts)
+        y_all = torch.cat(ys) if y is not None else None
+        logits = self.d_train(x, y_all)
+        real_logits, fake_logits = logits[:n], logits[n : 2 * n]
+        loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
+        if interp is not None:
+            loss = loss + self.train_spec.gp_weight * gradient_penalty(logits[2 * n :], interp)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip(list(self.d.parameters()))
+        self.opt_d.step()
+        with torch.no_grad():
+            s = self.stats.sums
+            s[0] += loss.detach()
+            s[2] += torch.sigmoid(real_logits).mean()
+            s[3] += torch.sigmoid(fake_logits).mean()
+        self.stats.d_steps += 1
+
+    def g_step(self, n: int) -> None:
+        # (2) Update G: push D(G(z)) up, through D's plain module with D frozen.
+        y = self.sample_labels(n)
+        fake = self.g_train(self.sample_z(n), y)
+        self.d.requires_grad_(False)
+        try:
+            loss = self.loss.g_loss(self.d(fake, y))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            self.d.requires_grad_(True)
+        self._clip(list(self.g.parameters()))
+        self.opt_g.step()
+        if self.g_ema is not None:
+            self._update_ema()
+        self.stats.sums[1] += loss.detach()
+        self.stats.g_steps += 1
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.train_spec.ema_decay
+        assert self.g_ema is not None and decay is not None
+        ema_params = list(self.g_ema.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in self.g.parameters()], 1.0 - decay)
+        for b_ema, b in zip(self.g_ema.buffers(), self.g.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def train_batch(self, real: Tensor, labels: Tensor | None) -> None:
+        """One D step, plus a G step every ``d_steps`` batches."""
+        self.d_step(real, labels)
+        self._batches += 1
+        if self._batches % self.train_spec.d_steps == 0:
+            self.g_step(real.size(0))
+
+    def take_stats(self) -> dict[str, float]:
+        """Means since the last call (local to this rank); one device sync."""
+        sums = self.stats.sums.tolist()
+        d, g = max(self.stats.d_steps, 1), max(self.stats.g_steps, 1)
+        out = {"d_loss": sums[0] / d, "g_loss": sums[1] / g, "d_x": sums[2] / d, "d_g_z": sums[3] / d}
+        self.stats.reset()
+        return out
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "g": self.g.state_dict(),
+            "d": self.d.state_dict(),
+            "g_ema": self.g_ema.state_dict() if self.g_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "batches": self._batches,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.g.load_state_dict(state["g"])
+        self.d.load_state_dict(state["d"])
+        if self.g_ema is not None:
+            if state.get("g_ema") is not None:
+                self.g_ema.load_state_dict(state["g_ema"])
+            else:  # EMA switched on mid-run: start it from the current G.
+                self.g_ema.load_state_dict(self.g.state_dict())
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        # The optimizer state carries the old learning rates; the resolved spec wins, so a
+        # resumed job can change them.
+        for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self._batches = int(state.get("batches", 0))

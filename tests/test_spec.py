@@ -1,0 +1,181 @@
+"""Job specs: every shipped job validates; errors name the field and suggest fixes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ganops.errors import SpecError, UserError
+from ganops.spec import apply_overrides, dump, load, validate
+from ganops.spec.models import ARCHS, DATASETS, LOSSES
+from tests.conftest import JOBS, REPO
+
+JOB_FILES = sorted(JOBS.glob("*.yaml"))
+EXPECTED_JOBS = {
+    "mnist_dcgan", "mnist_mlp", "cifar_mlp", "cifar_dcgan", "svhn_dcgan", "mnist_deep", "cifar_deep", "mnist_cgan",
+}  # fmt: skip
+
+
+def minimal(**spec: object) -> dict:
+    doc = {
+        "apiVersion": "ganops.io/v1alpha1",
+        "kind": "GANJob",
+        "metadata": {"name": "t"},
+        "spec": {"data": {"dataset": "fake"}},
+    }
+    doc["spec"].update(spec)
+    return doc
+
+
+def problems(doc: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as e:
+        validate(doc)
+    return dict(e.value.problems)
+
+
+def test_every_seed_network_has_a_job_and_each_validates() -> None:
+    assert {p.stem for p in JOB_FILES} == EXPECTED_JOBS
+    for path in JOB_FILES:
+        job = load(path)
+        assert job.metadata.name == path.stem.replace("_", "-")
+        assert job.spec.data.root, path
+
+
+def test_jobs_carry_the_seed_tutorial_settings() -> None:
+    mnist = load(JOBS / "mnist_dcgan.yaml").spec
+    assert (mnist.model.arch, mnist.model.latent_dim, mnist.train.lr) == ("dcgan", 100, 1e-4)
+    assert mnist.model.g_widths == [256, 128, 64] and mnist.model.d_dropout == 0.3
+    cifar = load(JOBS / "cifar_dcgan.yaml").spec
+    assert cifar.train.label_smoothing == 0.1 and cifar.model.g_widths == [512, 256, 128]
+    assert cifar.model.d_norm == "batch" and cifar.model.g_activation == "relu"
+    for name in ("mnist_mlp", "cifar_mlp"):
+        mlp = load(JOBS / f"{name}.yaml").spec
+        assert mlp.checkpoint.every_epochs == 15 and mlp.model.g_widths == [256, 512, 1024]
+    for name in ("mnist_deep", "cifar_deep"):
+        deep = load(JOBS / f"{name}.yaml").spec
+        assert deep.model.arch == "deep" and deep.train.optimizer == "rmsprop" and deep.train.clip_grad_value
+    assert load(JOBS / "mnist_cgan.yaml").spec.model.conditional
+
+
+def test_defaults_are_filled_in_and_the_dump_round_trips() -> None:
+    job = validate(minimal())
+    assert job.spec.train.batch_size == 128 and job.spec.scaling.num_workers == 2
+    again = validate(yaml.safe_load(dump(job)))
+    assert again == job
+
+
+def test_unknown_keys_are_rejected_with_a_did_you_mean() -> None:
+    got = problems(minimal(train={"lrr": 0.1}, sampels={}))
+    assert got["spec.train.lrr"] == "unknown field (did you mean 'lr'?)"
+    assert got["spec.sampels"] == "unknown field (did you mean 'samples'?)"
+
+
+def test_errors_name_the_field_path_and_the_constraint() -> None:
+    got = problems(minimal(train={"lr": 0, "epochs": -1}, scaling={"num_workers": "two"}))
+    assert got["spec.train.lr"] == "must be > 0"
+    assert got["spec.train.epochs"] == "must be > 0"
+    assert got["spec.scaling.num_workers"].startswith("must be an integer")
+
+
+def test_enums_list_the_valid_choices() -> None:
+    got = problems(minimal(model={"arch": "resnet"}, train={"loss": "wasserstein"}))
+    for arch in ARCHS:
+        assert arch in got["spec.model.arch"]
+    assert "wgan_gp" in got["spec.train.loss"]
+
+
+def test_registries_in_the_spec_match_the_worker_side_registries() -> None:
+    from ganops import data, losses, nets
+
+    assert set(ARCHS) == set(nets.ARCHS)
+    assert set(LOSSES) == set(losses.LOSSES)
+    assert set(DATASETS) == set(data.DATASETS)
+
+
+def test_global_batch_must_split_evenly_over_workers() -> None:
+    got = problems(minimal(train={"batch_size": 100}, scaling={"num_workers": 3}))
+    assert "not divisible by scaling.num_workers=3" in got["spec.train.batch_size"]
+
+
+def test_dataset_root_is_required_except_for_fake_data() -> None:
+    doc = minimal()
+    doc["spec"]["data"] = {"dataset": "mnist"}
+    assert "required" in problems(doc)["spec.data.root"]
+
+
+def test_name_must_be_a_dns_label() -> None:
+    doc = minimal()
+    doc["metadata"]["name"] = "My_Job"
+    assert "lowercase" in problems(doc)["metadata.name"]
+
+
+def test_overrides_set_nested_fields_with_yaml_values() -> None:
+    doc = apply_overrides(minimal(), ["spec.train.epochs=3", "spec.train.betas=[0.0, 0.9]", "spec.storage=s3://b/p"])
+    job = validate(doc)
+    assert job.spec.train.epochs == 3 and job.spec.train.betas == (0.0, 0.9) and job.spec.storage == "s3://b/p"
+
+
+def test_a_malformed_override_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="expected PATH=VALUE"):
+        apply_overrides(minimal(), ["spec.train.epochs"])
+    with pytest.raises(UserError, match="spec.train.epochs is a value, not a section"):
+        apply_overrides(minimal(train={"epochs": 2}), ["spec.train.epochs.x=1"])
+
+
+def _ganops(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ganops.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
+
+
+def test_cli_validate_prints_the_resolved_spec(tmp_path: Path) -> None:
+    r = _ganops("validate", str(JOBS / "mnist_dcgan.yaml"), "--set", "spec.train.epochs=3")
+    assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    assert resolved["spec"]["train"]["epochs"] == 3
+    assert resolved["spec"]["train"]["d_steps"] == 1  # defaults are filled in
+
+
+def test_cli_spec_errors_exit_non_zero_without_a_traceback(tmp_path: Path) -> None:
+    r = _ganops("submit", str(JOBS / "mnist_dcgan.yaml"), "--set", "spec.train.lr=-1", "--dry-run")
+    assert r.returncode == 2
+    assert "spec.train.lr: must be > 0" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_shows_the_traceback_with_ganops_debug() -> None:
+    import os
+
+    env = {**os.environ, "GANOPS_DEBUG": "1"}
+    r = _ganops("validate", str(JOBS / "mnist_dcgan.yaml"), "--set", "spec.train.lr=-1", env=env)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_cli_names_a_missing_spec_file_and_bad_yaml(tmp_path: Path) -> None:
+    r = _ganops("validate", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "nope.yaml: no such file" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed\n")
+    r = _ganops("validate", str(bad))
+    assert r.returncode == 2 and "bad.yaml:" in r.stderr and "not valid YAML" in r.stderr
+
+
+def test_submit_dry_run_stops_after_validation(tmp_path: Path, mnist_root: Path) -> None:
+    r = _ganops(
+        "submit", str(JOBS / "mnist_dcgan.yaml"), "--dry-run",
+        "--set", f"spec.data.root={mnist_root}", "--set", "spec.data.split=test",
+        "--set", f"spec.storage={tmp_path}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "dry run" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_cli_module_imports_no_torch_ray_or_mlflow() -> None:
+    code = "import ganops.cli, ganops.client, sys; print(sorted(m for m in ('torch','ray','mlflow') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
