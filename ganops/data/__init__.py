@@ -1,0 +1,159 @@
+"""Dataset readers: the official files of MNIST, Fashion-MNIST, CIFAR-10 and SVHN, a folder
+of images, and a fake dataset, all read into uint8 arrays of shape (N, C, H, W).
+
+``probe`` is the cheap pre-flight check the CLI runs before any worker starts; ``load`` is
+the full read each worker does. Both raise ``UserError`` for anything the user can fix.
+
+This package imports no torch: the CLI imports it and must stay fast. The readers
+themselves are imported on first use, so ``import ganops.data`` costs numpy and nothing else
+(PIL and scipy only load for the datasets that need them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ganops.errors import UserError
+
+if TYPE_CHECKING:
+    from ganops.spec.models import DataSpec
+
+__all__ = ["DATASETS", "ArrayDataset", "ImageInfo", "Reader", "get", "load", "probe", "to_unit_range"]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a dataset holds, known before (or without) reading its pixels."""
+
+    shape: tuple[int, int, int]
+    """(C, H, W) of every image."""
+    num_classes: int | None
+    """None for unlabelled data."""
+    num_images: int
+    """Images that ``load`` returns (after ``spec.limit``)."""
+    class_names: list[str] | None
+
+
+@dataclass
+class ArrayDataset:
+    """A whole split in memory: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,) or None."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    info: ImageInfo
+
+    def __post_init__(self) -> None:
+        # The training loop relies on these invariants; a reader breaking one is a bug, so
+        # this is a ValueError with a traceback rather than a UserError.
+        n = self.info.num_images
+        if self.images.dtype != np.uint8 or self.images.shape != (n, *self.info.shape):
+            raise ValueError(f"images {self.images.dtype}{self.images.shape} do not match {self.info}")
+        if not self.images.flags.c_contiguous:
+            raise ValueError("images must be C-contiguous")
+        if (self.labels is None) != (self.info.num_classes is None):
+            raise ValueError("labels must be given exactly when num_classes is")
+        if self.labels is not None:
+            if self.labels.dtype != np.int64 or self.labels.shape != (n,):
+                raise ValueError(f"labels {self.labels.dtype}{self.labels.shape} must be int64 ({n},)")
+            if n and not 0 <= self.labels.min() <= self.labels.max() < (self.info.num_classes or 0):
+                raise ValueError(f"labels outside [0, {self.info.num_classes})")
+
+    def __len__(self) -> int:
+        return self.info.num_images
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A registered dataset: a module with ``probe(spec)`` and ``load(spec)``.
+
+    The module is imported on first use, which keeps ``import ganops.data`` light and lets
+    the reader modules import ``ImageInfo`` from here without an import cycle.
+    """
+
+    module: str
+    description: str
+
+    def probe(self, spec: DataSpec) -> ImageInfo:
+        info: ImageInfo = importlib.import_module(self.module).probe(spec)
+        return info
+
+    def load(self, spec: DataSpec) -> ArrayDataset:
+        ds: ArrayDataset = importlib.import_module(self.module).load(spec)
+        return ds
+
+
+# Keys must equal ganops.spec.models.DATASETS (a test checks): the spec validates the name
+# without importing this package.
+DATASETS: dict[str, Reader] = {
+    "mnist": Reader("ganops.data.idx", "MNIST digits, LeCun's IDX files (gzipped or raw)"),
+    "fashion_mnist": Reader("ganops.data.idx", "Fashion-MNIST, Zalando's IDX files (gzipped or raw)"),
+    "cifar10": Reader("ganops.data.cifar", "CIFAR-10 'python version' batches or their tarball"),
+    "svhn": Reader("ganops.data.svhn", "SVHN cropped digits, train_32x32.mat / test_32x32.mat"),
+    "folder": Reader("ganops.data.folder", "PNG/JPEG files, optionally in one sub-folder per class"),
+    "fake": Reader("ganops.data.fake", "seeded random images for tests and benchmarks"),
+}
+
+
+def get(name: str) -> Reader:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"spec.data.dataset: unknown dataset '{name}'; valid: {', '.join(DATASETS)}") from None
+
+
+def probe(spec: DataSpec) -> ImageInfo:
+    """Check that the dataset is there and readable, reading only headers where possible."""
+    info = get(spec.dataset).probe(spec)
+    _check_num_classes(spec, info)
+    return info
+
+
+def load(spec: DataSpec) -> ArrayDataset:
+    """Read the split into memory (the first ``spec.limit`` images when set)."""
+    ds = get(spec.dataset).load(spec)
+    _check_num_classes(spec, ds.info)
+    return ds
+
+
+def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [-1, 1], the range of G's tanh output."""
+    return images_uint8.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def _check_num_classes(spec: DataSpec, info: ImageInfo) -> None:
+    # num_classes configures the fake dataset; for real data it can only disagree.
+    if spec.dataset != "fake" and spec.num_classes is not None and spec.num_classes != info.num_classes:
+        has = f"{info.num_classes} classes" if info.num_classes else "no labels"
+        raise UserError(
+            f"spec.data.num_classes: {spec.num_classes}, but the {spec.dataset} data has {has} "
+            "(num_classes is only for the fake dataset; leave it unset)"
+        )
+
+
+# --- helpers shared by the readers -------------------------------------------------------
+
+
+def root_dir(spec: DataSpec, *, create: bool = False) -> Path:
+    """``spec.root`` as a directory that exists (created when ``create``, for downloads)."""
+    if not spec.root:
+        raise UserError(f"spec.data.root: required for dataset '{spec.dataset}' (the directory holding its files)")
+    root = Path(spec.root).expanduser()
+    if create:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"spec.data.root: cannot create {root} ({e.strerror or e})") from None
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UserError(f"spec.data.root: {root} {what}")
+    return root
+
+
+def limited(spec: DataSpec, n: int) -> int:
+    """How many of ``n`` available images to use under ``spec.limit``."""
+    return min(n, spec.limit) if spec.limit is not None else n

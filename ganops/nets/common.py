@@ -1,0 +1,275 @@
+"""Shared pieces of the network zoo: resolved settings, the G/D wrappers that handle class
+conditioning, layer helpers, and weight init.
+
+Each architecture only builds a *body*: the generator body maps a flat input (z, plus a
+class embedding when conditional) to an image, the discriminator body maps an image (plus a
+label channel when conditioning by concatenation) to flat features. The wrappers here add
+everything conditioning needs, so the three archs stay short and condition the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from ganops.errors import UserError
+from ganops.spec.models import ModelSpec
+
+DEFAULT_EMBED_DIM = 50
+_T = TypeVar("_T")
+DCGAN_INIT_STD = 0.02
+
+
+class ModelSpecError(UserError, ValueError):
+    """A `spec.model` setting the networks cannot be built from; the message names the field.
+
+    A ValueError too, so code that only knows the builders' documented contract can catch it.
+    """
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What an arch uses for each `spec.model` field left as None, at one resolution."""
+
+    g_widths: tuple[int, ...]
+    d_widths: tuple[int, ...]
+    g_activation: str
+    d_norm: str
+    d_dropout: float
+    g_dropout: float
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """A `ModelSpec` with every default resolved for one dataset: what the bodies are built from."""
+
+    arch: str
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+    num_classes: int | None  # None: unconditional (even if the dataset has labels)
+    embed_dim: int
+    d_conditioning: str
+    g_widths: tuple[int, ...]
+    d_widths: tuple[int, ...]
+    kernel_size: int
+    g_activation: str
+    d_norm: str
+    d_dropout: float
+    g_dropout: float
+    init: str
+
+    @property
+    def g_in(self) -> int:
+        """Width of the generator body's input: z, plus the class embedding."""
+        return self.latent_dim + (self.embed_dim if self.num_classes is not None else 0)
+
+    @property
+    def d_in_channels(self) -> int:
+        """Channels the discriminator body sees: the image, plus one label map for `concat`."""
+        concat = self.num_classes is not None and self.d_conditioning == "concat"
+        return self.image_shape[0] + (1 if concat else 0)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One registry entry: how to build an architecture's bodies."""
+
+    name: str
+    resolutions: tuple[int, ...] | None
+    """Square image sizes it supports; None: any (H, W)."""
+    defaults: Callable[[int], Defaults]
+    """Resolution -> defaults (called only with a supported resolution)."""
+    generator: Callable[[NetConfig], nn.Module]
+    """(N, cfg.g_in) -> (N, C, H, W) in [-1, 1]."""
+    discriminator: Callable[[NetConfig], tuple[nn.Module, int]]
+    """-> (body, F): (N, cfg.d_in_channels, H, W) -> (N, F) features."""
+
+    def check_shape(self, image_shape: tuple[int, int, int]) -> None:
+        c, h, w = image_shape
+        if min(c, h, w) < 1:
+            raise ModelSpecError(f"image shape {image_shape}: channels, height and width must be positive")
+        if self.resolutions is not None and (h != w or h not in self.resolutions):
+            sizes = ", ".join(f"{r}x{r}" for r in self.resolutions)
+            raise ModelSpecError(
+                f"spec.model.arch: '{self.name}' supports {sizes} images, not {h}x{w} "
+                "(resize the data, or use arch 'mlp', which takes any size)"
+            )
+
+
+def resolve(arch: Arch, model: ModelSpec, image_shape: tuple[int, int, int], num_classes: int | None) -> NetConfig:
+    """Fill the spec's None fields with the arch's defaults and check what the nets need."""
+    image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
+    if len(image_shape) != 3:
+        raise ModelSpecError(f"image shape must be (C, H, W), got {image_shape}")
+    arch.check_shape(image_shape)
+    if model.conditional and num_classes is None:
+        raise ModelSpecError("spec.model.conditional: needs a labelled dataset (this one has no classes)")
+    if model.conditional and num_classes is not None and num_classes < 2:
+        raise ModelSpecError(f"spec.model.conditional: needs at least 2 classes, the dataset has {num_classes}")
+    d = arch.defaults(image_shape[1])
+
+    def pick(value: _T | None, default: _T) -> _T:
+        return default if value is None else value
+
+    cfg = NetConfig(
+        arch=arch.name,
+        image_shape=image_shape,
+        latent_dim=model.latent_dim,
+        num_classes=num_classes if model.conditional else None,
+        embed_dim=pick(model.embed_dim, DEFAULT_EMBED_DIM),
+        d_conditioning=model.d_conditioning,
+        g_widths=tuple(pick(model.g_widths, d.g_widths)),
+        d_widths=tuple(pick(model.d_widths, d.d_widths)),
+        kernel_size=model.kernel_size,
+        g_activation=pick(model.g_activation, d.g_activation),
+        d_norm=pick(model.d_norm, d.d_norm),
+        d_dropout=pick(model.d_dropout, d.d_dropout),
+        g_dropout=pick(model.g_dropout, d.g_dropout),
+        init=model.init,
+    )
+    for field in ("g_widths", "d_widths"):
+        if not getattr(cfg, field):
+            raise ModelSpecError(f"spec.model.{field}: needs at least one width")
+    return cfg
+
+
+# --- layer helpers -------------------------------------------------------------------
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    # 0.2: the slope of the DCGAN paper and of every tutorial these archs come from.
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise KeyError(f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}") from None
+
+
+def dropout(p: float) -> list[nn.Module]:
+    # No module at p=0: keeps printed nets and state_dicts free of no-op layers.
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def same_conv(cin: int, cout: int, k: int, bias: bool = True) -> nn.Module:
+    """Stride-1 conv that keeps H and W (Keras' padding='same')."""
+    if k % 2:
+        return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    # Even kernels need one more pixel on one side; padding='same' would do it too, but with
+    # a warning and a padded copy on every call.
+    lo = (k - 1) // 2
+    return nn.Sequential(nn.ZeroPad2d((lo, k - 1 - lo, lo, k - 1 - lo)), nn.Conv2d(cin, cout, k, bias=bias))
+
+
+def conv_out(size: int, k: int, stride: int, padding: int) -> int:
+    """Output size of a Conv2d along one axis (0 when the input is too small for the kernel)."""
+    return max((size + 2 * padding - k) // stride + 1, 0)
+
+
+# --- conditioning --------------------------------------------------------------------
+
+
+def _labels(y: Tensor | None, n: int, who: str) -> Tensor:
+    if y is None:
+        raise ValueError(f"this {who} is class-conditional: call it with labels y (LongTensor of shape [N])")
+    if y.dim() != 1 or y.size(0) != n:
+        raise ValueError(f"{who} labels y must have shape [{n}], got {list(y.shape)}")
+    return y
+
+
+class LabelMap(nn.Module):
+    """Class -> one H x W plane, stacked onto D's input (the conditional-GAN tutorials' way)."""
+
+    def __init__(self, num_classes: int, embed_dim: int, height: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        self.to_map = nn.Linear(embed_dim, height * width)
+        self.shape = (1, height, width)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.to_map(self.embed(y)).view(-1, *self.shape)
+
+
+class Generator(nn.Module):
+    """z (and y) -> image in [-1, 1]; prepends a class embedding to z when conditional."""
+
+    def __init__(self, body: nn.Module, cfg: NetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.latent_dim = cfg.latent_dim
+        self.num_classes = cfg.num_classes
+        self.image_shape = cfg.image_shape
+        # Only created when used: DDP fails on parameters that get no gradient.
+        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes is not None else None
+        self.body = body
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Unconditional generators ignore y, so a loop can pass the labels it has either way."""
+        if z.dim() != 2 or z.size(1) != self.latent_dim:
+            raise ValueError(f"generator expects z of shape [N, {self.latent_dim}], got {list(z.shape)}")
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(_labels(y, z.size(0), "generator"))], dim=1)
+        return self.body(z)
+
+
+class Discriminator(nn.Module):
+    """image (and y) -> one raw logit per sample (no sigmoid: the losses take logits)."""
+
+    def __init__(self, body: nn.Module, features: int, cfg: NetConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.num_classes = cfg.num_classes
+        self.image_shape = cfg.image_shape
+        conditioning = cfg.d_conditioning if cfg.num_classes is not None else None
+        _, h, w = cfg.image_shape
+        self.label_map = LabelMap(cfg.num_classes, cfg.embed_dim, h, w) if conditioning == "concat" else None
+        self.body = body
+        self.linear = nn.Linear(features, 1)
+        self.project: nn.Embedding | None = None
+        if conditioning == "projection":
+            # Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), h>. Glorot
+            # init as in their code; N(0, 1) over thousands of features would start D saturated.
+            self.project = nn.Embedding(cfg.num_classes, features)
+            nn.init.xavier_uniform_(self.project.weight)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Unconditional discriminators ignore y."""
+        if self.num_classes is not None:
+            y = _labels(y, x.size(0), "discriminator")
+        if self.label_map is not None:
+            x = torch.cat([x, self.label_map(y)], dim=1)
+        h = self.body(x)
+        logit = self.linear(h).squeeze(1)
+        if self.project is not None:
+            logit = logit + (self.project(y) * h).sum(dim=1)
+        return logit
+
+
+# --- init ----------------------------------------------------------------------------
+
+_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def init_dcgan_(net: nn.Module) -> nn.Module:
+    """DCGAN paper init: weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02), biases 0.
+
+    Embeddings keep their own init: G's label embedding stays N(0, 1) so the class is as
+    loud as z, the projection embedding keeps Glorot (see Discriminator).
+    """
+    for m in net.modules():
+        if isinstance(m, _WEIGHTED):
+            nn.init.normal_(m.weight, 0.0, DCGAN_INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, _NORMS):
+            nn.init.normal_(m.weight, 1.0, DCGAN_INIT_STD)
+            nn.init.zeros_(m.bias)
+    return net

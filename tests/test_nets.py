@@ -1,0 +1,446 @@
+"""The network zoo: shapes, defaults from the tutorials, conditioning, init, every loss."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from ganops.errors import UserError
+from ganops.losses import LOSSES, gradient_penalty, interpolates
+from ganops.nets import ARCHS, build_discriminator, build_generator, default_widths
+from ganops.spec import models as spec_models
+from ganops.spec.models import ModelSpec
+
+N = 4  # > 1: BatchNorm needs a batch in train mode
+NUM_CLASSES = 10
+
+# Every supported (arch, image shape) the brief names; mlp takes any size.
+NETS = [
+    ("mlp", (1, 28, 28)),
+    ("mlp", (3, 32, 32)),
+    ("dcgan", (1, 28, 28)),
+    ("dcgan", (3, 32, 32)),
+    ("dcgan", (3, 64, 64)),
+    ("deep", (1, 28, 28)),
+    ("deep", (3, 32, 32)),
+]
+CONDITIONING: dict[str, dict[str, Any]] = {
+    "unconditional": {},
+    "projection": {"conditional": True, "d_conditioning": "projection"},
+    "concat": {"conditional": True, "d_conditioning": "concat"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+def _nets(arch: str, shape: tuple[int, int, int], **fields: Any) -> tuple[nn.Module, nn.Module]:
+    model = ModelSpec(arch=arch, **fields)
+    classes = NUM_CLASSES if model.conditional else None
+    return build_generator(model, shape, classes), build_discriminator(model, shape, classes)
+
+
+def _labels(model_fields: dict[str, Any], n: int = N) -> Tensor | None:
+    return torch.randint(0, NUM_CLASSES, (n,)) if model_fields.get("conditional") else None
+
+
+def _output_shapes(net: nn.Module, kinds: tuple[type[nn.Module], ...], *inputs: Tensor) -> list[tuple[int, ...]]:
+    """Per-sample output shapes of the layers of the given kinds, in call order."""
+    shapes: list[tuple[int, ...]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+        for m in net.modules()
+        if isinstance(m, kinds)
+    ]
+    with torch.no_grad():
+        net(*inputs)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def _count(net: nn.Module, kind: type[nn.Module]) -> int:
+    return sum(isinstance(m, kind) for m in net.modules())
+
+
+# --- building and shapes ---------------------------------------------------------------
+
+
+def test_registry_matches_the_arch_names_the_spec_accepts() -> None:
+    assert tuple(ARCHS) == spec_models.ARCHS
+
+
+@pytest.mark.parametrize("cond", CONDITIONING)
+@pytest.mark.parametrize(("arch", "shape"), NETS, ids=[f"{a}-{s[0]}x{s[1]}" for a, s in NETS])
+def test_every_arch_builds_and_maps_noise_to_images_and_images_to_logits(
+    arch: str, shape: tuple[int, int, int], cond: str
+) -> None:
+    fields = CONDITIONING[cond]
+    G, D = _nets(arch, shape, **fields)
+    z, y = torch.randn(N, G.latent_dim), _labels(fields)
+
+    x = G(z, y)
+    assert x.shape == (N, *shape)
+    assert x.min() >= -1 and x.max() <= 1
+    logits = D(x, y)
+    assert logits.shape == (N,)
+    assert torch.isfinite(logits).all()
+
+    G.eval()  # sampling mode: BatchNorm running stats, no dropout
+    with torch.no_grad():
+        assert G(z, y).shape == (N, *shape)
+    assert G.image_shape == shape
+    assert G.num_classes == D.num_classes == (NUM_CLASSES if fields else None)
+
+
+def test_generator_samples_a_single_image_in_eval_mode() -> None:
+    G, _ = _nets("mlp", (1, 28, 28))  # BatchNorm1d: the one that fails on N=1 in train mode
+    G.eval()
+    with torch.no_grad():
+        assert G(torch.randn(1, 100)).shape == (1, 1, 28, 28)
+
+
+def test_mlp_takes_any_image_size() -> None:
+    G, D = _nets("mlp", (1, 20, 24), g_widths=[16], d_widths=[16])
+    x = G(torch.randn(N, 100))
+    assert x.shape == (N, 1, 20, 24)
+    assert D(x).shape == (N,)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4, 5])
+@pytest.mark.parametrize("arch", ["dcgan", "deep"])
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_conv_archs_keep_exact_sizes_for_odd_and_even_kernels(arch: str, size: int, kernel_size: int) -> None:
+    # Five widths: dcgan gets stride-1 layers before its stride-2 ones at every size.
+    G, D = _nets(
+        arch, (3, size, size), kernel_size=kernel_size, g_widths=[16, 16, 8, 8, 4], d_widths=[4, 8, 8]
+    )
+    x = G(torch.randn(2, 100))
+    assert x.shape == (2, 3, size, size)
+    assert D(x).shape == (2,)
+
+
+# --- defaults from the tutorials -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "g_widths", "d_widths"),
+    [
+        ("mlp", 28, [256, 512, 1024], [1024, 512, 256]),
+        ("mlp", 64, [256, 512, 1024], [1024, 512, 256]),
+        ("dcgan", 28, [256, 128, 64], [64, 128]),
+        ("dcgan", 32, [512, 256, 128], [64, 128, 256]),
+        ("dcgan", 64, [512, 256, 128, 64], [64, 128, 256, 512]),
+        ("deep", 28, [256, 128, 64, 32], [64, 128, 256, 512]),
+        ("deep", 32, [256, 128, 64, 32], [64, 128, 256, 512]),
+    ],
+)
+def test_default_widths_are_the_tutorials(arch: str, size: int, g_widths: list[int], d_widths: list[int]) -> None:
+    assert default_widths(arch, size) == (g_widths, d_widths)
+
+
+def test_mlp_defaults_are_the_fully_connected_tutorial_net() -> None:
+    G, D = _nets("mlp", (1, 28, 28))
+    assert [m.out_features for m in G.modules() if isinstance(m, nn.Linear)] == [256, 512, 1024, 784]
+    assert [m.out_features for m in D.modules() if isinstance(m, nn.Linear)] == [1024, 512, 256, 1]
+    assert _count(G, nn.BatchNorm1d) == 3 and _count(G, nn.LeakyReLU) == 3
+    assert [m.p for m in D.modules() if isinstance(m, nn.Dropout)] == [0.3] * 3
+    assert _count(D, nn.BatchNorm1d) == 0
+
+
+# (size, G seed map, G transposed-conv outputs, D conv outputs)
+DCGAN_SHAPES = [
+    (28, (256, 7, 7), [(128, 7, 7), (64, 14, 14), (1, 28, 28)], [(64, 14, 14), (128, 7, 7)]),
+    (32, (512, 4, 4), [(256, 8, 8), (128, 16, 16), (3, 32, 32)], [(64, 16, 16), (128, 8, 8), (256, 4, 4)]),
+    (
+        64,
+        (512, 4, 4),
+        [(256, 8, 8), (128, 16, 16), (64, 32, 32), (3, 64, 64)],
+        [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("size", "seed", "g_convs", "d_convs"), DCGAN_SHAPES)
+def test_dcgan_defaults_have_the_tutorial_layer_shapes(
+    size: int, seed: tuple[int, ...], g_convs: list[tuple[int, ...]], d_convs: list[tuple[int, ...]]
+) -> None:
+    channels = 1 if size == 28 else 3
+    G, D = _nets("dcgan", (channels, size, size))
+    G.eval()
+    assert _output_shapes(G, (nn.Unflatten,), torch.randn(2, 100)) == [seed]
+    assert _output_shapes(G, (nn.ConvTranspose2d,), torch.randn(2, 100)) == g_convs
+    assert all(m.kernel_size == (5, 5) for m in G.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert _output_shapes(D, (nn.Conv2d,), torch.randn(2, channels, size, size)) == d_convs
+
+
+def test_dcgan_at_28_is_the_tensorflow_tutorial_net() -> None:
+    G, D = _nets("dcgan", (1, 28, 28))
+    assert _count(G, nn.LeakyReLU) == 3 and _count(G, nn.ReLU) == 0
+    assert _count(D, nn.BatchNorm2d) == 0
+    assert [m.p for m in D.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_dcgan_at_32_and_64_normalises_all_but_the_first_d_layer(size: int) -> None:
+    G, D = _nets("dcgan", (3, size, size))
+    assert _count(G, nn.ReLU) == len(default_widths("dcgan", size)[0]) and _count(G, nn.LeakyReLU) == 0
+    convs = _count(D, nn.Conv2d)
+    assert _count(D, nn.BatchNorm2d) == convs - 1
+    assert _count(D, nn.Dropout) == 0
+
+
+@pytest.mark.parametrize(("size", "start"), [(28, 7), (32, 8)])
+def test_deep_defaults_are_the_atienza_tutorial_net(size: int, start: int) -> None:
+    channels = 1 if size == 28 else 3
+    G, D = _nets("deep", (channels, size, size))
+    G.eval()
+    z = torch.randn(2, 100)
+    assert _output_shapes(G, (nn.Unflatten,), z) == [(256, start, start)]
+    mid, full = 2 * start, 4 * start
+    assert _output_shapes(G, (nn.Conv2d,), z) == [
+        (128, mid, mid),
+        (64, full, full),
+        (32, full, full),
+        (channels, full, full),
+    ]
+    assert _count(G, nn.Upsample) == 2 and _count(G, nn.ReLU) == 4
+    assert [m.p for m in G.modules() if isinstance(m, nn.Dropout)] == [0.4]
+
+    d_convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.stride[0], m.kernel_size[0]) for m in d_convs] == [
+        (64, 2, 5),
+        (128, 2, 5),
+        (256, 2, 5),
+        (512, 1, 5),
+    ]
+    assert [m.p for m in D.modules() if isinstance(m, nn.Dropout)] == [0.4] * 4
+    assert _count(D, nn.BatchNorm2d) == 0
+
+
+def test_spec_fields_override_the_arch_defaults() -> None:
+    G, D = _nets(
+        "dcgan",
+        (3, 32, 32),
+        g_widths=[64, 32, 16],
+        d_widths=[8, 16],
+        g_activation="leaky_relu",
+        d_norm="none",
+        d_dropout=0.1,
+        kernel_size=3,
+    )
+    assert [m.out_channels for m in G.modules() if isinstance(m, nn.ConvTranspose2d)] == [32, 16, 3]
+    assert [m.out_channels for m in D.modules() if isinstance(m, nn.Conv2d)] == [8, 16]
+    assert _count(G, nn.ReLU) == 0 and _count(G, nn.LeakyReLU) == 3
+    assert _count(D, nn.BatchNorm2d) == 0
+    assert [m.p for m in D.modules() if isinstance(m, nn.Dropout)] == [0.1, 0.1]
+    assert all(m.kernel_size == (3, 3) for m in D.modules() if isinstance(m, nn.Conv2d))
+
+
+# --- init ------------------------------------------------------------------------------
+
+
+def test_dcgan_init_draws_weights_from_n_0_002_and_bn_scales_around_1() -> None:
+    G, D = _nets("dcgan", (3, 64, 64), init="dcgan")
+    biggest = max((m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)), key=lambda m: m.weight.numel())
+    assert biggest.weight.std().item() == pytest.approx(0.02, abs=0.001)
+    assert biggest.weight.mean().item() == pytest.approx(0.0, abs=0.001)
+    for net in (G, D):
+        scales = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, nn.BatchNorm2d)])
+        assert scales.mean().item() == pytest.approx(1.0, abs=0.01)
+        assert 0.01 < scales.std().item() < 0.03  # drawn, not left at exactly 1
+        assert all(m.bias.abs().sum() == 0 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_default_init_leaves_pytorchs_own() -> None:
+    G, _ = _nets("dcgan", (3, 64, 64), init="default")
+    biggest = max((m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)), key=lambda m: m.weight.numel())
+    assert abs(biggest.weight.std().item() - 0.02) > 0.005
+    assert all((m.weight == 1).all() for m in G.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+# --- conditioning ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_conditional_generator_draws_different_images_for_different_labels(arch: str) -> None:
+    G, _ = _nets(arch, (1, 28, 28), conditional=True)
+    G.eval()
+    z = torch.randn(1, G.latent_dim).expand(NUM_CLASSES, -1)
+    with torch.no_grad():
+        x = G(z, torch.arange(NUM_CLASSES)).flatten(1)
+    gaps = torch.cdist(x, x) + torch.eye(NUM_CLASSES)  # ignore each image's distance to itself
+    assert gaps.min() > 1e-3
+
+
+@pytest.mark.parametrize("d_conditioning", ["projection", "concat"])
+def test_conditional_discriminator_scores_the_same_image_differently_per_label(d_conditioning: str) -> None:
+    _, D = _nets("dcgan", (1, 28, 28), conditional=True, d_conditioning=d_conditioning)
+    D.eval()
+    x = torch.rand(1, 1, 28, 28).expand(NUM_CLASSES, -1, -1, -1) * 2 - 1
+    with torch.no_grad():
+        logits = D(x, torch.arange(NUM_CLASSES))
+    assert logits.unique().numel() == NUM_CLASSES
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_unconditional_nets_have_no_label_parameters_and_ignore_labels(arch: str) -> None:
+    # DDP refuses parameters that get no gradient, so none may exist for unused labels.
+    G, D = _nets(arch, (1, 28, 28))
+    G.eval()
+    D.eval()
+    assert _count(G, nn.Embedding) == _count(D, nn.Embedding) == 0
+    z, y = torch.randn(2, 100), torch.tensor([1, 2])
+    with torch.no_grad():
+        x = G(z)
+        assert torch.equal(G(z, y), x)
+        assert torch.equal(D(x, y), D(x))
+
+
+def test_conditional_generator_requires_labels() -> None:
+    G, _ = _nets("dcgan", (1, 28, 28), conditional=True)
+    with pytest.raises(ValueError, match="labels"):
+        G(torch.randn(N, 100))
+
+
+def test_conditional_discriminator_requires_labels() -> None:
+    _, D = _nets("deep", (1, 28, 28), conditional=True, d_conditioning="concat")
+    with pytest.raises(ValueError, match="labels"):
+        D(torch.zeros(N, 1, 28, 28))
+
+
+def test_labels_must_match_the_batch() -> None:
+    G, _ = _nets("mlp", (1, 28, 28), conditional=True)
+    with pytest.raises(ValueError, match=r"shape \[4\]"):
+        G(torch.randn(N, 100), torch.zeros(3, dtype=torch.long))
+
+
+def test_conditional_model_without_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match="spec.model.conditional"):
+        build_generator(ModelSpec(conditional=True), (1, 28, 28), None)
+    with pytest.raises(ValueError, match="spec.model.conditional"):
+        build_discriminator(ModelSpec(conditional=True), (1, 28, 28), None)
+
+
+def test_embed_dim_sets_the_label_embedding_size() -> None:
+    G, _ = _nets("dcgan", (1, 28, 28), conditional=True, embed_dim=7)
+    assert G.embed.embedding_dim == 7
+    assert G.body[0].in_features == 100 + 7
+    G, _ = _nets("dcgan", (1, 28, 28), conditional=True)
+    assert G.embed.embedding_dim == 50
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_unknown_arch_lists_the_valid_names() -> None:
+    # The spec's Literal stops this earlier; construct() skips validation to reach the registry.
+    model = ModelSpec.model_construct(**{**ModelSpec().model_dump(), "arch": "resnet"})
+    for call in (
+        lambda: build_generator(model, (1, 28, 28), None),
+        lambda: build_discriminator(model, (1, 28, 28), None),
+        lambda: default_widths("resnet", 28),
+    ):
+        with pytest.raises((KeyError, ValueError), match="'resnet'.*mlp, dcgan, deep"):
+            call()
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "deep"])
+@pytest.mark.parametrize("shape", [(3, 48, 48), (3, 32, 28)])
+def test_unsupported_resolution_names_the_arch_and_the_supported_sizes(
+    arch: str, shape: tuple[int, int, int]
+) -> None:
+    with pytest.raises(ValueError, match=rf"spec\.model\.arch: '{arch}' supports 28x28, 32x32, 64x64.*not"):
+        build_generator(ModelSpec(arch=arch), shape, None)
+    with pytest.raises(ValueError, match=f"'{arch}'"):
+        build_discriminator(ModelSpec(arch=arch), shape, None)
+    with pytest.raises(ValueError, match=f"'{arch}'"):
+        default_widths(arch, 48)
+
+
+def test_too_few_generator_widths_for_the_resolution_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"spec\.model\.g_widths: dcgan at 64x64 needs at least 4"):
+        build_generator(ModelSpec(arch="dcgan", g_widths=[64, 32]), (3, 64, 64), None)
+    with pytest.raises(ValueError, match=r"spec\.model\.g_widths"):
+        build_generator(ModelSpec(arch="deep", g_widths=[64]), (1, 28, 28), None)
+
+
+def test_empty_or_too_many_discriminator_widths_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"spec\.model\.d_widths: needs at least one"):
+        build_discriminator(ModelSpec(arch="mlp", d_widths=[]), (1, 28, 28), None)
+    with pytest.raises(ValueError, match=r"spec\.model\.d_widths.*fewer widths"):
+        build_discriminator(ModelSpec(arch="dcgan", kernel_size=4, d_widths=[4] * 8), (1, 28, 28), None)
+
+
+def test_spec_errors_are_user_errors_the_cli_prints_without_a_traceback() -> None:
+    with pytest.raises(UserError):
+        build_generator(ModelSpec(arch="dcgan"), (3, 48, 48), None)
+
+
+# --- training with every loss ----------------------------------------------------------
+
+# One shape per arch, small widths: the arch's structure, at a fraction of the time.
+# dcgan at 32 so that D has BatchNorm (except for wgan_gp, which needs none).
+LOSS_NETS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {
+    "mlp": ((1, 28, 28), {"g_widths": [32, 64], "d_widths": [64, 32]}),
+    "dcgan": ((3, 32, 32), {"g_widths": [32, 16, 8], "d_widths": [8, 16, 32]}),
+    "deep": ((1, 28, 28), {"g_widths": [32, 16, 8, 4], "d_widths": [8, 16, 16, 32]}),
+}
+
+
+def _assert_all_grads(net: nn.Module, which: str, shift_invariant: bool = False) -> None:
+    for name, p in net.named_parameters():
+        assert p.grad is not None, f"{which}.{name} got no gradient (DDP would fail)"
+        assert torch.isfinite(p.grad).all(), f"{which}.{name} has a non-finite gradient"
+        if shift_invariant and name == "linear.bias":
+            # mean(fake) - mean(real) (and hinge inside its margin) ignores a shared offset:
+            # the output bias's gradient is exactly 0 by construction, not by a bug.
+            continue
+        assert p.grad.abs().sum() > 0, f"{which}.{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+@pytest.mark.parametrize("cond", CONDITIONING)
+@pytest.mark.parametrize("arch", list(LOSS_NETS))
+def test_every_net_trains_with_every_loss(arch: str, cond: str, loss_name: str) -> None:
+    shape, widths = LOSS_NETS[arch]
+    loss = LOSSES[loss_name]
+    fields = {**CONDITIONING[cond], **widths}
+    if loss.gradient_penalty:
+        fields["d_norm"] = "none"  # BatchNorm mixes samples, which breaks per-sample gradient norms
+    G, D = _nets(arch, shape, **fields)
+    z, y = torch.randn(N, G.latent_dim), _labels(fields)
+    real = torch.rand(N, *shape) * 2 - 1
+
+    # (1) D step: real and fake in one pass, as the training loop does.
+    fake = G(z, y)
+    both = torch.cat([real, fake.detach()])
+    logits = D(both, None if y is None else torch.cat([y, y]))
+    d_loss = loss.d_loss(*logits.chunk(2), 0.1)
+    if loss.gradient_penalty:
+        x_hat = interpolates(real, fake.detach())
+        d_loss = d_loss + 10.0 * gradient_penalty(D(x_hat, y), x_hat)
+    d_loss.backward()
+    _assert_all_grads(D, "D", shift_invariant=loss_name in ("hinge", "wgan_gp"))
+    assert not any(p.grad is not None for p in G.parameters()), "D's loss must not reach G"
+
+    # (2) G step through D.
+    D.zero_grad(set_to_none=True)
+    loss.g_loss(D(fake, y)).backward()
+    _assert_all_grads(G, "G")
+
+
+def test_generator_survives_pickling_for_checkpoints_and_model_logging() -> None:
+    G, _ = _nets("deep", (1, 28, 28), conditional=True, g_widths=[16, 8, 4])
+    G.eval()
+    clone = pickle.loads(pickle.dumps(G))
+    z, y = torch.randn(2, 100), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(clone(z, y), G(z, y))
+    assert clone.latent_dim == 100 and clone.num_classes == NUM_CLASSES
