@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MNIST  ?= ../shared/datasets/mnist
-EPOCHS ?= 2
+EPOCHS ?= 3
 
 .PHONY: setup mnist test bench clean
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# The main job, sized for a 2-core CPU with no internet: the local MNIST test split, 2 epochs.
+# The main job, sized for a 2-core CPU with no internet: the local MNIST test split, 3 epochs.
 mnist: $(STAMP)
 	$(VENV)/bin/ganops submit jobs/mnist_dcgan.yaml \
 	  --set spec.data.root=$(MNIST) --set spec.data.split=test --set spec.train.epochs=$(EPOCHS)

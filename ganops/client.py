@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ganops import data as gdata
+from ganops import storage
 from ganops.errors import UserError
 from ganops.spec import load
 from ganops.spec.models import GANJob
@@ -20,8 +21,17 @@ if TYPE_CHECKING:
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> GANJob:
-    """Read, override and validate a job spec (the one path the CLI and workers share)."""
-    return load(path, overrides)
+    """Read, override and validate a job spec, with local paths made absolute.
+
+    Ray workers do not share the driver's working directory, so the resolved spec that
+    travels to them (and is saved with every checkpoint) names absolute paths.
+    """
+    job = load(path, overrides)
+    spec = job.spec
+    if spec.data.root and "://" not in spec.data.root:
+        spec.data.root = str(Path(spec.data.root).expanduser().resolve())
+    spec.storage = storage.resolve(spec.storage)
+    return job
 
 
 def preflight(job: GANJob) -> gdata.ImageInfo:

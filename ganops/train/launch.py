@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,7 +113,9 @@ def _init_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+    # Worker output stays in Ray's log files: a failure reaches the user through the
+    # exception fit() raises, without every rank's traceback printed twice before it.
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     return True
 
 
@@ -139,6 +142,29 @@ def _ctrl_c_stops(control: Any, echo: Echo) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _fit_off_main_thread(trainer: Any) -> Any:
+    """Run ``trainer.fit()`` in a thread and wait for it on the main thread.
+
+    On the main thread, Ray Train installs its own SIGINT handler that aborts the run
+    without a checkpoint; off it, ours stays: the first Ctrl-C checkpoints and stops.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="ganops-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # short waits keep the main thread responsive to signals
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 def _user_error_in(exc: BaseException) -> UserError | None:
@@ -236,9 +262,9 @@ def run(
         with _ctrl_c_stops(control, echo):
             if show_progress:
                 with ProgressDisplay(control, total_steps, start_step):
-                    trainer.fit()
+                    _fit_off_main_thread(trainer)
             else:
-                trainer.fit()
+                _fit_off_main_thread(trainer)
     except Exception as e:
         user = _user_error_in(e)
         if user is not None:

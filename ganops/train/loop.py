@@ -17,19 +17,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
 from pyarrow import fs as pafs
-from torch.utils.data import DistributedSampler
 
 from ganops import data as gdata
 from ganops import jobdir, storage
 from ganops.spec import dump, validate
 from ganops.spec.models import GANJob
 from ganops.train import samples
+from ganops.train.batches import RankBatches
 from ganops.train.step import GANStep
 
 # How often rank 0 asks the driver whether Ctrl-C was pressed (the answer is broadcast so
@@ -75,18 +74,11 @@ class Worker:
         torch.manual_seed(rank_seed(self.spec.train.seed, self.rank, salt=2))  # dropout differs per rank
         self.fixed_z, self.fixed_y, self.grid_cols = self._fixed_noise(info.num_classes)
         self.pos = Position()
-        self.images = torch.from_numpy(self.data.images)
-        self.labels = torch.from_numpy(self.data.labels) if self.data.labels is not None else None
-        if self.device.type == "cuda" and self.images.numel() < 2**31:
-            # Small datasets live on the GPU: batches are gathered there, no host copies.
-            self.images = self.images.to(self.device)
-            self.labels = self.labels.to(self.device) if self.labels is not None else None
-        self.per_rank_batch = self.spec.train.batch_size // self.world
-        self.sampler = DistributedSampler(
-            range(len(self.images)), num_replicas=self.world, rank=self.rank, shuffle=True,
-            seed=self.spec.train.seed, drop_last=True,
+        self.batches = RankBatches(
+            self.data.images, self.data.labels, self.spec.train.batch_size // self.world,
+            rank=self.rank, world=self.world, seed=self.spec.train.seed, device=self.device,
         )  # fmt: skip
-        self.batches_per_epoch = len(self.sampler) // self.per_rank_batch
+        self.batches_per_epoch = self.batches.per_epoch
 
     # -- set-up -----------------------------------------------------------------------
     def _fixed_noise(self, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -119,7 +111,7 @@ class Worker:
         if len(rng) == self.world:
             mine = rng[self.rank]
             torch.set_rng_state(mine["torch"])
-            self.step.noise.set_state(mine["noise"].to(self.step.noise.get_state().device))
+            self.step.noise.set_state(mine["noise"])
             if mine.get("cuda") is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(mine["cuda"], self.device)
         else:
@@ -136,14 +128,9 @@ class Worker:
         t_log, steps_since_log = time.perf_counter(), 0
         while self.pos.epoch < spec.train.epochs and not stop:
             t_epoch = time.perf_counter()
-            self.sampler.set_epoch(self.pos.epoch)
-            order = torch.tensor(list(iter(self.sampler)), dtype=torch.long, device=self.images.device)
             self.step.g.train()
             self.step.d.train()
-            while self.pos.batch < self.batches_per_epoch:
-                sel = order[self.pos.batch * self.per_rank_batch : (self.pos.batch + 1) * self.per_rank_batch]
-                real = self.images[sel].to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-                y = self.labels[sel].to(self.device, non_blocking=True) if self.labels is not None else None
+            for real, y in self.batches.epoch(self.pos.epoch, start=self.pos.batch):
                 self.step.train_batch(real, y)
                 self.pos.batch += 1
                 self.pos.step += 1
@@ -241,13 +228,20 @@ class Worker:
             "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
+    def _checksum(self) -> float:
+        """Sum of G's and D's weights: equal on every rank while DDP keeps them in sync."""
+        with torch.no_grad():
+            params = [*self.step.g.parameters(), *self.step.d.parameters()]
+            return float(sum(p.double().sum() for p in params))
+
     def _save_and_report(self, metrics: dict[str, Any], final: bool) -> None:
         """Every rank calls this (ray.train.report is a barrier); rank 0 writes."""
-        rng = [self._rng_state()]
+        mine = {"rng": self._rng_state(), "checksum": self._checksum()}
+        ranks: list[Any] = [mine]
         if self.world > 1:
-            gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, mine)
+        rng = [r["rng"] for r in ranks]
         name = jobdir.checkpoint_name(self.pos.epoch, self.pos.batch)
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
@@ -264,7 +258,13 @@ class Worker:
             torch.save(state, os.path.join(tmp, jobdir.STATE_FILE))
             with open(os.path.join(tmp, jobdir.SPEC_FILE), "w") as f:
                 f.write(dump(self.job))
-            meta = {**metrics, "world_size": self.world, "final": final, "time": time.time()}
+            meta = {
+                **metrics,
+                "world_size": self.world,
+                "rank_checksums": [r["checksum"] for r in ranks],
+                "final": final,
+                "time": time.time(),
+            }
             with open(os.path.join(tmp, jobdir.MARKER), "w") as f:
                 json.dump(meta, f)
             ray.train.report(
@@ -305,5 +305,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    np.seterr(all="ignore")
     Worker(config).run()

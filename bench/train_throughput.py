@@ -1,0 +1,308 @@
+"""Training throughput: the ganops step against a plain PyTorch DCGAN loop, same process.
+
+Compared, on the same data, networks, initial weights, batch size and optimizer:
+
+(A) ganops:  ``RankBatches`` (world 1) feeding ``GANStep(..., ddp=False).train_batch`` —
+    what each Ray Train worker runs per batch, minus DDP.
+(B) plain:   the loop of pytorch/examples' ``dcgan/main.py``: a ``DataLoader`` over a
+    ``TensorDataset`` of float images in [-1, 1] (shuffle, drop_last, no worker processes)
+    and per batch D(real) backward, D(G(z).detach()) backward, D step, D(G(z)) backward,
+    G step, with ``nn.BCEWithLogitsLoss`` (our D returns logits).
+
+Both sides are timed in one process, interleaved: after a warm-up of each, every round
+times N steps of A and N steps of B in alternating chunks (``--chunk`` steps of one side,
+then of the other, the side that goes first swapping from chunk pair to chunk pair), so a
+noisy machine slows both alike. On CPU a chunk is one step by default: on a shared 2-core
+machine the load changes within seconds, and blocks of N steps per side gave per-round
+ratios anywhere from 0.4 to 2.6 on the same code. On CUDA a chunk is the whole round
+(N steps of A, then N of B), because the clock needs a device sync at each chunk's ends and
+a sync per step would add a host stall that real training does not have.
+A step is fetching the batch plus one D and one G update.
+
+Reading the result: images/s per side per round, their medians, and the ratio
+ganops / plain (the median of the per-round ratios, robust to a noisy round).
+A ratio >= 1.0 means ganops trains at least as fast as the plain loop; below 1.0 it is
+slower (the script prints a note but always exits 0: this is a measurement, not a gate).
+
+The plain loop is the textbook shape and knows nothing of the extras a spec may switch
+on (gradient penalty, d_steps > 1, EMA, clipping, label smoothing); with those the
+ratio compares different work, and the script says so.
+
+    .venv/bin/python bench/train_throughput.py                       # defaults: ~1.5 min on 2 idle CPUs
+    .venv/bin/python bench/train_throughput.py --set spec.train.batch_size=256 --rounds 7
+    .venv/bin/python bench/train_throughput.py --steps 2 --rounds 1 --warmup 1   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ganops import data as gdata
+from ganops import spec as gspec
+from ganops.errors import UserError
+from ganops.nets import build_discriminator, build_generator
+from ganops.spec.models import GANJobSpec
+from ganops.train.batches import RankBatches
+from ganops.train.step import GANStep
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
+MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
+# The official test split (10,000 images) is what the shared folder holds. Batch 128 is what
+# each of the job's 2 workers trains on (global 256 / 2), and keeps the default run near two
+# minutes on 2 CPU cores.
+DEFAULT_SETS = [
+    f"spec.data.root={MNIST}",
+    "spec.data.split=test",
+    "spec.data.download=false",
+    "spec.train.batch_size=128",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--job", default=str(DEFAULT_JOB), help="GANJob YAML (default: jobs/mnist_dcgan.yaml)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        help="spec override, as in the CLI (repeatable); applied after the benchmark's own: "
+        + ", ".join(DEFAULT_SETS),
+    )  # fmt: skip
+    # Many short rounds beat few long ones on a shared machine: a burst of load then spoils
+    # one round's ratio, which the median drops, instead of a large share of the run.
+    p.add_argument("--steps", type=int, default=10, help="timed steps per side per round (default 10)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first (default 3)")
+    p.add_argument(
+        "--chunk", type=int, default=None,
+        help="steps of one side before switching to the other (default: 1 on cpu, --steps on cuda)",
+    )  # fmt: skip
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    for flag in ("steps", "rounds", "threads"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1")
+    if args.chunk is not None and not 1 <= args.chunk <= args.steps:
+        p.error("--chunk must be between 1 and --steps")
+    if args.warmup < 0:
+        p.error("--warmup must be at least 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device available")
+    return args
+
+
+# --- (A) ganops ----------------------------------------------------------------------
+
+
+def ganops_side(
+    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device
+) -> tuple[GANStep, Callable[[], None]]:
+    step = GANStep(spec, ds.info.shape, ds.info.num_classes, device, ddp=False)
+    batches = RankBatches(ds.images, ds.labels, spec.train.batch_size, seed=spec.train.seed, device=device)
+
+    def stream() -> Iterator[tuple[Tensor, Tensor | None]]:
+        epoch = 0
+        while True:
+            yield from batches.epoch(epoch)
+            epoch += 1
+
+    it = stream()
+
+    def one() -> None:
+        real, y = next(it)
+        step.train_batch(real, y)
+
+    return step, one
+
+
+# --- (B) plain PyTorch, pytorch/examples dcgan style ---------------------------------
+
+
+def plain_side(
+    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep
+) -> Callable[[], None]:
+    num_classes = ds.info.num_classes if spec.model.conditional else None
+    netG = build_generator(spec.model, ds.info.shape, num_classes).to(device)  # noqa: N806 - dcgan's names
+    netD = build_discriminator(spec.model, ds.info.shape, num_classes).to(device)  # noqa: N806
+    # Identical starting weights on both sides.
+    netG.load_state_dict(step.g.state_dict())
+    netD.load_state_dict(step.d.state_dict())
+    t = spec.train
+    opt: Any = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.Adam
+    extra = {} if t.optimizer == "rmsprop" else {"betas": (t.betas[0], t.betas[1])}
+    optimizerG = opt(netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)  # noqa: N806
+    optimizerD = opt(netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)  # noqa: N806
+    criterion = nn.BCEWithLogitsLoss()
+
+    images = torch.from_numpy(gdata.to_unit_range(ds.images))
+    # Unlabelled data gets dummy labels so the DataLoader yields the same (x, y) pairs.
+    labels = torch.zeros(len(images), dtype=torch.long) if ds.labels is None else torch.from_numpy(ds.labels)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels),
+        batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=0,
+    )  # fmt: skip
+    def stream() -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            yield from loader
+
+    it = stream()
+    latent = spec.model.latent_dim
+
+    def one() -> None:
+        real_cpu, y_cpu = next(it)
+        real = real_cpu.to(device)
+        y = y_cpu.to(device) if num_classes is not None else None
+        b = real.size(0)
+        ones = torch.ones(b, device=device)
+        zeros = torch.zeros(b, device=device)
+        # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
+        netD.zero_grad()
+        errD_real = criterion(netD(real, y), ones)  # noqa: N806
+        errD_real.backward()
+        noise = torch.randn(b, latent, device=device)
+        fake = netG(noise, y)
+        errD_fake = criterion(netD(fake.detach(), y), zeros)  # noqa: N806
+        errD_fake.backward()
+        optimizerD.step()
+        # (2) Update G: maximize log D(G(z))
+        netG.zero_grad()
+        errG = criterion(netD(fake, y), ones)  # noqa: N806
+        errG.backward()
+        optimizerG.step()
+
+    return one
+
+
+# --- timing --------------------------------------------------------------------------
+
+
+def _timed(one: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` steps, with the device idle at both ends of the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _not_compared(spec: GANJobSpec) -> list[str]:
+    """Spec features the plain loop does not do (the ratio then compares different work)."""
+    t = spec.train
+    out = []
+    if t.loss != "bce":
+        out.append(f"loss={t.loss} (plain uses BCE)")
+    if t.d_steps != 1:
+        out.append(f"d_steps={t.d_steps}")
+    if t.ema_decay is not None:
+        out.append("ema_decay")
+    if t.clip_grad_value is not None or t.clip_grad_norm is not None:
+        out.append("gradient clipping")
+    if t.label_smoothing:
+        out.append("label_smoothing")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    job = gspec.load(args.job, DEFAULT_SETS + args.sets)
+    spec = job.spec
+    ds = gdata.load(spec.data)
+    batch = spec.train.batch_size
+    chunk = args.chunk or (1 if device.type == "cpu" else args.steps)
+    if batch > len(ds):
+        # Both sides drop the last partial batch: an epoch would hold no batch at all.
+        raise UserError(f"spec.train.batch_size: {batch} is more than the {len(ds)} images")
+
+    torch.manual_seed(spec.train.seed)
+    step, run_ganops = ganops_side(spec, ds, device)
+    run_plain = plain_side(spec, ds, device, step)
+    sides = {"ganops": run_ganops, "plain": run_plain}
+
+    settings = {
+        "job": job.name,
+        "arch": spec.model.arch,
+        "images": len(ds),
+        "image_shape": list(ds.info.shape),
+        "batch": batch,
+        "optimizer": spec.train.optimizer,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "chunk": chunk,
+    }
+    print(
+        f"job {settings['job']} ({settings['arch']}, {settings['images']} images "
+        f"{'x'.join(map(str, ds.info.shape))}) | batch {batch} | {spec.train.optimizer} | "
+        f"device {settings['device']} | threads {settings['threads']} | torch {settings['torch']}"
+    )
+    print(
+        f"{args.rounds} rounds x {args.steps} steps per side in chunks of {chunk}, "
+        f"after {args.warmup} warm-up steps each"
+    )
+    skipped = _not_compared(spec)
+    if skipped:
+        print(f"note: the plain loop does not do {', '.join(skipped)}; the ratio compares different work")
+
+    for one in sides.values():
+        _timed(one, args.warmup, device)
+
+    rounds: list[dict[str, float]] = []
+    pair = 0  # chunk pairs so far: who goes first alternates across rounds too
+    for r in range(args.rounds):
+        secs = {"ganops": 0.0, "plain": 0.0}
+        done = 0
+        while done < args.steps:
+            n = min(chunk, args.steps - done)
+            order = ("ganops", "plain") if pair % 2 == 0 else ("plain", "ganops")
+            for name in order:
+                secs[name] += _timed(sides[name], n, device)
+            done += n
+            pair += 1
+        ips = {name: args.steps * batch / s for name, s in secs.items()}
+        rounds.append({"ganops": ips["ganops"], "plain": ips["plain"], "ratio": ips["ganops"] / ips["plain"]})
+        print(
+            f"  round {r + 1}: ganops {ips['ganops']:7.1f} img/s | "
+            f"plain {ips['plain']:7.1f} img/s | ratio {rounds[-1]['ratio']:.3f}"
+        )
+
+    med = {k: statistics.median(x[k] for x in rounds) for k in ("ganops", "plain", "ratio")}
+    print(
+        f"ganops {med['ganops']:6.0f} img/s | plain {med['plain']:6.0f} img/s | ratio {med['ratio']:.2f}x "
+        f"(median of {args.rounds} rounds; target >= 1.0)"
+    )
+    if med["ratio"] < 1.0:
+        slower = (1 - med["ratio"]) * 100
+        print(f"note: ganops is {slower:.1f}% slower than the plain loop (below the 1.0 target)")
+
+    result = {"settings": settings, "not_compared": skipped, "rounds": rounds, "median": med}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -1,0 +1,239 @@
+"""Training end to end on the real MNIST files, real Ray Train workers and real storage."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ganops import client, jobdir
+from ganops.errors import ResourceError, UserError
+from ganops.spec.models import GANJob
+from tests.conftest import JOBS, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def mnist_job(storage: Path, mnist_root: Path, *overrides: str, job: str = "mnist_dcgan") -> GANJob:
+    """A real job file, trimmed to seconds: the local MNIST test split, small batches."""
+    base = [
+        f"spec.data.root={mnist_root}",
+        "spec.data.split=test",
+        "spec.data.download=false",
+        "spec.data.limit=512",
+        "spec.train.batch_size=64",
+        "spec.train.log_every_steps=2",
+        "spec.samples.num=16",
+        "spec.checkpoint.every_epochs=1",
+        f"spec.storage={storage}",
+    ]
+    return client.load_job(JOBS / f"{job}.yaml", base + list(overrides))
+
+
+def run(job: GANJob, **kw: object):  # noqa: ANN201 - RunResult, imported lazily by the SDK
+    return client.submit(job, show_progress=False, echo=lambda _m: None, **kw)
+
+
+def load_state(ckpt_uri: str) -> dict:
+    return torch.load(Path(ckpt_uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    storage = tmp_path_factory.mktemp("two-workers")
+    job = mnist_job(storage, mnist_root, "spec.train.epochs=3", "spec.checkpoint.keep=2", "spec.scaling.num_workers=2")
+    return job, run(job)
+
+
+def test_two_workers_train_on_real_mnist_and_keep_the_newest_checkpoints(two_worker_run) -> None:
+    job, result = two_worker_run
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    assert result.epochs_done == 3 and not result.stopped_early
+    # 512 images / 2 workers / 32 per worker = 8 steps per epoch.
+    assert result.step == 24
+    assert [c.name for c in jd.complete_checkpoints()] == ["epoch_0002", "epoch_0003"]  # keep: 2
+    meta = json.loads((Path(result.latest_checkpoint) / jobdir.MARKER).read_text())
+    assert meta["world_size"] == 2 and meta["final"] is True
+    # DDP keeps both ranks' weights identical; a rank training on its own would drift.
+    a, b = meta["rank_checksums"]
+    assert a == pytest.approx(b, rel=1e-9, abs=1e-9)
+
+
+def test_checkpoints_are_self_sufficient(two_worker_run) -> None:
+    job, result = two_worker_run
+    ckpt = Path(result.latest_checkpoint)
+    state = load_state(str(ckpt))
+    assert state["position"] == {"epoch": 3, "batch": 0, "step": 24}
+    assert set(state["nets"]) >= {"g", "d", "g_ema", "opt_g", "opt_d"}
+    assert state["fixed_z"].shape == (16, 100) and len(state["rng"]) == 2
+    saved = client.load_job(ckpt / jobdir.SPEC_FILE)
+    assert saved == job  # the resolved spec travels with the weights
+
+    from ganops.nets import build_generator
+
+    g = build_generator(saved.spec.model, (1, 28, 28), None)
+    g.load_state_dict(state["nets"]["g"])
+    with torch.no_grad():
+        x = g.eval()(torch.randn(5, 100))
+    assert x.shape == (5, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+
+
+def test_grids_every_epoch_and_a_gif_at_the_end(two_worker_run) -> None:
+    job, result = two_worker_run
+    samples = Path(result.samples_uri)
+    assert sorted(p.name for p in samples.glob("epoch_*.png")) == [jobdir.sample_name(e) for e in (1, 2, 3)]
+    grid = Image.open(samples / "epoch_0003.png")
+    assert grid.size == (4 * 30 + 2, 4 * 30 + 2)  # 16 samples: 4×4 tiles of 28 px, 2 px padding
+    gif = Image.open(io.BytesIO((samples / jobdir.GIF_FILE).read_bytes()))
+    assert gif.n_frames == 3
+    assert (Path(result.job_uri) / jobdir.SPEC_FILE).exists()
+
+
+def test_a_finished_job_is_not_trained_again(two_worker_run) -> None:
+    job, _ = two_worker_run
+    t0 = time.time()
+    again = run(job)
+    assert not again.trained and again.epochs_done == 3
+    assert time.time() - t0 < 5  # decided from storage, no workers started
+
+
+def test_resuming_with_a_different_network_is_refused(two_worker_run, mnist_root: Path) -> None:
+    job, _ = two_worker_run
+    other = job.model_copy(deep=True)
+    other.spec.model.arch = "mlp"
+    other.spec.train.epochs = 5
+    with pytest.raises(UserError, match=r"spec\.model\.arch.*--restart"):
+        run(other)
+
+
+def test_a_checkpoint_without_its_marker_is_never_resumed_from(two_worker_run, tmp_path: Path) -> None:
+    job, result = two_worker_run
+    copy = tmp_path / job.name
+    shutil.copytree(result.job_uri, copy)
+    half = copy / jobdir.CHECKPOINTS / "epoch_0009"
+    shutil.copytree(copy / jobdir.CHECKPOINTS / "epoch_0003", half)
+    (half / jobdir.MARKER).unlink()  # as if the writer died before finishing
+    assert jobdir.JobDir(str(tmp_path), job.name).latest_checkpoint().name == "epoch_0003"
+
+
+def test_workers_that_cannot_fit_the_cluster_fail_at_once(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+    job = mnist_job(tmp_path, mnist_root, "spec.scaling.num_workers=4", "spec.scaling.resources_per_worker={CPU: 1}")
+    t0 = time.time()
+    with pytest.raises(ResourceError, match=r"need CPU 4, but the Ray cluster has CPU 2"):
+        run(job)
+    gpu = mnist_job(tmp_path, mnist_root, "spec.scaling.use_gpu=true")
+    with pytest.raises(ResourceError, match=r"need GPU 2.*use_gpu=false"):
+        run(gpu)
+    assert time.time() - t0 < 30
+
+
+def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(ray_cluster: None, tmp_path: Path, mnist_root: Path) -> None:
+    data = tmp_path / "mnist"
+    data.mkdir()
+    shutil.copy(mnist_root / "t10k-labels-idx1-ubyte.gz", data)
+    gz = (mnist_root / "t10k-images-idx3-ubyte.gz").read_bytes()
+    # Header intact, stream cut: the pre-flight reads only the header, the workers find the rest.
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(gz[: len(gz) // 2])
+    job = mnist_job(tmp_path / "runs", data, "spec.scaling.num_workers=1", "spec.train.epochs=1")
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte"):
+        run(job)
+
+
+def test_conditional_grids_lay_classes_out_in_rows(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+    job = mnist_job(
+        tmp_path, mnist_root, "spec.train.epochs=1", "spec.scaling.num_workers=1", "spec.samples.num=30", job="mnist_cgan"
+    )
+    result = run(job)
+    grid = Image.open(Path(result.samples_uri) / "epoch_0001.png")
+    assert grid.size == (3 * 30 + 2, 10 * 30 + 2)  # ten class rows of three samples
+
+
+# -- resume is exact ----------------------------------------------------------------------
+
+DETERMINISM = ("spec.scaling.num_workers=1", "spec.data.limit=1024", "spec.train.seed=7")
+
+
+def _final_state(result) -> dict:  # noqa: ANN001
+    assert result.epochs_done == 3
+    return load_state(result.latest_checkpoint)
+
+
+def _assert_same_training_state(a: dict, b: dict) -> None:
+    for net in ("g", "d"):
+        for k, v in a["nets"][net].items():
+            assert torch.equal(v, b["nets"][net][k]), f"{net}.{k} differs"
+    exp_a = a["nets"]["opt_g"]["state"][0]["exp_avg"]
+    assert torch.equal(exp_a, b["nets"]["opt_g"]["state"][0]["exp_avg"])
+    assert a["position"] == b["position"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    job = mnist_job(tmp_path_factory.mktemp("straight"), mnist_root, *DETERMINISM, "spec.train.epochs=3")
+    return _final_state(run(job))
+
+
+def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
+    uninterrupted: dict, mnist_root: Path, tmp_path: Path
+) -> None:
+    first = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=1"))
+    assert first.epochs_done == 1
+    resumed = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=3"))
+    assert resumed.resumed_from.endswith("epoch_0001")
+    _assert_same_training_state(uninterrupted, _final_state(resumed))
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
+    uninterrupted: dict, mnist_root: Path, tmp_path: Path
+) -> None:
+    sets = [f"--set={o}" for o in (*DETERMINISM, "spec.train.epochs=3", "spec.data.split=test", "spec.train.batch_size=64",
+                                  "spec.train.log_every_steps=2", "spec.samples.num=16", "spec.checkpoint.every_epochs=1",
+                                  f"spec.data.root={mnist_root}", f"spec.storage={tmp_path}")]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganops.cli", "submit", str(JOBS / "mnist_dcgan.yaml"), "-q", *sets],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        deadline = time.time() + 240
+        # Training has begun once the first progress line arrives (-q still prints nothing
+        # of progress, so wait for rank 0's first checkpoint instead).
+        first = Path(tmp_path) / "mnist-dcgan" / jobdir.CHECKPOINTS / "epoch_0001" / jobdir.MARKER
+        while not first.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert first.exists(), "the run never reached its first checkpoint"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+        lines.append(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, lines
+    assert "stopping: the workers write a checkpoint first" in lines[0]
+    assert "stopped early" in lines[0] and "Traceback" not in lines[0]
+    latest = jobdir.JobDir(str(tmp_path), "mnist-dcgan").latest_checkpoint()
+    assert latest is not None and latest.batch > 0 and latest.epoch < 3  # stopped mid-epoch
+    resumed = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=3"))
+    assert resumed.resumed_from == latest.uri
+    _assert_same_training_state(uninterrupted, _final_state(resumed))
+
+
+def test_restart_moves_the_old_run_aside_and_starts_over(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+    args = ("spec.scaling.num_workers=1", "spec.data.limit=128", "spec.train.epochs=1")
+    run(mnist_job(tmp_path, mnist_root, *args))
+    again = run(mnist_job(tmp_path, mnist_root, *args), restart=True)
+    assert again.trained and again.resumed_from is None and again.epochs_done == 1
+    old = Path(again.archived_to)
+    assert old.name.startswith("mnist-dcgan.restart-")
+    assert (old / jobdir.CHECKPOINTS / "epoch_0001" / jobdir.MARKER).exists()  # nothing lost
