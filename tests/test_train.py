@@ -237,3 +237,22 @@ def test_restart_moves_the_old_run_aside_and_starts_over(ray_cluster: None, mnis
     old = Path(again.archived_to)
     assert old.name.startswith("mnist-dcgan.restart-")
     assert (old / jobdir.CHECKPOINTS / "epoch_0001" / jobdir.MARKER).exists()  # nothing lost
+
+
+def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+    # WGAN-GP's double backward through DDP, several D steps per G step, an EMA of G,
+    # RMSprop with clipping and separate learning rates, on two real workers.
+    job = mnist_job(
+        tmp_path, mnist_root,
+        "spec.train.epochs=1", "spec.data.limit=256", "spec.model.d_norm=none",
+        "spec.train.loss=wgan_gp", "spec.train.d_steps=2", "spec.train.ema_decay=0.9",
+        "spec.train.optimizer=rmsprop", "spec.train.clip_grad_norm=5.0", "spec.train.g_lr=5e-5", "spec.train.d_lr=2e-4",
+    )  # fmt: skip
+    result = run(job)
+    state = load_state(result.latest_checkpoint)
+    g, ema = state["nets"]["g"], state["nets"]["g_ema"]
+    assert ema is not None and any(not torch.equal(g[k], ema[k]) for k in g if g[k].is_floating_point())
+    assert state["nets"]["opt_g"]["param_groups"][0]["lr"] == 5e-5
+    assert "square_avg" in state["nets"]["opt_d"]["state"][0]  # RMSprop's state
+    meta = json.loads((Path(result.latest_checkpoint) / jobdir.MARKER).read_text())
+    assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)

@@ -257,11 +257,10 @@ def run(
         ),
     )
     total_steps = _total_steps(job)
-    start_step = latest.step if latest else 0
     try:
         with _ctrl_c_stops(control, echo):
             if show_progress:
-                with ProgressDisplay(control, total_steps, start_step):
+                with ProgressDisplay(control, total_steps):
                     _fit_off_main_thread(trainer)
             else:
                 _fit_off_main_thread(trainer)

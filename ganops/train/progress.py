@@ -28,17 +28,18 @@ def format_line(p: dict[str, Any], eta_s: float | None) -> str:
 class ProgressDisplay:
     """Polls the control actor in a thread; redraws one line on a TTY, prints lines otherwise."""
 
-    def __init__(self, control: Any, total_steps: int, start_step: int, interval_s: float = 1.0) -> None:
+    def __init__(self, control: Any, total_steps: int, interval_s: float = 1.0) -> None:
         self.control = control
         self.total_steps = total_steps
-        self.start_step = start_step
         self.interval_s = interval_s
         self.tty = sys.stderr.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ganops-progress")
         self._last_step = -1
         self._last_print = 0.0
-        self._t0 = time.time()
+        # The rate is measured from the first report, not from submit: Ray's start-up
+        # (tens of seconds here) would otherwise inflate the first ETAs.
+        self._first: tuple[int, float] | None = None
         self.last: dict[str, Any] = {}
 
     def __enter__(self) -> ProgressDisplay:
@@ -53,10 +54,14 @@ class ProgressDisplay:
             sys.stderr.flush()
 
     def _eta(self, step: int) -> float | None:
-        done = step - self.start_step
+        now = time.time()
+        if self._first is None:
+            self._first = (step, now)
+            return None
+        done = step - self._first[0]
         if done <= 0:
             return None
-        rate = done / (time.time() - self._t0)
+        rate = done / (now - self._first[1])
         return (self.total_steps - step) / rate
 
     def _run(self) -> None:
