@@ -91,6 +91,28 @@ def submit(
     _summary(result)
 
 
+@cli.command()
+@click.option(
+    "--storage", default="./runs", show_default=True, help="Storage root of the jobs to show (their spec.storage)."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to serve on.")
+@click.option("--port", default=5000, show_default=True, type=int, help="Port to serve on.")
+def ui(storage: str, host: str, port: int) -> None:
+    """Serve the MLflow UI for the embedded tracking store of a storage root.
+
+    Jobs without spec.tracking.uri (and no MLFLOW_TRACKING_URI) log to a local SQLite
+    store under their storage root; this shows it. Ctrl-C stops the UI.
+    """
+    from ganops import tracking
+
+    cmd, address = tracking.ui_command(storage, host, port)
+    _err(f"MLflow UI for {storage}: {address}  (Ctrl-C to stop)")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    sys.stderr.flush()
+    # Become the server: Ctrl-C and SIGTERM reach it directly, and no child outlives us.
+    os.execve(cmd[0], cmd, env)
+
+
 def _summary(r: Any) -> None:
     state = "stopped early" if r.stopped_early else "done"
     minutes, seconds = divmod(int(r.elapsed_s), 60)
@@ -102,6 +124,8 @@ def _summary(r: Any) -> None:
     ]
     if r.gif_uri:
         lines.append(f"  training GIF   {r.gif_uri}")
+    if r.mlflow_run_id:
+        lines.append(f"  MLflow run     {r.mlflow_run_id}  {r.mlflow_hint}")
     if r.stopped_early:
         lines.append("  resume with the same command")
     _err("\n".join(lines))

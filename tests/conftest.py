@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ganops.spec.models import GANJob
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "datasets" / "mnist"
@@ -16,6 +23,31 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def mnist_job(storage: Path | str, mnist_root: Path, *overrides: str, job: str = "mnist_dcgan") -> GANJob:
+    """A real job file, trimmed to seconds: the local MNIST test split, small batches."""
+    base = [
+        f"spec.data.root={mnist_root}",
+        "spec.data.split=test",
+        "spec.data.download=false",
+        "spec.data.limit=512",
+        "spec.train.batch_size=64",
+        "spec.train.log_every_steps=2",
+        "spec.samples.num=16",
+        "spec.checkpoint.every_epochs=1",
+        f"spec.storage={storage}",
+    ]
+    from ganops import client
+
+    return client.load_job(JOBS / f"{job}.yaml", base + list(overrides))
+
+
+def run(job: GANJob, **kw: object):  # noqa: ANN201 - RunResult, imported lazily by the SDK
+    """Submit in-process on the session's Ray, quietly."""
+    from ganops import client
+
+    return client.submit(job, show_progress=False, echo=lambda _m: None, **kw)
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     if not (MNIST / "t10k-images-idx3-ubyte.gz").exists():
@@ -23,8 +55,91 @@ def mnist_root() -> Path:
     return MNIST
 
 
+# Credentials for the test S3 server only; they exist to prove they never leak.
+S3_KEY_ID = "AKIAGANOPSTESTKEY0001"
+S3_SECRET = "ganops-test-secret-never-logged-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 endpoint (moto's server) on 127.0.0.1, configured the standard AWS way.
+
+    The environment is set before Ray starts (``ray_cluster`` depends on this fixture),
+    so workers inherit it as they would from a user's shell.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        {
+            # The dataset cache of this session (workers inherit it, as from a user's shell).
+            "GANOPS_CACHE": str(tmp_path_factory.mktemp("ganops-cache")),
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A fresh, empty bucket per test."""
+    import uuid
+
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server: SQLite metadata, artifacts proxied to the S3 server."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="mlflow")
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server}
+    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
+         "--artifacts-destination", "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start; see {home / 'server.log'}")
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: str) -> Iterator[None]:
     """One embedded Ray for the whole session (init costs ~10 s on 2 cores)."""
     import ray
 

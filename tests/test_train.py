@@ -18,30 +18,9 @@ from PIL import Image
 
 from ganops import client, jobdir
 from ganops.errors import ResourceError, UserError
-from ganops.spec.models import GANJob
-from tests.conftest import JOBS, REPO
+from tests.conftest import JOBS, REPO, mnist_job, run
 
 pytestmark = pytest.mark.slow
-
-
-def mnist_job(storage: Path, mnist_root: Path, *overrides: str, job: str = "mnist_dcgan") -> GANJob:
-    """A real job file, trimmed to seconds: the local MNIST test split, small batches."""
-    base = [
-        f"spec.data.root={mnist_root}",
-        "spec.data.split=test",
-        "spec.data.download=false",
-        "spec.data.limit=512",
-        "spec.train.batch_size=64",
-        "spec.train.log_every_steps=2",
-        "spec.samples.num=16",
-        "spec.checkpoint.every_epochs=1",
-        f"spec.storage={storage}",
-    ]
-    return client.load_job(JOBS / f"{job}.yaml", base + list(overrides))
-
-
-def run(job: GANJob, **kw: object):  # noqa: ANN201 - RunResult, imported lazily by the SDK
-    return client.submit(job, show_progress=False, echo=lambda _m: None, **kw)
 
 
 def load_state(ckpt_uri: str) -> dict:
@@ -256,3 +235,42 @@ def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Pat
     assert "square_avg" in state["nets"]["opt_d"]["state"][0]  # RMSprop's state
     meta = json.loads((Path(result.latest_checkpoint) / jobdir.MARKER).read_text())
     assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)
+
+
+def test_the_embedded_mlflow_store_records_the_run_next_to_the_jobs(two_worker_run) -> None:
+    from mlflow import MlflowClient
+
+    job, result = two_worker_run
+    db = Path(job.spec.storage) / "mlflow.db"
+    assert db.exists() and result.mlflow_run_id
+    mlflow = MlflowClient(f"sqlite:///{db}")
+    run_ = mlflow.get_run(result.mlflow_run_id)
+    assert run_.info.status == "FINISHED" and run_.data.tags["ganops.world_size"] == "2"
+    assert [m.step for m in mlflow.get_metric_history(result.mlflow_run_id, "g_loss")] == list(range(2, 25, 2))
+    assert (Path(job.spec.storage) / "mlartifacts").is_dir()  # artifacts beside the store
+
+
+def test_ganops_ui_serves_the_embedded_store(two_worker_run) -> None:
+    import socket
+    import urllib.request
+
+    job, _ = two_worker_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganops.cli", "ui", "--storage", job.spec.storage, "--port", str(port)],
+        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline, body = time.time() + 90, b""
+        while time.time() < deadline and not body:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            except OSError:
+                time.sleep(0.5)
+        assert body.strip() == b"OK"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in err

@@ -12,6 +12,8 @@ themselves are imported on first use, so ``import ganops.data`` costs numpy and 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,16 +110,45 @@ def get(name: str) -> Reader:
 
 def probe(spec: DataSpec) -> ImageInfo:
     """Check that the dataset is there and readable, reading only headers where possible."""
-    info = get(spec.dataset).probe(spec)
+    reader = get(spec.dataset)
+    with _local_copy(spec) as local:
+        info = reader.probe(local)
     _check_num_classes(spec, info)
     return info
 
 
 def load(spec: DataSpec) -> ArrayDataset:
     """Read the split into memory (the first ``spec.limit`` images when set)."""
-    ds = get(spec.dataset).load(spec)
+    reader = get(spec.dataset)
+    with _local_copy(spec) as local:
+        ds = reader.load(local)
     _check_num_classes(spec, ds.info)
     return ds
+
+
+@contextmanager
+def _local_copy(spec: DataSpec) -> Iterator[DataSpec]:
+    """``spec`` with an ``s3://`` root replaced by this machine's downloaded copy of it.
+
+    The readers' messages then name the S3 location rather than the cache directory.
+    """
+    if not (spec.root or "").startswith("s3://"):
+        yield spec
+        return
+    if spec.download:
+        raise UserError(
+            f"spec.data.download: true fetches the official files into a local root, not into {spec.root}; "
+            "upload the files there yourself and set download: false"
+        )
+    from ganops.data.remote import local_root  # boto3 only for S3 roots
+
+    local = local_root(spec.root)
+    try:
+        yield spec.model_copy(update={"root": local})
+    except UserError as e:
+        if type(e) is not UserError or local not in str(e):
+            raise
+        raise UserError(str(e).replace(local, spec.root.rstrip("/"))) from None
 
 
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A tiny actor between the driver and the workers: progress up, stop requests down.
+"""A tiny actor between the driver and the workers: progress and warnings up, stop down.
 
 Ray Train V2 runs its callbacks in the controller actor, not in the driver, so the
 driver's live display and Ctrl-C handling need their own channel.
@@ -15,6 +15,7 @@ import ray
 class JobControl:
     def __init__(self) -> None:
         self._progress: dict[str, Any] = {}
+        self._warnings: list[str] = []
         self._stop = False
 
     def push(self, progress: dict[str, Any]) -> None:
@@ -22,6 +23,12 @@ class JobControl:
 
     def progress(self) -> dict[str, Any]:
         return self._progress
+
+    def warn(self, message: str) -> None:
+        self._warnings.append(message)
+
+    def warnings(self, since: int = 0) -> list[str]:
+        return self._warnings[since:]
 
     def request_stop(self) -> None:
         self._stop = True

@@ -43,6 +43,22 @@ class RunResult:
     stopped_early: bool
     elapsed_s: float
     trained: bool = True
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    mlflow_hint: str | None = None
+
+
+# Settings that workers on another machine need to reach the same storage and tracking
+# server. Names only of non-secret settings: credentials come from each node's own
+# environment (an instance role, a Kubernetes Secret), never through Ray.
+WORKER_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE",
+)  # fmt: skip
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
 
 
 def _compatible(previous: dict[str, Any], job: GANJob) -> list[str]:
@@ -223,6 +239,12 @@ def run(
         echo(f"resuming {job.name} from {latest.name} ({where}) → {spec.train.epochs} epochs")
     storage.write_bytes(jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
 
+    from ganops import tracking
+
+    run_ref = tracking.open_run(job, jd, warn=lambda m: echo(f"warning: {m}"))
+    verb = "continuing" if run_ref.resumed else "logging to"
+    echo(f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})")
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -244,6 +266,8 @@ def run(
             "job": job.to_dict(),
             "control": control_name,
             "resume_from": latest.uri if latest else None,
+            "mlflow": {"uri": run_ref.tracking_uri, "run_id": run_ref.run_id},
+            "env": worker_env(),
         },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu, resources_per_worker=resources
@@ -257,13 +281,18 @@ def run(
         ),
     )
     total_steps = _total_steps(job)
+    status = "FAILED"
     try:
         with _ctrl_c_stops(control, echo):
-            if show_progress:
-                with ProgressDisplay(control, total_steps):
-                    _fit_off_main_thread(trainer)
-            else:
+            with ProgressDisplay(control, total_steps, show_line=show_progress, echo=echo):
                 _fit_off_main_thread(trainer)
+        latest_after = jd.latest_checkpoint()
+        stopped = latest_after is not None and latest_after.epoch < spec.train.epochs
+        # KILLED marks a run stopped early: the next submit resumes it and sets it RUNNING.
+        status = "KILLED" if stopped else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     except Exception as e:
         user = _user_error_in(e)
         if user is not None:
@@ -271,9 +300,15 @@ def run(
         raise
     finally:
         ray.kill(control)
-    latest_after = jd.latest_checkpoint()
-    stopped = latest_after is not None and latest_after.epoch < spec.train.epochs
-    return _result(jd, job, latest_after, latest, archived, stopped, t0)
+        try:
+            tracking.close_run(run_ref, status)
+        except Exception as e:  # noqa: BLE001 - never mask the run's own outcome
+            echo(f"warning: could not mark MLflow run {run_ref.run_id} {status}: {e}")
+    result = _result(jd, job, latest_after, latest, archived, stopped, t0)
+    result.mlflow_run_id = run_ref.run_id
+    result.tracking_uri = tracking.redact(run_ref.tracking_uri)
+    result.mlflow_hint = tracking.ui_address_hint(run_ref, spec.storage)
+    return result
 
 
 def _total_steps(job: GANJob) -> int:

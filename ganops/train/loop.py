@@ -59,6 +59,12 @@ class Worker:
         self.device = ray.train.torch.get_device() if self.spec.scaling.use_gpu else torch.device("cpu")
         self.jobdir = jobdir.JobDir(self.spec.storage, self.job.name)
         self.control = ray.get_actor(config["control"]) if config.get("control") else None
+        self.tracker = None
+        mlflow_cfg = config.get("mlflow")
+        if self.rank == 0 and mlflow_cfg:
+            from ganops.tracking import RunLogger
+
+            self.tracker = RunLogger(mlflow_cfg["uri"], mlflow_cfg["run_id"], warn=self._warn)
 
         torch.manual_seed(rank_seed(self.spec.train.seed, 0))  # same initial weights everywhere
         self.data = gdata.load(self.spec.data)
@@ -152,6 +158,30 @@ class Worker:
             self._save_and_report(self._metrics(), final=True)
         if self.rank == 0 and spec.samples.gif and not stop:
             self._write_gif()
+        if self.rank == 0 and not stop:
+            self._log_model()
+
+    def finish(self) -> None:
+        """Flush rank 0's MLflow writes (retried through short outages)."""
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def _warn(self, message: str) -> None:
+        if self.control is not None:
+            self.control.warn.remote(message)
+
+    def _log_model(self) -> None:
+        if self.tracker is None:
+            return
+        from ganops.tracking import log_generator
+
+        cfg = self.config["mlflow"]
+        latest = self.jobdir.latest_checkpoint()
+        if latest is not None:
+            self.tracker.set_tag("ganops.checkpoint", latest.uri)
+        uri = log_generator(cfg["uri"], cfg["run_id"], self.step.sampler, self.spec.tracking.register_as, self._warn)
+        if uri:
+            self.tracker.set_tag("ganops.model_uri", uri)
 
     def _end_of_epoch(self, epoch_time: float) -> None:
         spec = self.spec
@@ -160,6 +190,8 @@ class Worker:
             self._write_grid(e)
         metrics = self._metrics()
         metrics["epoch_time_s"] = epoch_time
+        if self.tracker is not None:
+            self.tracker.log_metrics({"epoch": e, "epoch_time_s": epoch_time}, self.pos.step)
         last = e == spec.train.epochs
         if e % spec.checkpoint.every_epochs == 0 or last:
             self._save_and_report(metrics, final=last)
@@ -176,9 +208,14 @@ class Worker:
             t = torch.tensor(list(stats.values()), device=self.device)
             dist.all_reduce(t)
             stats = dict(zip(stats, (t / self.world).tolist(), strict=True))
-        if self.rank != 0 or self.control is None:
+        if self.rank != 0:
             return
         images_per_s = steps * self.spec.train.batch_size / max(elapsed, 1e-9)
+        lrs = {"lr_g": self.step.opt_g.param_groups[0]["lr"], "lr_d": self.step.opt_d.param_groups[0]["lr"]}
+        if self.tracker is not None:
+            self.tracker.log_metrics({**stats, "images_per_s": images_per_s, **lrs}, self.pos.step)
+        if self.control is None:
+            return
         self.control.push.remote(
             {
                 **stats,
@@ -188,8 +225,7 @@ class Worker:
                 "batches_per_epoch": self.batches_per_epoch,
                 "step": self.pos.step,
                 "images_per_s": images_per_s,
-                "lr_g": self.step.opt_g.param_groups[0]["lr"],
-                "lr_d": self.step.opt_d.param_groups[0]["lr"],
+                **lrs,
                 "time": time.time(),
             }
         )
@@ -212,14 +248,21 @@ class Worker:
         imgs = net(self.fixed_z.to(self.device), y).float().cpu().numpy()
         net.train(was_training)
         tile = samples.grid(samples.to_uint8(imgs), ncols=self.grid_cols)
-        storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch)), samples.png_bytes(tile))
+        png = samples.png_bytes(tile)
+        storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch)), png)
+        if self.tracker is not None:
+            # Keyed by step, so the MLflow UI's step slider walks through training.
+            self.tracker.log_image(png, "samples", self.pos.step)
 
     def _write_gif(self) -> None:
         names = self.jobdir.sample_grids()
         if not names:
             return
         frames = [storage.read_bytes(self.jobdir.samples.child(n)) for n in names]
-        storage.write_bytes(self.jobdir.samples.child(jobdir.GIF_FILE), samples.gif_bytes(frames))
+        gif = samples.gif_bytes(frames)
+        storage.write_bytes(self.jobdir.samples.child(jobdir.GIF_FILE), gif)
+        if self.tracker is not None:
+            self.tracker.log_bytes(gif, f"samples/{jobdir.GIF_FILE}")
 
     def _rng_state(self) -> dict[str, torch.Tensor | None]:
         return {
@@ -305,4 +348,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    Worker(config).run()
+    for key, value in (config.get("env") or {}).items():
+        os.environ.setdefault(key, value)
+    worker = Worker(config)
+    try:
+        worker.run()
+    finally:
+        worker.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -26,13 +27,27 @@ def format_line(p: dict[str, Any], eta_s: float | None) -> str:
 
 
 class ProgressDisplay:
-    """Polls the control actor in a thread; redraws one line on a TTY, prints lines otherwise."""
+    """Polls the control actor in a thread; redraws one line on a TTY, prints lines otherwise.
 
-    def __init__(self, control: Any, total_steps: int, interval_s: float = 1.0) -> None:
+    Warnings from the workers (whose own output stays in Ray's logs) are printed too,
+    with or without the progress line.
+    """
+
+    def __init__(
+        self,
+        control: Any,
+        total_steps: int,
+        interval_s: float = 1.0,
+        show_line: bool = True,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
         self.control = control
         self.total_steps = total_steps
         self.interval_s = interval_s
-        self.tty = sys.stderr.isatty()
+        self.show_line = show_line
+        self.echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.tty = sys.stderr.isatty() and show_line
+        self._warnings_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ganops-progress")
         self._last_step = -1
@@ -64,20 +79,37 @@ class ProgressDisplay:
         rate = done / (now - self._first[1])
         return (self.total_steps - step) / rate
 
+    def _relay_warnings(self) -> None:
+        new = ray.get(self.control.warnings.remote(self._warnings_seen), timeout=5)
+        self._warnings_seen += len(new)
+        for message in new:
+            if self.tty and self._last_step >= 0:
+                sys.stderr.write("\r\033[K")
+            self.echo(f"warning: {message}")
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                p = ray.get(self.control.progress.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - the display must never take the run down
-                continue
-            if not p or p.get("step") == self._last_step:
-                continue
-            self.last = p
-            self._last_step = p["step"]
-            line = format_line(p, self._eta(p["step"]))
-            if self.tty:
-                sys.stderr.write("\r\033[K" + line)
-                sys.stderr.flush()
-            elif time.time() - self._last_print >= 10:  # logs: a line every 10 s at most
-                print(line, file=sys.stderr, flush=True)
-                self._last_print = time.time()
+            self._poll()
+        self._poll()  # what arrived in the last interval
+
+    def _poll(self) -> None:
+        try:
+            self._relay_warnings()
+            p = ray.get(self.control.progress.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - the display must never take the run down
+            return
+        if self.show_line:
+            self._show(p)
+
+    def _show(self, p: dict[str, Any]) -> None:
+        if not p or p.get("step") == self._last_step:
+            return
+        self.last = p
+        self._last_step = p["step"]
+        line = format_line(p, self._eta(p["step"]))
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+        elif time.time() - self._last_print >= 10:  # logs: a line every 10 s at most
+            print(line, file=sys.stderr, flush=True)
+            self._last_print = time.time()

@@ -1,0 +1,445 @@
+"""The only module that imports mlflow.
+
+The driver opens (or reopens) one MLflow run per job before any worker starts, so an
+unreachable server fails the submit at once and a resumed job continues the same run.
+Rank 0 logs through ``RunLogger``: metrics are batched and written by a background
+thread that retries, so a tracking outage never stalls training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ganops import __version__, jobdir, storage
+from ganops.errors import UserError
+from ganops.spec import dump
+from ganops.spec.models import GANJob
+
+RUN_FILE = "mlflow_run.json"
+DEFAULT_EXPERIMENT = "ganops"
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+
+Warn = Callable[[str], None]
+
+
+def _quiet_mlflow_env() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def redact(uri: str) -> str:
+    """A tracking URI without user:password (safe to print, tag and store)."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def local_home() -> Path:
+    return Path(os.environ.get("GANOPS_HOME", Path.home() / ".ganops"))
+
+
+def embedded_store(storage_root: str) -> tuple[str, str]:
+    """(tracking URI, artifact root) of the embedded store for a storage root.
+
+    SQLite must sit on a local disk: under the storage root when it is local, else under
+    ``$GANOPS_HOME``; artifacts go to the storage root either way (S3 included).
+    """
+    root = storage.resolve(storage_root)
+    db_dir = Path(root) if not storage.is_s3(root) else local_home()
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db_dir / EMBEDDED_DB}", storage.join(root, EMBEDDED_ARTIFACTS)
+
+
+def resolve_uri(job: GANJob) -> tuple[str, str | None]:
+    """(tracking URI, artifact root for a new experiment or None when a server decides)."""
+    if job.spec.tracking.uri:
+        return job.spec.tracking.uri, None
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env, None
+    return embedded_store(job.spec.storage)
+
+
+def _git_commit() -> str | None:
+    commit = os.environ.get("GANOPS_GIT_COMMIT")
+    if commit:
+        return commit
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested spec → {"train.lr": "0.0002", ...}; lists stay whole ("[64, 128]")."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = "null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return out
+
+
+@dataclass(frozen=True)
+class RunRef:
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    experiment: str
+    resumed: bool
+
+    def to_dict(self) -> dict[str, str]:
+        return {"run_id": self.run_id, "tracking_uri": redact(self.tracking_uri), "experiment_id": self.experiment_id}
+
+
+def _client(uri: str) -> Any:
+    _quiet_mlflow_env()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail before any worker starts when the tracking server cannot be reached."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot track"
+        reason = str(e).splitlines()[0][:200]
+        raise UserError(
+            f"spec.tracking.uri: cannot reach the MLflow tracking server at {redact(uri)} ({reason}). "
+            "Start it, fix spec.tracking.uri / MLFLOW_TRACKING_URI, or unset both to use the local store."
+        ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except Exception:  # noqa: BLE001 - created concurrently by another submit
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _tags(job: GANJob, world_size: int) -> dict[str, str]:
+    spec = job.spec
+    tags = {
+        "ganops.job": job.name,
+        "ganops.version": __version__,
+        "ganops.dataset": spec.data.dataset,
+        "ganops.network": spec.model.arch + ("-conditional" if spec.model.conditional else ""),
+        "ganops.loss": spec.train.loss,
+        "ganops.world_size": str(world_size),
+        "ganops.storage": storage.resolve(spec.storage),
+    }
+    commit = _git_commit()
+    if commit:
+        tags["ganops.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    tags.update({f"label.{k}": v for k, v in job.metadata.labels.items()})
+    return tags
+
+
+def open_run(job: GANJob, jd: jobdir.JobDir, warn: Warn) -> RunRef:
+    """Create the job's MLflow run, or reopen the one a previous submit created."""
+    from mlflow.entities import Param, RunStatus
+
+    uri, artifact_root = resolve_uri(job)
+    check_reachable(uri)
+    client = _client(uri)
+    experiment = job.spec.tracking.experiment or DEFAULT_EXPERIMENT
+    exp_id = _experiment_id(client, experiment, artifact_root)
+    params = flatten(job.to_dict()["spec"])
+    tags = _tags(job, job.spec.scaling.num_workers)
+
+    previous = _read_run_file(jd)
+    run = None
+    if previous and previous.get("tracking_uri") == redact(uri):
+        try:
+            run = client.get_run(previous["run_id"])
+        except Exception:  # noqa: BLE001 - deleted, or another store
+            warn(f"MLflow run {previous['run_id']} was not found in {redact(uri)}; starting a new run")
+    elif previous:
+        warn(f"the job's earlier MLflow run lives in {previous.get('tracking_uri')}; starting a new run in {redact(uri)}")
+
+    if run is not None:
+        run_id = run.info.run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        logged = run.data.params
+        changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
+        new = {k: v for k, v in params.items() if k not in logged}
+        # MLflow params are immutable: a resumed job records what changed as tags.
+        for k, v in changed.items():
+            client.set_tag(run_id, f"ganops.resumed.{k}", f"{logged[k]} -> {v}"[:5000])
+        _log_params(client, run_id, new, Param)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+        resumed = True
+    else:
+        run_id = client.create_run(exp_id, run_name=job.name, tags=tags).info.run_id
+        _log_params(client, run_id, params, Param)
+        resumed = False
+    client.log_text(run_id, dump(job), "spec.yaml")
+    ref = RunRef(run_id, uri, exp_id, experiment, resumed)
+    storage.write_bytes(jd.root.child(RUN_FILE), json.dumps(ref.to_dict()).encode())
+    return ref
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, str], param_cls: Any) -> None:
+    items = [param_cls(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's batch limit for params
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _read_run_file(jd: jobdir.JobDir) -> dict[str, str] | None:
+    loc = jd.root.child(RUN_FILE)
+    try:
+        return json.loads(storage.read_bytes(loc))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def close_run(ref: RunRef, status: str) -> None:
+    """``status``: FINISHED, KILLED (stopped early, resumable) or FAILED."""
+    _client(ref.tracking_uri).set_terminated(ref.run_id, status=status)
+
+
+def ui_address_hint(ref: RunRef, storage_root: str) -> str:
+    """Where to look at the run: its page on a server, or the command that serves the local store."""
+    if ref.tracking_uri.startswith(("http://", "https://")):
+        base = redact(ref.tracking_uri).rstrip("/")
+        return f"{base}/#/experiments/{ref.experiment_id}/runs/{ref.run_id}"
+    if ref.tracking_uri == embedded_store(storage_root)[0]:
+        return f"view it with: ganops ui --storage {storage.resolve(storage_root)}"
+    return f"store: {redact(ref.tracking_uri)}"
+
+
+def ui_command(storage_root: str, host: str, port: int) -> tuple[list[str], str]:
+    """The ``mlflow ui`` command line serving a storage root's embedded store, and its address."""
+    import sys
+
+    uri, artifacts = embedded_store(storage_root)
+    db = uri[len("sqlite:///") :]
+    if not Path(db).exists():
+        raise UserError(f"--storage: no MLflow store at {db} (submit a job with this storage first)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+           "--host", host, "--port", str(port)]  # fmt: skip
+    return cmd, f"http://{host}:{port}"
+
+
+# -- rank 0: buffered, retrying writes --------------------------------------------------
+
+
+class RunLogger:
+    """Writes metrics, images and artifacts of one run from rank 0 without blocking it.
+
+    Metrics are queued and sent in batches by a background thread; a failed write is kept
+    and retried with back-off, and a warning says so once per outage.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        warn: Warn,
+        flush_interval_s: float = 5.0,
+        max_buffered: int = 200_000,
+    ) -> None:
+        # Each attempt fails fast; retrying is this class's job, off the training thread.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        self.client = _client(tracking_uri)
+        self.uri = tracking_uri
+        self.run_id = run_id
+        self.warn = warn
+        self.flush_interval_s = flush_interval_s
+        self._metrics: deque[Any] = deque(maxlen=max_buffered)
+        self._tasks: deque[tuple[str, Callable[[], None]]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failing_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="ganops-mlflow", daemon=True)
+        self._thread.start()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        with self._lock:
+            self._metrics.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        def task() -> None:
+            from PIL import Image
+
+            self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), key=key, step=step)
+
+        self._enqueue(f"image {key}@{step}", task)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        def task() -> None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as d:
+                local = Path(d) / Path(artifact_file).name
+                local.write_bytes(data)
+                parent = str(Path(artifact_file).parent)
+                self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+        self._enqueue(artifact_file, task)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._enqueue(f"tag {key}", lambda: self.client.set_tag(self.run_id, key, value))
+
+    def _enqueue(self, what: str, task: Callable[[], None]) -> None:
+        with self._lock:
+            self._tasks.append((what, task))
+        self._wake.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._metrics) + len(self._tasks)
+
+    def _flush(self) -> None:
+        """Send everything queued; raises on the first failure, keeping what is unsent."""
+        while True:
+            with self._lock:
+                batch = [self._metrics[i] for i in range(min(1000, len(self._metrics)))]
+            if not batch:
+                break
+            self.client.log_batch(self.run_id, metrics=batch)
+            with self._lock:
+                for _ in batch:
+                    self._metrics.popleft()
+        while True:
+            with self._lock:
+                if not self._tasks:
+                    return
+                _, task = self._tasks[0]
+            task()
+            with self._lock:
+                self._tasks.popleft()
+
+    def _attempt(self) -> bool:
+        try:
+            self._flush()
+        except Exception as e:  # noqa: BLE001 - any write failure is retried later
+            if self._failing_since is None:
+                self._failing_since = time.time()
+                self.warn(
+                    f"MLflow tracking at {redact(self.uri)} is unreachable ({str(e).splitlines()[0][:160]}); "
+                    "training continues and metric writes are retried"
+                )
+            return False
+        if self._failing_since is not None:
+            self.warn(f"MLflow tracking reachable again after {time.time() - self._failing_since:.0f}s; caught up")
+            self._failing_since = None
+        return True
+
+    def _run(self) -> None:
+        backoff = self.flush_interval_s
+        while not self._stop.is_set():
+            self._wake.wait(timeout=backoff)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            ok = self._attempt()
+            backoff = self.flush_interval_s if ok else min(backoff * 2, 60.0)
+
+    def close(self, timeout_s: float = 120.0) -> bool:
+        """Stop the thread and write what is left, retrying until ``timeout_s``."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        deadline = time.time() + timeout_s
+        delay = 1.0
+        while not self._attempt():
+            if time.time() + delay > deadline:
+                self.warn(f"{self.pending()} MLflow writes could not be made before the deadline and are lost")
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+        return True
+
+
+def log_generator(
+    tracking_uri: str,
+    run_id: str,
+    generator: Any,
+    register_as: str | None,
+    warn: Warn,
+    attempts: int = 3,
+) -> str | None:
+    """Log G as an MLflow PyTorch model (signature + input example); register it if asked.
+
+    Returns the model URI, or None when every attempt failed (the checkpoint still holds G).
+    """
+    _quiet_mlflow_env()
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from ganops.nets.export import GeneratorExport
+
+    export = GeneratorExport(generator)
+    example = export.example_input(4, seed=0)
+    with torch.no_grad():
+        output = export(torch.from_numpy(example)).numpy()
+    signature = infer_signature(example, output.astype(np.float32))
+    mlflow.set_tracking_uri(tracking_uri)
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    pytorch_model=export,
+                    name="generator",
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+                    registered_model_name=register_as,
+                    metadata=export.metadata(),
+                )
+            return info.model_uri
+        except Exception as e:  # noqa: BLE001 - retried, then reported
+            last = e
+            time.sleep(2 * (attempt + 1))
+    warn(f"could not log the generator to MLflow ({str(last).splitlines()[0][:200]}); it is in the checkpoint")
+    return None

@@ -1,0 +1,248 @@
+"""MLflow tracking and S3 storage, against a real MLflow server backed by a real S3 endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganops import tracking
+from ganops.errors import UserError
+from ganops.spec import dump
+from tests.conftest import S3_KEY_ID, S3_SECRET, _free_port, mnist_job
+
+pytestmark = pytest.mark.slow
+
+REGISTERED = "mnist-dcgan-tracked"
+
+
+def _s3_keys(bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def tracked(ray_cluster: None, mlflow_server: str, s3_server: str, mnist_root: Path):
+    """A 2-worker job with checkpoints and grids in S3, tracked on the MLflow server; then resumed."""
+    import boto3
+
+    from ganops import client
+
+    bucket = f"runs-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    for f in mnist_root.glob("t10k-*.gz"):  # the workers read MNIST from the bucket too
+        s3.upload_file(str(f), bucket, f"datasets/mnist/{f.name}")
+    overrides = (
+        "spec.scaling.num_workers=2", f"spec.tracking.uri={mlflow_server}", "spec.tracking.experiment=tracked",
+        f"spec.tracking.register_as={REGISTERED}", f"spec.data.root=s3://{bucket}/datasets/mnist",
+    )  # fmt: skip
+    first_log: list[str] = []
+    job = mnist_job(f"s3://{bucket}/team", mnist_root, *overrides, "spec.train.epochs=2")
+    first = client.submit(job, show_progress=False, echo=first_log.append)
+    keys_after_first = _s3_keys(bucket)
+    second_log: list[str] = []
+    resumed_job = mnist_job(f"s3://{bucket}/team", mnist_root, *overrides, "spec.train.epochs=3")
+    second = client.submit(resumed_job, show_progress=False, echo=second_log.append)
+    return {
+        "bucket": bucket, "job": job, "first": first, "second": second, "keys_after_first": keys_after_first,
+        "logs": first_log + second_log, "resumed_job": resumed_job,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(mlflow_server: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(mlflow_server)
+
+
+def test_checkpoints_grids_and_the_gif_live_in_the_bucket(tracked) -> None:
+    keys = tracked["keys_after_first"]
+    assert tracked["job"].spec.data.root.startswith("s3://")
+    root = "team/mnist-dcgan/"
+    for name in ("state.pt", "spec.yaml", "checkpoint.json"):
+        assert f"{root}checkpoints/epoch_0002/{name}" in keys
+    for name in ("epoch_0001.png", "epoch_0002.png", "training.gif"):
+        assert f"{root}samples/{name}" in keys
+    assert f"{root}spec.yaml" in keys and f"{root}{tracking.RUN_FILE}" in keys
+    assert tracked["first"].latest_checkpoint == f"s3://{tracked['bucket']}/{root}checkpoints/epoch_0002"
+
+
+def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_client) -> None:
+    run_id = tracked["first"].mlflow_run_id
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["train.lr"] == "0.0001" and params["model.arch"] == "dcgan" and params["data.dataset"] == "mnist"
+    assert params["model.g_widths"] == "[256, 128, 64]"
+    assert tags["ganops.job"] == "mnist-dcgan" and tags["ganops.world_size"] == "2"
+    assert tags["ganops.dataset"] == "mnist" and tags["ganops.network"] == "dcgan" and tags["ganops.version"]
+    for key in ("d_loss", "g_loss", "d_x", "d_g_z", "images_per_s", "lr_g", "lr_d"):
+        history = mlflow_client.get_metric_history(run_id, key)
+        # 512 images, global batch 64 → 8 steps an epoch; logged every 2 steps over 3 epochs.
+        assert [m.step for m in history] == list(range(2, 25, 2)), key
+    assert [m.step for m in mlflow_client.get_metric_history(run_id, "epoch_time_s")] == [8, 16, 24]
+    lr = mlflow_client.get_metric_history(run_id, "lr_g")
+    assert {m.value for m in lr} == {1e-4}
+
+
+def test_sample_grids_are_images_keyed_by_step_and_the_gif_and_spec_are_artifacts(tracked, mlflow_client) -> None:
+    run_id = tracked["first"].mlflow_run_id
+    images = [a.path for a in mlflow_client.list_artifacts(run_id, "images")]
+    steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png")})
+    assert steps == [8, 16, 24]  # one grid per epoch, at the step it was drawn
+    assert [a.path for a in mlflow_client.list_artifacts(run_id, "samples")] == ["samples/training.gif"]
+    spec_text = Path(mlflow_client.download_artifacts(run_id, "spec.yaml")).read_text()
+    assert spec_text == dump(tracked["resumed_job"])
+    # The server proxies artifacts into the S3 bucket behind it.
+    assert any(run_id in k for k in _s3_keys("mlflow", "artifacts/"))
+
+
+def test_the_generator_is_a_loadable_mlflow_model_and_a_registered_version(
+    tracked, mlflow_client, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import torch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # models:/ URIs resolve on the server
+    run = mlflow_client.get_run(tracked["second"].mlflow_run_id)
+    uri = run.data.tags["ganops.model_uri"]
+    g = mlflow.pytorch.load_model(uri)
+    with torch.no_grad():
+        images = g(torch.randn(6, 100))
+    assert images.shape == (6, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    served = mlflow.pyfunc.load_model(uri)
+    out = served.predict(np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32))
+    assert np.asarray(out).shape == (3, 1, 28, 28)
+    versions = mlflow_client.search_model_versions(f"name='{REGISTERED}'")
+    assert versions and {v.run_id for v in versions} == {run.info.run_id}
+    assert run.data.tags["ganops.checkpoint"].endswith("checkpoints/epoch_0003")
+
+
+def test_a_resumed_job_continues_the_same_run(tracked, mlflow_client) -> None:
+    first, second = tracked["first"], tracked["second"]
+    assert second.resumed_from.endswith("epoch_0002") and second.epochs_done == 3
+    assert second.mlflow_run_id == first.mlflow_run_id
+    runs = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name("tracked").experiment_id], "tags.`ganops.job` = 'mnist-dcgan'"
+    )
+    assert len(runs) == 1  # never a duplicate run
+    # The change of epochs is recorded (params are immutable in MLflow).
+    assert runs[0].data.tags["ganops.resumed.train.epochs"] == "2 -> 3"
+    assert any("continuing run" in line for line in tracked["logs"])
+
+
+def test_secrets_never_reach_specs_logs_params_or_tags(tracked, mlflow_client) -> None:
+    import boto3
+
+    run = mlflow_client.get_run(tracked["first"].mlflow_run_id)
+    s3 = boto3.client("s3")
+    stored = [
+        s3.get_object(Bucket=tracked["bucket"], Key=f"team/mnist-dcgan/{name}")["Body"].read().decode()
+        for name in ("spec.yaml", tracking.RUN_FILE, "checkpoints/epoch_0003/spec.yaml")
+    ]
+    texts = [*run.data.params.values(), *run.data.tags.values(), *tracked["logs"], *stored]
+    for secret in (S3_SECRET, S3_KEY_ID):
+        assert not any(secret in t for t in texts)
+
+
+def test_an_unreachable_tracking_server_fails_before_any_worker_starts(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    from ganops import client
+
+    job = mnist_job(tmp_path, mnist_root, f"spec.tracking.uri=http://127.0.0.1:{_free_port()}")
+    t0 = time.time()
+    with pytest.raises(UserError, match=r"spec\.tracking\.uri: cannot reach the MLflow tracking server"):
+        client.submit(job, show_progress=False, echo=lambda _m: None)
+    assert time.time() - t0 < 30
+    assert not list((tmp_path / "mnist-dcgan" / "checkpoints").glob("epoch_*"))
+
+
+def test_a_missing_bucket_fails_before_any_worker_starts(ray_cluster: None, mnist_root: Path) -> None:
+    from ganops import client
+
+    job = mnist_job(f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/runs", mnist_root)
+    with pytest.raises(UserError, match=r"spec\.storage: .*does not exist"):
+        client.submit(job, show_progress=False, echo=lambda _m: None)
+
+
+# -- a tracking server that drops out ---------------------------------------------------
+
+
+def _start_server(home: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home}/db.sqlite",
+         "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+    )  # fmt: skip
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("mlflow server did not start")
+
+
+def test_metrics_logged_while_the_server_is_down_are_buffered_and_written_when_it_returns(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(tmp_path, port)
+    try:
+        run_id = MlflowClient(uri).create_run("0").info.run_id
+        warnings: list[str] = []
+        logger = tracking.RunLogger(uri, run_id, warn=warnings.append, flush_interval_s=0.2)
+        logger.log_metrics({"d_loss": 1.0}, step=1)
+        deadline = time.time() + 20
+        while logger.pending() and time.time() < deadline:
+            time.sleep(0.1)
+        assert logger.pending() == 0
+        server.terminate()
+        server.wait(timeout=30)
+
+        t0 = time.time()
+        for step in (2, 3, 4):
+            logger.log_metrics({"d_loss": float(step)}, step=step)  # never blocks training
+        assert time.time() - t0 < 0.5
+        deadline = time.time() + 30
+        while not warnings and time.time() < deadline:
+            time.sleep(0.1)
+        assert warnings and "unreachable" in warnings[0] and "retried" in warnings[0]
+        assert logger.pending() == 3
+
+        server = _start_server(tmp_path, port)
+        assert logger.close(timeout_s=60)
+        history = MlflowClient(uri).get_metric_history(run_id, "d_loss")
+        assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+        assert any("reachable again" in w for w in warnings)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tracking_uris_are_stored_and_printed_without_credentials() -> None:
+    assert tracking.redact("https://alice:s3cret@mlflow.example.com:5000/x") == "https://mlflow.example.com:5000/x"
+    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_the_spec_is_flattened_into_params() -> None:
+    flat = tracking.flatten({"train": {"lr": 0.1, "betas": [0.5, 0.9]}, "tracking": {"uri": None}, "x": {}})
+    assert flat == {"train.lr": "0.1", "train.betas": "[0.5, 0.9]", "tracking.uri": "null", "x": "{}"}
+    assert json.loads(flat["train.betas"]) == [0.5, 0.9]
