@@ -92,6 +92,87 @@ def submit(
 
 
 @cli.command()
+@click.option("--run-id", help="The training run whose generator to use.")
+@click.option("--model", "model_uri", metavar="URI", help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--num", "-n", type=int, default=None, help="Images to make (with --interpolate: walks). [default: 64]")
+@click.option("--out", "-o", required=True, help="Output directory or s3://bucket/prefix (must not hold a finished job).")
+@click.option("--format", "fmt", type=click.Choice(["png", "npz", "both"]), default="png", show_default=True,
+              help="PNG files, uint8 .npz shards, or both.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same options: byte-identical images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--truncation", type=float, help="Resample latent entries whose magnitude exceeds this (e.g. 1.5).")
+@click.option("--class", "class_index", type=int, help="Only this class (conditional models).")
+@click.option("--best-of", type=int, default=1, show_default=True,
+              help="Make K× the images and keep those the run's discriminator rates most real.")  # fmt: skip
+@click.option("--interpolate", type=int, metavar="STEPS", help="Walk between seeds in STEPS steps: a grid and a GIF.")
+@click.option("--z", "z_file", metavar="FILE", help="Latent vectors (.npy [N, latent] or .npz with z, labels).")
+@click.option("--save-z", is_flag=True, help="Store the latent vector of every image with it.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray workers (1: in this process).")  # fmt: skip
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per shard.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store of --storage).")  # fmt: skip
+@click.option("--storage", default="./runs", show_default=True, help="Storage root whose embedded MLflow store to use.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster for --workers > 1 (default: embedded).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+def generate(
+    run_id: str | None, model_uri: str | None, num: int | None, out: str, fmt: str, seed: int, batch_size: int,
+    truncation: float | None, class_index: int | None, best_of: int, interpolate: int | None, z_file: str | None,
+    save_z: bool, workers: int, gpus_per_worker: float, shard_size: int, tracking_uri: str | None, storage: str,
+    address: str | None, quiet: bool,
+) -> None:  # fmt: skip
+    """Generate images from a trained generator (--run-id or --model).
+
+    Writes PNG files and/or .npz shards, a preview grid and manifest.json (last: an
+    interrupted job never looks complete), and records the job as its own MLflow run.
+    """
+    from ganops.generate.job import generate as run_generate
+    from ganops.generate.options import GenerateOptions
+    from ganops.generate.source import resolve
+    from ganops.tracking import embedded_store
+
+    if num is None:
+        num = _count_z(z_file) if z_file else 64
+    uri = tracking_uri or embedded_store(storage)[0]
+    source = resolve(uri, run_id=run_id, model=model_uri)
+    opts = GenerateOptions(
+        num=num, seed=seed, batch_size=batch_size, truncation=truncation, class_index=class_index, best_of=best_of,
+        interpolate=interpolate, z_file=z_file, save_z=save_z,
+        formats=("png", "npz") if fmt == "both" else (fmt,), shard_size=shard_size,
+    )  # fmt: skip
+    _err(f"generator: {source.describe()}")
+    r = run_generate(
+        source, opts, out, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+        show_progress=not quiet, echo=_err,
+    )  # fmt: skip
+    _err(
+        f"done: {r.count} images in {r.shards} shards, {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
+        f"  output       {r.out_uri}\n  manifest     {r.manifest_uri}\n"
+        + (f"  preview      {r.preview_uri}\n" if r.preview_uri else "")
+        + f"  MLflow run   {r.generation_run_id}"
+    )
+
+
+def _count_z(path: str) -> int:
+    """--num defaults to the number of vectors in --z."""
+    import io
+
+    import numpy as np
+
+    from ganops import storage
+
+    try:
+        data = np.load(io.BytesIO(storage.read_bytes(storage.locate(path))))
+        z = data["z"] if hasattr(data, "files") else data
+        return int(len(z))
+    except FileNotFoundError:
+        raise UserError(f"--z: no such file {path}") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--z: cannot read {path} ({e})") from None
+
+
+@cli.command()
 @click.option(
     "--storage", default="./runs", show_default=True, help="Storage root of the jobs to show (their spec.storage)."
 )

@@ -15,7 +15,8 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,26 @@ Warn = Callable[[str], None]
 def _quiet_mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@contextmanager
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """Use ``uri`` for MLflow's fluent API inside the block only.
+
+    ``mlflow.set_tracking_uri`` also sets MLFLOW_TRACKING_URI for the whole process, which
+    would send every later run of this process to that store; this puts both back.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def redact(uri: str) -> str:
@@ -423,11 +444,10 @@ def log_generator(
     with torch.no_grad():
         output = export(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, output.astype(np.float32))
-    mlflow.set_tracking_uri(tracking_uri)
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            with mlflow.start_run(run_id=run_id):
+            with scoped_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
                 info = mlflow.pytorch.log_model(
                     pytorch_model=export,
                     name="generator",

@@ -1,0 +1,333 @@
+"""Run a generation job: check everything, make the shards (here or on Ray workers),
+write the manifest last, and record the job as its own MLflow run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ganops import __version__, storage
+from ganops.errors import UserError
+from ganops.generate.options import GenerateOptions
+from ganops.generate.source import Source, load_discriminator, load_generator
+
+Echo = Callable[[str], None]
+PREVIEW_MAX = 64
+
+
+@dataclass
+class GenerateResult:
+    out_uri: str
+    count: int
+    shards: int
+    elapsed_s: float
+    images_per_s: float
+    generation_run_id: str | None
+    manifest_uri: str
+    preview_uri: str | None
+    extra: dict[str, str]
+
+
+def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Every check that can fail, before any image is made. Returns latents from --z."""
+    from ganops.generate import latents, writer
+
+    info = source.info
+    if opts.num <= 0:
+        raise UserError(f"--num: must be a positive number of images (got {opts.num})")
+    if opts.class_index is not None:
+        if not info.num_classes:
+            raise UserError(f"--class: {source.model_uri} is not class-conditional")
+        if not 0 <= opts.class_index < info.num_classes:
+            raise UserError(
+                f"--class: {opts.class_index} is out of range; the model has {info.num_classes} classes "
+                f"(0-{info.num_classes - 1})"
+            )
+    if opts.truncation is not None and opts.truncation <= 0:
+        raise UserError(f"--truncation: must be > 0 (got {opts.truncation})")
+    if opts.best_of < 1:
+        raise UserError(f"--best-of: must be >= 1 (got {opts.best_of})")
+    if opts.z_file and opts.best_of > 1:
+        raise UserError("--best-of: cannot be combined with --z (the vectors are given, there is nothing to pick from)")
+    if opts.interpolate is not None and (opts.z_file or opts.best_of > 1):
+        raise UserError("--interpolate: cannot be combined with --z or --best-of")
+    if opts.interpolate is not None and opts.interpolate < 2:
+        raise UserError(f"--interpolate: needs at least 2 steps (got {opts.interpolate})")
+    unknown = [f for f in opts.formats if f not in ("png", "npz")]
+    if unknown or not opts.formats:
+        raise UserError(f"--format: expected png, npz or both (got {','.join(opts.formats)})")
+    z_all = labels_all = None
+    if opts.z_file:
+        z_all, labels_all = latents.load_z_file(opts.z_file, info)
+        if len(z_all) != opts.num:
+            raise UserError(f"--num: {opts.num} does not match the {len(z_all)} vectors in --z {opts.z_file}")
+        if labels_all is not None and opts.class_index is not None:
+            raise UserError("--class: the --z file carries its own class column")
+    if opts.best_of > 1:
+        load_discriminator(source)  # the checkpoint must exist and load
+    out = storage.locate(out_uri)
+    state = writer.existing_output(out)
+    if state == "complete":
+        raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
+    storage.check_writable(out, field="--out")
+    return z_all, labels_all
+
+
+class _Progress:
+    """'generated 12000/50000 (24%)  3100 img/s  ETA 12s' — redrawn on a TTY, every 10 s in logs."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.time()
+        self._last = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.time()
+        if not self.tty and now - self._last < 10 and self.done < self.total:
+            return
+        self._last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0
+        line = f"generated {self.done}/{self.total} ({100 * self.done // self.total}%)  {rate:.0f} img/s  ETA {eta:.0f}s"
+        sys.stderr.write(("\r\033[K" if self.tty else "") + line + ("" if self.tty else "\n"))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def _local_shards(
+    source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
+    z_all: np.ndarray | None, labels_all: np.ndarray | None,
+) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
+    """Shards in this process; PNG encoding and uploads use every core through the pool."""
+    import torch
+
+    from ganops.generate import core, writer
+
+    g = load_generator(source)
+    d = load_discriminator(source) if opts.best_of > 1 else None
+    device = torch.device("cpu")
+    with writer.make_pool() as pool:
+        for shard, (start, stop) in enumerate(ranges):
+            result = core.generate_shard(g, d, opts, source.info, shard, start, stop, device, z_all, labels_all)
+            record = writer.write_shard(out, result, opts.formats, opts.save_z, pool)
+            yield record, (result.images[:PREVIEW_MAX] if shard == 0 else None)
+
+
+def _ray_shards(
+    source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
+    z_all: np.ndarray | None, labels_all: np.ndarray | None, workers: int, gpus_per_worker: float,
+    address: str | None,
+) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
+    """Shards on Ray actors: each loads G (and D) once, then takes shards as they free up."""
+    import ray
+
+    from ganops.generate.worker import GenerateWorker
+    from ganops.train.launch import _init_ray, worker_env
+
+    embedded = _init_ray(address)
+    cpus = max(1, (os.cpu_count() or 1) // workers) if embedded else 1
+    actor_cls = ray.remote(GenerateWorker).options(num_cpus=cpus, num_gpus=gpus_per_worker)
+    z_ref = ray.put((z_all, labels_all)) if z_all is not None else None
+    actors = [
+        actor_cls.remote(source, opts, out.uri, z_ref, worker_env(), cpus)
+        for _ in range(min(workers, len(ranges)))
+    ]
+    pending: dict[Any, Any] = {}
+    todo = list(enumerate(ranges))
+    try:
+        for actor in actors:
+            if todo:
+                shard, (start, stop) = todo.pop(0)
+                pending[actor.run.remote(shard, start, stop)] = actor
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(done[0])
+            record, preview = ray.get(done[0])
+            if todo:
+                shard, (start, stop) = todo.pop(0)
+                pending[actor.run.remote(shard, start, stop)] = actor
+            yield record, preview
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location) -> dict[str, Any]:
+    """Walks between seeds: a grid (one row per walk) and a GIF that moves along every walk."""
+    import torch
+
+    from ganops.generate import core, latents
+    from ganops.train import samples
+
+    g = load_generator(source)
+    walks = latents.interpolation_latents(opts, source.info)
+    z, labels = walks if isinstance(walks, tuple) else (walks, None)
+    n_walks, steps, _ = z.shape
+    flat_labels = np.repeat(labels, steps) if labels is not None else None
+    images = core.generate_images(
+        g, z.reshape(n_walks * steps, -1), flat_labels, source.info, opts.batch_size, torch.device("cpu")
+    )
+    files: dict[str, str] = {}
+    tile = samples.grid(images, ncols=steps)
+    files["interpolation.png"] = _put(out, "interpolation.png", samples.png_bytes(tile))
+    per_step = images.reshape(n_walks, steps, *images.shape[1:]).transpose(1, 0, 2, 3, 4)
+    frames = [samples.png_bytes(samples.grid(per_step[t], ncols=min(n_walks, 8))) for t in range(steps)]
+    files["interpolation.gif"] = _put(out, "interpolation.gif", samples.gif_bytes(frames, frame_ms=120, hold_last_ms=600))
+    if opts.save_z:
+        buf = _npy_bytes(z)
+        files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", buf)
+    return {"walks": n_walks, "steps": steps, "files": files, "preview": images[:PREVIEW_MAX]}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _put(out: storage.Location, name: str, data: bytes) -> str:
+    import hashlib
+
+    storage.write_bytes(out.child(name), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def generate(
+    source: Source,
+    opts: GenerateOptions,
+    out_uri: str,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    address: str | None = None,
+    show_progress: bool = True,
+    echo: Echo = print,
+) -> GenerateResult:
+    from ganops.generate import latents, writer
+
+    z_all, labels_all = check(source, opts, out_uri)
+    out = storage.locate(out_uri)
+    run_id = _open_run(source, opts, out.uri, workers)
+    t0 = time.time()
+    status = "FAILED"
+    try:
+        manifest: dict[str, Any] = {
+            "format": "ganops.generate/v1",
+            "model_uri": source.model_uri,
+            "training_run_id": source.run_id,
+            "generation_run_id": run_id,
+            "job": source.job.name,
+            "seed": opts.seed,
+            "options": opts.to_dict(),
+            "image_shape": list(source.info.image_shape),
+            "latent_dim": source.info.latent_dim,
+            "num_classes": source.info.num_classes,
+            "ganops_version": __version__,
+        }
+        preview: np.ndarray | None = None
+        if opts.interpolate is not None:
+            walk = _interpolation(source, opts, out)
+            preview = walk.pop("preview")
+            manifest.update({"kind": "interpolation", "count": walk["walks"] * walk["steps"], **walk})
+            count, n_shards = manifest["count"], 0
+        else:
+            ranges = latents.shard_ranges(opts.num, opts.shard_size)
+            progress = _Progress(opts.num, show_progress)
+            if workers > 1 and len(ranges) > 1:
+                stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
+            else:
+                stream = _local_shards(source, opts, out, ranges, z_all, labels_all)
+            records = []
+            for record, first in stream:
+                records.append(record)
+                if first is not None:
+                    preview = first
+                progress.add(record["count"])
+            progress.close()
+            records.sort(key=lambda r: r["shard"])
+            count, n_shards = sum(r["count"] for r in records), len(records)
+            manifest.update({"kind": "samples", "count": count, "shards": records})
+        preview_path = writer.write_preview(out, preview) if preview is not None and len(preview) else None
+        elapsed = time.time() - t0
+        manifest.update({"preview": preview_path, "elapsed_s": round(elapsed, 3), "created": time.time()})
+        writer.write_manifest(out, manifest)  # last: its presence means the output is complete
+        status = "FINISHED"
+    finally:
+        _close_run(source, run_id, status, out, locals().get("manifest"), time.time() - t0)
+    rate = count / max(elapsed, 1e-9)
+    return GenerateResult(
+        out_uri=out.uri, count=count, shards=n_shards, elapsed_s=elapsed, images_per_s=rate,
+        generation_run_id=run_id, manifest_uri=out.child("manifest.json").uri,
+        preview_uri=out.child(preview_path).uri if preview_path else None, extra={},
+    )  # fmt: skip
+
+
+# -- the generation's own MLflow run ------------------------------------------------------
+
+
+def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int) -> str:
+    from mlflow.entities import Param
+
+    from ganops.tracking import _client
+
+    client = _client(source.tracking_uri)
+    tags = {
+        "ganops.kind": "generate",
+        "ganops.training_run_id": source.run_id,
+        "ganops.model_uri": source.model_uri,
+        "ganops.job": source.job.name,
+        "ganops.version": __version__,
+        "ganops.output": out_uri,
+    }
+    name = f"{source.job.name}-generate"
+    run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
+    params = {k: str(v) for k, v in opts.to_dict().items() if k != "extra"}
+    params.update({"out": out_uri, "workers": str(workers), "model_uri": source.model_uri})
+    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    return run_id
+
+
+def _close_run(
+    source: Source, run_id: str, status: str, out: storage.Location, manifest: dict[str, Any] | None, elapsed: float
+) -> None:
+    from ganops.tracking import _client
+
+    client = _client(source.tracking_uri)
+    if status == "FINISHED" and manifest is not None:
+        import json
+        import tempfile
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        count = manifest["count"]
+        client.log_batch(
+            run_id,
+            metrics=[Metric("images", count, now, 0), Metric("images_per_s", count / max(elapsed, 1e-9), now, 0)],
+        )
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "manifest.json")
+            with open(path, "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True, default=str)
+            client.log_artifact(run_id, path)
+            if manifest.get("preview"):
+                preview = os.path.join(d, "preview.png")
+                with open(preview, "wb") as f:
+                    f.write(storage.read_bytes(out.child(manifest["preview"])))
+                client.log_artifact(run_id, preview)
+    client.set_terminated(run_id, status=status)

@@ -1,0 +1,209 @@
+"""z (and class labels) for every image index, reproducible from the seed whatever the sharding.
+
+Shard ``s`` of a job draws from its own generator, ``PCG64(SeedSequence([seed, s]))``, so
+any worker can make any shard, in any order, and get the same vectors. numpy only: the
+Ray driver and the CLI can plan and check without importing torch.
+
+Layout of a shard's latents with best-of-K: candidate ``j`` belongs to image
+``start + j // K`` (image-major), and carries that image's class.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from ganops import storage
+from ganops.errors import UserError
+from ganops.generate.options import GenerateOptions, ModelInfo
+
+# Rejection sampling for --truncation draws at most this many values per pass (16 MiB of
+# float32): enough that any sensible threshold finishes in one or two passes, bounded so a
+# tiny one costs time rather than memory.
+_MAX_DRAW = 1 << 22
+
+
+def shard_ranges(num: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard, covering 0..num exactly once; the last may be short."""
+    if num < 0 or shard_size < 1:
+        raise ValueError(f"shard_ranges: need num >= 0 and shard_size >= 1 (got {num}, {shard_size})")
+    return [(start, min(start + shard_size, num)) for start in range(0, num, shard_size)]
+
+
+def shard_rng(seed: int, shard: int) -> np.random.Generator:
+    """The generator of one shard: a function of (seed, shard) only."""
+    if seed < 0:
+        raise UserError(f"--seed: must be >= 0 (got {seed})")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, shard])))
+
+
+def sample_z(rng: np.random.Generator, n: int, latent_dim: int, truncation: float | None) -> np.ndarray:
+    """float32 [n, latent_dim] standard normal; with ``truncation`` t, every |z| <= t.
+
+    Entries beyond t are redrawn from the same generator (not clipped), so the values keep
+    the shape of a normal distribution cut at ±t.
+    """
+    z = rng.standard_normal((n, latent_dim), dtype=np.float32)
+    if truncation is None:
+        return z
+    t = float(truncation)
+    if not t > 0:
+        raise UserError(f"--truncation: must be > 0 (got {truncation})")
+    flat = z.reshape(-1)
+    bad = np.flatnonzero(np.abs(flat) > t)
+    # P(|N(0,1)| <= t): draw enough per pass to refill every rejected entry at once.
+    p_keep = max(math.erf(t / math.sqrt(2.0)), 1e-12)
+    while bad.size:
+        want = min(_MAX_DRAW, math.ceil(bad.size / p_keep * 1.2) + 16)
+        draw = rng.standard_normal(want, dtype=np.float32)
+        fill = draw[np.abs(draw) <= t][: bad.size]
+        flat[bad[: fill.size]] = fill
+        bad = bad[fill.size :]
+    return z
+
+
+def image_labels(opts: GenerateOptions, info: ModelInfo, start: int, stop: int) -> np.ndarray | None:
+    """int64 class of images start..stop-1: --class, else index % num_classes (balanced)."""
+    if not info.num_classes:
+        return None
+    if opts.class_index is not None:
+        return np.full(stop - start, opts.class_index, dtype=np.int64)
+    return np.arange(start, stop, dtype=np.int64) % info.num_classes
+
+
+def shard_latents(
+    opts: GenerateOptions,
+    info: ModelInfo,
+    shard: int,
+    start: int,
+    stop: int,
+    z_all: np.ndarray | None = None,
+    labels_all: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """z float32 [(stop-start) * best_of, latent_dim] and int64 labels (None: unconditional).
+
+    With ``z_all`` (from --z) the shard's rows of it are used as they are (and the rows of
+    ``labels_all`` when given, which take precedence over --class).
+    """
+    n = stop - start
+    if n < 0:
+        raise ValueError(f"shard {shard}: stop {stop} < start {start}")
+    k = opts.best_of
+    if k < 1:
+        raise UserError(f"--best-of: must be >= 1 (got {k})")
+    if z_all is not None:
+        if k > 1:
+            raise UserError("--best-of: cannot be combined with --z (each vector in the file is one image)")
+        if stop > len(z_all):
+            raise ValueError(f"shard {shard}: images {start}..{stop} but --z holds {len(z_all)} vectors")
+        z = np.ascontiguousarray(z_all[start:stop], dtype=np.float32)
+        if info.num_classes and labels_all is not None:
+            return z, np.asarray(labels_all[start:stop], dtype=np.int64)
+        return z, image_labels(opts, info, start, stop)
+    z = sample_z(shard_rng(opts.seed, shard), n * k, info.latent_dim, opts.truncation)
+    labels = image_labels(opts, info, start, stop)
+    if labels is not None and k > 1:
+        labels = np.repeat(labels, k)
+    return z, labels
+
+
+def load_z_file(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """Latents from --z: ``.npy`` [N, latent_dim] or ``.npz`` with ``z`` and optional ``labels``.
+
+    A conditional model also takes [N, latent_dim + 1] with the class as the last column
+    (the MLflow model's own input). Local paths and s3:// alike. Returns (z float32,
+    labels int64 or None).
+    """
+    loc = storage.locate(path)
+    if not storage.exists(loc):
+        raise UserError(f"--z: no such file {path}")
+    try:
+        loaded = np.load(io.BytesIO(storage.read_bytes(loc)), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"--z: cannot read {path} as .npy or .npz ({e})") from None
+    labels: np.ndarray | None = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "z" not in loaded.files:
+                raise UserError(f"--z: {path} has no array named 'z' (it has: {', '.join(loaded.files) or 'none'})")
+            z = loaded["z"]
+            labels = loaded["labels"] if "labels" in loaded.files else None
+    else:
+        z = loaded
+    if z.dtype.kind not in "fiu":
+        raise UserError(f"--z: {path} holds {z.dtype} values; expected floats")
+    if z.ndim != 2:
+        raise UserError(f"--z: {path} is {z.ndim}-D with shape {z.shape}; expected [N, {info.latent_dim}]")
+    if len(z) == 0:
+        raise UserError(f"--z: {path} holds no vectors")
+    width, d = z.shape[1], info.latent_dim
+    if info.num_classes and width == d + 1:
+        if labels is not None:
+            raise UserError(f"--z: {path} has both a class column and a 'labels' array; keep one")
+        labels, z = z[:, d], z[:, :d]
+    elif width != d:
+        extra = f" or {d + 1} (with the class as the last column)" if info.num_classes else ""
+        raise UserError(f"--z: {path} has vectors of width {width}; the model takes {d}{extra}")
+    z = z.astype(np.float32)
+    if not np.isfinite(z).all():
+        raise UserError(f"--z: {path} holds NaN or infinite values (or values beyond float32)")
+    if labels is not None:
+        labels = _check_labels(labels, len(z), path, info)
+    return np.ascontiguousarray(z), labels
+
+
+def _check_labels(labels: np.ndarray, n: int, path: str, info: ModelInfo) -> np.ndarray:
+    if not info.num_classes:
+        raise UserError(f"--z: {path} carries class labels but the model is not class-conditional")
+    if labels.ndim != 1 or len(labels) != n:
+        raise UserError(f"--z: {path} has labels of shape {labels.shape}; expected one per vector ({n})")
+    if labels.dtype.kind not in "fiu" or not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+        raise UserError(f"--z: {path} has class labels that are not whole numbers")
+    bad = labels[(labels < 0) | (labels >= info.num_classes)]
+    if bad.size:
+        raise UserError(
+            f"--z: {path} has class {bad[0]:g} out of range; the model has {info.num_classes} classes "
+            f"(0-{info.num_classes - 1})"
+        )
+    return labels.astype(np.int64)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1): [len(t), D], float64.
+
+    Follows the great circle between the two directions, which keeps the path in the shell
+    where Gaussian latents live instead of cutting through the low-norm middle as a straight
+    line does. Nearly parallel vectors fall back to a straight line.
+    """
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    t = np.asarray(t, dtype=np.float64)[:, None]
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    cos = np.clip(a64 @ b64 / max(na * nb, 1e-12), -1.0, 1.0)
+    omega = math.acos(cos)
+    if math.sin(omega) < 1e-6:
+        out = (1 - t) * a64 + t * b64
+    else:
+        out = (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / math.sin(omega)
+    out[t[:, 0] == 0] = a64  # exact endpoints, whatever the rounding
+    out[t[:, 0] == 1] = b64
+    return out
+
+
+def interpolation_latents(opts: GenerateOptions, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """Walks between seeds: z float32 [walks=num, steps=interpolate, latent_dim], labels [walks].
+
+    opts.num + 1 anchors come from the seed (shard 0's generator, with --truncation);
+    walk i goes from anchor i to anchor i + 1 with both ends included, so consecutive walks
+    share an endpoint. Conditional models: one class per walk, --class or walk % num_classes.
+    """
+    steps = opts.interpolate
+    if steps is None or steps < 2:
+        raise UserError(f"--interpolate: needs at least 2 steps (got {steps})")
+    if opts.num < 1:
+        raise UserError(f"--num: needs at least one walk (got {opts.num})")
+    anchors = sample_z(shard_rng(opts.seed, 0), opts.num + 1, info.latent_dim, opts.truncation)
+    t = np.linspace(0.0, 1.0, steps)
+    z = np.stack([slerp(anchors[i], anchors[i + 1], t) for i in range(opts.num)]).astype(np.float32)
+    return z, image_labels(opts, info, 0, opts.num)

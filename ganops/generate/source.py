@@ -1,0 +1,158 @@
+"""What stands behind ``--run-id RUN`` or ``--model models:/NAME@ALIAS``: the logged
+generator, the training spec, the model's contract, and (for ``--best-of``) the run's
+discriminator from its latest checkpoint."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ganops import storage
+from ganops.errors import UserError
+from ganops.generate.options import ModelInfo
+from ganops.spec import validate
+from ganops.spec.models import GANJob
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class Source:
+    model_uri: str
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    job: GANJob
+    info: ModelInfo
+    checkpoint: str | None
+
+    def describe(self) -> str:
+        classes = f", {self.info.num_classes} classes" if self.info.num_classes else ""
+        shape = "×".join(map(str, self.info.image_shape))
+        return f"{self.model_uri} (run {self.run_id}: {self.job.name}, {shape}, z {self.info.latent_dim}{classes})"
+
+
+def _client(uri: str) -> Any:
+    from ganops.tracking import _client as tracking_client
+
+    return tracking_client(uri)
+
+
+def _run_for_model(client: Any, model: str) -> tuple[str, str]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION → (model URI to load, training run id)."""
+    m = _MODEL_URI.match(model)
+    if not m:
+        raise UserError(f"--model: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model!r}")
+    name = m.group("name")
+    try:
+        if m.group("alias"):
+            version = client.get_model_version_by_alias(name, m.group("alias"))
+        else:
+            version = client.get_model_version(name, m.group("version"))
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception for "not found"
+        raise UserError(f"--model: {model} was not found in the registry ({str(e).splitlines()[0][:160]})") from None
+    if not version.run_id:
+        raise UserError(f"--model: {model} has no training run; ganops needs the run's spec")
+    return model, version.run_id
+
+
+def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = None) -> Source:
+    """Find the generator and everything generation needs; every problem is a UserError."""
+    from ganops.tracking import check_reachable, redact
+
+    if bool(run_id) == bool(model):
+        raise UserError("give exactly one of --run-id and --model")
+    check_reachable(tracking_uri)
+    client = _client(tracking_uri)
+    model_uri = None
+    if model:
+        model_uri, run_id = _run_for_model(client, model)
+    assert run_id is not None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - unknown run ids raise MlflowException
+        raise UserError(f"--run-id: no run {run_id} in the tracking store {redact(tracking_uri)}") from None
+    tags = run.data.tags
+    model_uri = model_uri or tags.get("ganops.model_uri")
+    if not model_uri:
+        raise UserError(
+            f"--run-id: run {run_id} has no generator (ganops logs it when training finishes; "
+            "resume the job to finish it, or pick another run)"
+        )
+    try:
+        spec_path = client.download_artifacts(run_id, "spec.yaml")
+        with open(spec_path) as f:
+            job = validate(yaml.safe_load(f), f"run {run_id}: spec.yaml")
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - not a ganops run
+        raise UserError(f"--run-id: run {run_id} has no spec.yaml artifact (not a ganops training run?)") from None
+    return Source(
+        model_uri=model_uri,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        experiment_id=run.info.experiment_id,
+        job=job,
+        info=_model_info(model_uri, tracking_uri),
+        checkpoint=tags.get("ganops.checkpoint"),
+    )
+
+
+def _model_info(model_uri: str, tracking_uri: str) -> ModelInfo:
+    import mlflow
+
+    from ganops.tracking import scoped_tracking_uri
+
+    try:
+        with scoped_tracking_uri(tracking_uri):
+            meta = mlflow.models.get_model_info(model_uri).metadata or {}
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot read the model {model_uri} ({str(e).splitlines()[0][:160]})") from None
+    if "ganops_latent_dim" not in meta:
+        raise UserError(f"{model_uri} was not logged by ganops (no ganops metadata)")
+    return ModelInfo(
+        latent_dim=int(meta["ganops_latent_dim"]),
+        num_classes=int(meta["ganops_num_classes"]) or None,
+        image_shape=tuple(int(v) for v in meta["ganops_image_shape"]),
+    )
+
+
+def load_generator(source: Source) -> Any:
+    """The logged generator on the CPU: input ``[z (, class)]`` float32, output images.
+
+    MLflow 3 stores it as a torch.export program ("pt2"): loading runs no pickled code and
+    needs no ganops install, and the graph is fixed in eval mode, as it was exported.
+    """
+    import mlflow
+
+    from ganops.tracking import scoped_tracking_uri
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    with scoped_tracking_uri(source.tracking_uri):
+        return mlflow.pytorch.load_model(source.model_uri, map_location="cpu")
+
+
+def load_discriminator(source: Source) -> Any:
+    """The run's D from its latest checkpoint (what ``--best-of`` ranks with)."""
+    import torch
+
+    from ganops import jobdir
+    from ganops.nets import build_discriminator
+
+    if not source.checkpoint:
+        raise UserError(f"--best-of: run {source.run_id} records no checkpoint to take its discriminator from")
+    loc = storage.locate(source.checkpoint).child(jobdir.STATE_FILE)
+    try:
+        raw = storage.read_bytes(loc)
+    except (FileNotFoundError, OSError):
+        raise UserError(f"--best-of: the run's checkpoint {loc.uri} cannot be read (moved or deleted?)") from None
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    info = source.info
+    d = build_discriminator(source.job.spec.model, info.image_shape, info.num_classes)
+    d.load_state_dict(state["nets"]["d"])
+    return d.eval()

@@ -1,0 +1,204 @@
+"""``ganops generate`` end to end, from generators trained here and logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganops.errors import UserError
+from ganops.generate.job import generate
+from ganops.generate.options import GenerateOptions
+from ganops.generate.source import Source, load_discriminator, resolve
+from ganops.tracking import embedded_store
+from tests.conftest import REPO, mnist_job, run
+
+pytestmark = pytest.mark.slow
+
+
+def _train(storage: Path, mnist_root: Path, job: str, *extra: str) -> tuple[str, str]:
+    result = run(
+        mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.data.limit=256", "spec.train.epochs=1",
+                  *extra, job=job)
+    )  # fmt: skip
+    return result.mlflow_run_id, embedded_store(str(storage))[0]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    storage = tmp_path_factory.mktemp("gen-train")
+    run_id, uri = _train(storage, mnist_root, "mnist_dcgan", "spec.tracking.register_as=gen-test")
+    return resolve(uri, run_id=run_id)
+
+
+@pytest.fixture(scope="module")
+def trained_cgan(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    storage = tmp_path_factory.mktemp("gen-train-cgan")
+    run_id, uri = _train(storage, mnist_root, "mnist_cgan")
+    return resolve(uri, run_id=run_id)
+
+
+def _gen(source: Source, out: Path | str, **kw: object):  # noqa: ANN202
+    workers = kw.pop("workers", 1)
+    opts = GenerateOptions(**{"num": 40, "batch_size": 16, "shard_size": 16, **kw})
+    return generate(source, opts, str(out), workers=workers, show_progress=False, echo=lambda _m: None)
+
+
+def _pngs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("png/*/*.png"))}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "ganops.cli", "generate", *args], capture_output=True, text=True, cwd=REPO, env=env,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_the_cli_writes_images_shards_a_preview_and_the_manifest_last(trained: Source, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from ganops import storage
+    from ganops.generate import writer
+
+    out = tmp_path / "gen"
+    storage_root = trained.tracking_uri[len("sqlite:///") :].rsplit("/", 1)[0]
+    r = _cli("--run-id", trained.run_id, "--num", "300", "--out", str(out), "--format", "both", "--seed", "3",
+             "--shard-size", "128", "--storage", storage_root, "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = writer.verify(storage.locate(str(out)))  # every checksum matches what is on disk
+    assert manifest["count"] == 300 and [s["count"] for s in manifest["shards"]] == [128, 128, 44]
+    assert manifest["model_uri"] == trained.model_uri and manifest["training_run_id"] == trained.run_id
+    assert manifest["seed"] == 3 and manifest["options"]["formats"] == ["png", "npz"]
+    assert len(_pngs(out)) == 300 and (out / "preview.png").exists()
+    shard = np.load(out / "npz" / "shard_00002.npz")
+    assert shard["images"].shape == (44, 28, 28, 1) and shard["images"].dtype == np.uint8
+    assert list(shard["indices"]) == list(range(256, 300))
+    gen_run = MlflowClient(trained.tracking_uri).get_run(manifest["generation_run_id"])
+    assert gen_run.data.tags["ganops.training_run_id"] == trained.run_id
+    assert gen_run.data.params["num"] == "300" and gen_run.info.status == "FINISHED"
+    artifacts = {a.path for a in MlflowClient(trained.tracking_uri).list_artifacts(gen_run.info.run_id)}
+    assert {"manifest.json", "preview.png"} <= artifacts  # the manifest and a grid, never the bulk images
+
+
+def test_the_same_seed_gives_byte_identical_images(trained: Source, tmp_path: Path) -> None:
+    _gen(trained, tmp_path / "a", seed=11)
+    _gen(trained, tmp_path / "b", seed=11)
+    _gen(trained, tmp_path / "c", seed=12)
+    a, b, c = _pngs(tmp_path / "a"), _pngs(tmp_path / "b"), _pngs(tmp_path / "c")
+    assert len(a) == 40 and a == b
+    assert a != c
+
+
+def test_ray_workers_shard_the_job_with_no_index_missing_or_duplicated(trained: Source, tmp_path: Path) -> None:
+    _gen(trained, tmp_path / "one", seed=5, num=70)
+    result = _gen(trained, tmp_path / "two", seed=5, num=70, workers=2)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    covered = sorted(i for s in manifest["shards"] for i in range(s["start"], s["stop"]))
+    assert covered == list(range(70)) and result.count == 70
+    # Each image depends only on (seed, index): the same bytes whoever made its shard.
+    assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
+
+
+def test_best_of_keeps_what_the_discriminator_rates_more_real(trained: Source, tmp_path: Path) -> None:
+    import torch
+
+    from ganops.generate import core
+
+    _gen(trained, tmp_path / "plain", seed=2, num=64, shard_size=64, formats=("npz",))
+    _gen(trained, tmp_path / "best", seed=2, num=64, shard_size=64, formats=("npz",), best_of=4)
+    d = load_discriminator(trained)
+
+    def mean_score(out: Path) -> float:
+        images = np.load(out / "npz" / "shard_00000.npz")["images"].transpose(0, 3, 1, 2)
+        return float(core.score(d, images, None, 32, torch.device("cpu")).mean())
+
+    assert mean_score(tmp_path / "best") > mean_score(tmp_path / "plain")
+
+
+def test_output_goes_to_s3_with_a_verifiable_manifest(trained: Source, bucket: str) -> None:
+    from ganops import storage
+    from ganops.generate import writer
+
+    _gen(trained, f"s3://{bucket}/gen/run1", seed=1, formats=("png", "npz"))
+    manifest = writer.verify(storage.locate(f"s3://{bucket}/gen/run1"))
+    assert manifest["count"] == 40
+
+
+def test_a_registered_model_uri_is_a_source(trained: Source, tmp_path: Path) -> None:
+    source = resolve(trained.tracking_uri, model="models:/gen-test/1")
+    assert source.run_id == trained.run_id
+    assert _gen(source, tmp_path / "m", num=8).count == 8
+
+
+def test_conditional_models_take_a_class_and_lay_interpolations_out_in_rows(trained_cgan: Source, tmp_path: Path) -> None:
+    result = _gen(trained_cgan, tmp_path / "sevens", class_index=7, num=20, formats=("npz",))
+    shard = np.load(tmp_path / "sevens" / "npz" / "shard_00000.npz")
+    assert result.count == 20 and set(shard["labels"].tolist()) == {7}
+    walk = _gen(trained_cgan, tmp_path / "walk", num=3, interpolate=6)
+    manifest = json.loads((tmp_path / "walk" / "manifest.json").read_text())
+    assert manifest["kind"] == "interpolation" and walk.count == 18
+    from PIL import Image
+
+    assert Image.open(tmp_path / "walk" / "interpolation.png").size == (6 * 30 + 2, 3 * 30 + 2)
+    assert Image.open(tmp_path / "walk" / "interpolation.gif").n_frames == 6
+
+
+def test_latent_vectors_from_a_file_make_exactly_those_images(trained: Source, tmp_path: Path) -> None:
+    # Latent arithmetic: the mean of some vectors, and vectors moved along a direction.
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4, 100)).astype(np.float32)
+    z = np.concatenate([base, base.mean(0, keepdims=True), base[:1] + (base[1] - base[2])]).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    _gen(trained, tmp_path / "arith", num=6, z_file=str(tmp_path / "z.npy"), save_z=True, formats=("npz",))
+    shard = np.load(tmp_path / "arith" / "npz" / "shard_00000.npz")
+    assert np.array_equal(shard["z"], z)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run-id", "0123456789abcdef0123456789abcdef"], "--run-id: no run 0123456789abcdef0123456789abcdef"),
+        (["--class", "3"], "--class: "),
+        (["--num", "0"], "--num: must be a positive number"),
+        (["--truncation", "-1"], "--truncation: must be > 0"),
+        (["--model", "models:/no-such-model/9"], "--model: models:/no-such-model/9 was not found"),
+    ],
+)
+def test_bad_input_is_refused_before_any_image_is_made(
+    trained: Source, tmp_path: Path, args: list[str], message: str
+) -> None:
+    storage_root = trained.tracking_uri[len("sqlite:///") :].rsplit("/", 1)[0]
+    source = [] if "--run-id" in args or "--model" in args else ["--run-id", trained.run_id]
+    r = _cli(*source, "--out", str(tmp_path / "out"), "--storage", storage_root, *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "png").exists()
+
+
+def test_a_class_out_of_range_and_a_run_without_a_generator_are_refused(trained_cgan: Source, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    with pytest.raises(UserError, match=r"--class: 10 is out of range; the model has 10 classes \(0-9\)"):
+        _gen(trained_cgan, tmp_path / "o", class_index=10)
+    bare = MlflowClient(trained_cgan.tracking_uri).create_run(trained_cgan.experiment_id).info.run_id
+    with pytest.raises(UserError, match="has no generator"):
+        resolve(trained_cgan.tracking_uri, run_id=bare)
+
+
+def test_a_finished_output_is_never_overwritten_and_an_unwritable_one_is_refused(trained: Source, tmp_path: Path) -> None:
+    _gen(trained, tmp_path / "done", num=8)
+    before = (tmp_path / "done" / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match="--out: .* already holds a finished generation"):
+        _gen(trained, tmp_path / "done", num=8, seed=99)
+    assert (tmp_path / "done" / "manifest.json").read_bytes() == before
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="--out"):
+        _gen(trained, blocker / "out", num=8)
