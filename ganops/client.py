@@ -63,7 +63,7 @@ def submit(
     echo: Callable[[str], None] = print,
 ) -> RunResult:
     """Train ``job`` on Ray: the embedded local Ray, or the cluster at ``address``."""
-    preflight(job)
+    info = preflight(job)
     from ganops.train.launch import run
 
-    return run(job, address=address, restart=restart, show_progress=show_progress, echo=echo)
+    return run(job, info, address=address, restart=restart, show_progress=show_progress, echo=echo)

@@ -18,7 +18,6 @@ from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator
 
 Echo = Callable[[str], None]
-PREVIEW_MAX = 64
 
 
 @dataclass
@@ -123,7 +122,7 @@ def _local_shards(
         for shard, (start, stop) in enumerate(ranges):
             result = core.generate_shard(g, d, opts, source.info, shard, start, stop, device, z_all, labels_all)
             record = writer.write_shard(out, result, opts.formats, opts.save_z, pool)
-            yield record, (result.images[:PREVIEW_MAX] if shard == 0 else None)
+            yield record, (result.images[: writer.PREVIEW_MAX] if shard == 0 else None)
 
 
 def _ray_shards(
@@ -169,7 +168,7 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
     """Walks between seeds: a grid (one row per walk) and a GIF that moves along every walk."""
     import torch
 
-    from ganops.generate import core, latents
+    from ganops.generate import core, latents, writer
     from ganops.train import samples
 
     g = load_generator(source)
@@ -189,7 +188,7 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
     if opts.save_z:
         buf = _npy_bytes(z)
         files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", buf)
-    return {"walks": n_walks, "steps": steps, "files": files, "preview": images[:PREVIEW_MAX]}
+    return {"walks": n_walks, "steps": steps, "files": files, "preview": images[: writer.PREVIEW_MAX]}
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

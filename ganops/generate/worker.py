@@ -10,7 +10,6 @@ import numpy as np
 from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator
 
-PREVIEW_MAX = 64
 
 
 class GenerateWorker:
@@ -49,4 +48,4 @@ class GenerateWorker:
             self.g, self.d, self.opts, self.source.info, shard, start, stop, self.device, self.z_all, self.labels_all
         )
         record = writer.write_shard(self.out, result, self.opts.formats, self.opts.save_z, self.pool)
-        return record, (result.images[:PREVIEW_MAX] if shard == 0 else None)
+        return record, (result.images[: writer.PREVIEW_MAX] if shard == 0 else None)

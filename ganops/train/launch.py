@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ganops import jobdir, storage
+from ganops.data import ImageInfo
 from ganops.errors import ResourceError, UserError
 from ganops.spec import dump
 from ganops.spec.models import GANJob
@@ -205,6 +206,7 @@ def _user_error_in(exc: BaseException) -> UserError | None:
 
 def run(
     job: GANJob,
+    info: ImageInfo,
     *,
     address: str | None = None,
     restart: bool = False,
@@ -280,7 +282,7 @@ def run(
             failure_config=FailureConfig(max_failures=0),
         ),
     )
-    total_steps = _total_steps(job)
+    total_steps = _total_steps(job, info)
     status = "FAILED"
     try:
         with _ctrl_c_stops(control, echo):
@@ -311,10 +313,7 @@ def run(
     return result
 
 
-def _total_steps(job: GANJob) -> int:
-    from ganops import data as gdata
-
-    info = gdata.probe(job.spec.data)
+def _total_steps(job: GANJob, info: ImageInfo) -> int:
     per_rank = job.spec.train.batch_size // job.spec.scaling.num_workers
     per_epoch = (info.num_images // job.spec.scaling.num_workers) // per_rank
     return per_epoch * job.spec.train.epochs
