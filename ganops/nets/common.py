@@ -173,6 +173,36 @@ def conv_out(size: int, k: int, stride: int, padding: int) -> int:
     return max((size + 2 * padding - k) // stride + 1, 0)
 
 
+def d_stack(cfg: NetConfig, strides: list[int]) -> tuple[nn.Module, int]:
+    """D's conv stack, one block per width: conv (stride 2, or 'same' at stride 1),
+    BatchNorm when asked (never on the first block), LeakyReLU 0.2, dropout; then flatten.
+
+    Returns the stack and its flattened feature size.
+    """
+    _, size, _ = cfg.image_shape
+    k, cin = cfg.kernel_size, cfg.d_in_channels
+    layers: list[nn.Module] = []
+    for i, (w, stride) in enumerate(zip(cfg.d_widths, strides, strict=True)):
+        # Never normalise D's first layer (DCGAN paper): it would erase the input's statistics.
+        norm = cfg.d_norm == "batch" and i > 0
+        if stride == 1:
+            layers.append(same_conv(cin, w, k, bias=not norm))
+        else:
+            size = conv_out(size, k, stride, (k - 1) // 2)
+            if size < 1:
+                raise ModelSpecError(
+                    f"spec.model.d_widths: {len(cfg.d_widths)} convs with kernel_size {k} shrink "
+                    f"{cfg.image_shape[1]}x{cfg.image_shape[1]} images to nothing; use fewer widths"
+                )
+            layers.append(nn.Conv2d(cin, w, k, stride, (k - 1) // 2, bias=not norm))
+        if norm:
+            layers.append(nn.BatchNorm2d(w))
+        layers += [activation("leaky_relu"), *dropout(cfg.d_dropout)]
+        cin = w
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), cin * size * size
+
+
 # --- conditioning --------------------------------------------------------------------
 
 

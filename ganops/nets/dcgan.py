@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ganops.nets.common import Arch, Defaults, ModelSpecError, NetConfig, activation, conv_out, dropout, same_conv
+from ganops.nets.common import (
+    Arch, Defaults, ModelSpecError, NetConfig, activation, d_stack, dropout, same_conv,
+)  # fmt: skip
 
 RESOLUTIONS = (28, 32, 64)
 
@@ -72,26 +74,7 @@ def generator(cfg: NetConfig) -> nn.Module:
 
 
 def discriminator(cfg: NetConfig) -> tuple[nn.Module, int]:
-    _, size, _ = cfg.image_shape
-    k, pad = cfg.kernel_size, (cfg.kernel_size - 1) // 2
-    cin = cfg.d_in_channels
-    layers: list[nn.Module] = []
-    for i, w in enumerate(cfg.d_widths):
-        size = conv_out(size, k, 2, pad)
-        if size < 1:
-            raise ModelSpecError(
-                f"spec.model.d_widths: {len(cfg.d_widths)} stride-2 convs with kernel_size {k} shrink "
-                f"{cfg.image_shape[1]}x{cfg.image_shape[1]} images to nothing; use fewer widths"
-            )
-        # Never normalise D's first layer (DCGAN paper): it would erase the input's statistics.
-        norm = cfg.d_norm == "batch" and i > 0
-        layers.append(nn.Conv2d(cin, w, k, 2, pad, bias=not norm))
-        if norm:
-            layers.append(nn.BatchNorm2d(w))
-        layers += [activation("leaky_relu"), *dropout(cfg.d_dropout)]
-        cin = w
-    layers.append(nn.Flatten())
-    return nn.Sequential(*layers), cin * size * size
+    return d_stack(cfg, [2] * len(cfg.d_widths))
 
 
 ARCH = Arch("dcgan", RESOLUTIONS, defaults, generator, discriminator)

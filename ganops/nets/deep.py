@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ganops.nets.common import Arch, Defaults, ModelSpecError, NetConfig, activation, conv_out, dropout, same_conv
+from ganops.nets.common import (
+    Arch, Defaults, ModelSpecError, NetConfig, activation, d_stack, dropout, same_conv,
+)  # fmt: skip
 
 RESOLUTIONS = (28, 32, 64)
 UPSAMPLINGS = 2  # G starts at H/4
@@ -61,30 +63,9 @@ def generator(cfg: NetConfig) -> nn.Module:
 
 
 def discriminator(cfg: NetConfig) -> tuple[nn.Module, int]:
-    _, size, _ = cfg.image_shape
-    k, widths = cfg.kernel_size, cfg.d_widths
-    cin = cfg.d_in_channels
-    layers: list[nn.Module] = []
-    for i, w in enumerate(widths):
-        stride = 1 if i == len(widths) - 1 and len(widths) > 1 else 2
-        # Never normalise D's first layer (DCGAN paper): it would erase the input's statistics.
-        norm = cfg.d_norm == "batch" and i > 0
-        if stride == 1:
-            layers.append(same_conv(cin, w, k, bias=not norm))
-        else:
-            size = conv_out(size, k, 2, (k - 1) // 2)
-            if size < 1:
-                raise ModelSpecError(
-                    f"spec.model.d_widths: {len(widths)} convs with kernel_size {k} shrink "
-                    f"{cfg.image_shape[1]}x{cfg.image_shape[1]} images to nothing; use fewer widths"
-                )
-            layers.append(nn.Conv2d(cin, w, k, 2, (k - 1) // 2, bias=not norm))
-        if norm:
-            layers.append(nn.BatchNorm2d(w))
-        layers += [activation("leaky_relu"), *dropout(cfg.d_dropout)]
-        cin = w
-    layers.append(nn.Flatten())
-    return nn.Sequential(*layers), cin * size * size
+    # Atienza's D: strides 2, 2, 2, then a last stride-1 conv.
+    n = len(cfg.d_widths)
+    return d_stack(cfg, [2] * (n - 1) + [1] if n > 1 else [2])
 
 
 ARCH = Arch("deep", RESOLUTIONS, defaults, generator, discriminator)
