@@ -178,10 +178,6 @@ def move_dir(src: Location, dst: Location) -> None:
     src.fs.delete_dir(src.path)
 
 
-def copy_file(local_path: str, dst: Location) -> None:
-    pafs.copy_files(local_path, dst.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=dst.fs)
-
-
 def check_writable(loc: Location, *, field: str = STORAGE_FIELD) -> None:
     """Fail before any worker starts if ``loc`` cannot be written, saying what to fix."""
     if is_s3(loc.uri):

@@ -30,11 +30,15 @@ class GenerateResult:
     generation_run_id: str | None
     manifest_uri: str
     preview_uri: str | None
-    extra: dict[str, str]
 
 
-def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Every check that can fail, before any image is made. Returns latents from --z."""
+def check(
+    source: Source, opts: GenerateOptions, out_uri: str
+) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
+    """Every check that can fail, before any image is made.
+
+    Returns the latents and labels from --z, and the run's D when --best-of needs it.
+    """
     from ganops.generate import latents, writer
 
     info = source.info
@@ -68,14 +72,13 @@ def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarr
             raise UserError(f"--num: {opts.num} does not match the {len(z_all)} vectors in --z {opts.z_file}")
         if labels_all is not None and opts.class_index is not None:
             raise UserError("--class: the --z file carries its own class column")
-    if opts.best_of > 1:
-        load_discriminator(source)  # the checkpoint must exist and load
+    d = load_discriminator(source) if opts.best_of > 1 else None  # must exist and load
     out = storage.locate(out_uri)
     state = writer.existing_output(out)
     if state == "complete":
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
     storage.check_writable(out, field="--out")
-    return z_all, labels_all
+    return z_all, labels_all, d
 
 
 class _Progress:
@@ -108,7 +111,7 @@ class _Progress:
 
 def _local_shards(
     source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
-    z_all: np.ndarray | None, labels_all: np.ndarray | None,
+    z_all: np.ndarray | None, labels_all: np.ndarray | None, d: Any,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
     """Shards in this process; PNG encoding and uploads use every core through the pool."""
     import torch
@@ -116,7 +119,6 @@ def _local_shards(
     from ganops.generate import core, writer
 
     g = load_generator(source)
-    d = load_discriminator(source) if opts.best_of > 1 else None
     device = torch.device("cpu")
     with writer.make_pool() as pool:
         for shard, (start, stop) in enumerate(ranges):
@@ -186,24 +188,16 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
     frames = [samples.png_bytes(samples.grid(per_step[t], ncols=min(n_walks, 8))) for t in range(steps)]
     files["interpolation.gif"] = _put(out, "interpolation.gif", samples.gif_bytes(frames, frame_ms=120, hold_last_ms=600))
     if opts.save_z:
-        buf = _npy_bytes(z)
-        files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", buf)
+        ((data, _),) = writer.npy_file(z)
+        files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", data)
     return {"walks": n_walks, "steps": steps, "files": files, "preview": images[: writer.PREVIEW_MAX]}
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
 def _put(out: storage.Location, name: str, data: bytes) -> str:
-    import hashlib
+    from ganops.generate import writer
 
     storage.write_bytes(out.child(name), data)
-    return hashlib.sha256(data).hexdigest()
+    return writer.sha256_hex(data)
 
 
 def generate(
@@ -219,7 +213,7 @@ def generate(
 ) -> GenerateResult:
     from ganops.generate import latents, writer
 
-    z_all, labels_all = check(source, opts, out_uri)
+    z_all, labels_all, d = check(source, opts, out_uri)
     out = storage.locate(out_uri)
     run_id = _open_run(source, opts, out.uri, workers)
     t0 = time.time()
@@ -250,7 +244,7 @@ def generate(
             if workers > 1 and len(ranges) > 1:
                 stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
             else:
-                stream = _local_shards(source, opts, out, ranges, z_all, labels_all)
+                stream = _local_shards(source, opts, out, ranges, z_all, labels_all, d)
             records = []
             for record, first in stream:
                 records.append(record)
@@ -272,7 +266,7 @@ def generate(
     return GenerateResult(
         out_uri=out.uri, count=count, shards=n_shards, elapsed_s=elapsed, images_per_s=rate,
         generation_run_id=run_id, manifest_uri=out.child("manifest.json").uri,
-        preview_uri=out.child(preview_path).uri if preview_path else None, extra={},
+        preview_uri=out.child(preview_path).uri if preview_path else None,
     )  # fmt: skip
 
 
@@ -295,7 +289,7 @@ def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int)
     }
     name = f"{source.job.name}-generate"
     run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
-    params = {k: str(v) for k, v in opts.to_dict().items() if k != "extra"}
+    params = {k: str(v) for k, v in opts.to_dict().items()}
     params.update({"out": out_uri, "workers": str(workers), "model_uri": source.model_uri})
     client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 FORMATS = ("png", "npz")
@@ -36,7 +36,6 @@ class GenerateOptions:
     save_z: bool = False
     formats: tuple[str, ...] = ("png",)
     shard_size: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -89,7 +89,7 @@ def z_path(shard: int) -> str:
     return f"z/shard_{shard:05d}.npy"
 
 
-def _sha256(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -101,7 +101,7 @@ def encode_pngs(images: np.ndarray) -> Encoded:
     out = []
     for img in images:
         data = png_bytes(np.ascontiguousarray(img.transpose(1, 2, 0)))
-        out.append((data, _sha256(data)))
+        out.append((data, sha256_hex(data)))
     return out
 
 
@@ -109,14 +109,14 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> Encoded:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     data = buf.getvalue()
-    return [(data, _sha256(data))]
+    return [(data, sha256_hex(data))]
 
 
-def _npy_bytes(a: np.ndarray) -> Encoded:
+def npy_file(a: np.ndarray) -> Encoded:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     data = buf.getvalue()
-    return [(data, _sha256(data))]
+    return [(data, sha256_hex(data))]
 
 
 def make_pool(workers: int | None = None) -> ProcessPoolExecutor:
@@ -200,7 +200,7 @@ def write_shard(
             arrays["scores"] = np.asarray(result.scores, dtype=np.float32)
         tasks.insert(0, ([npz_path(shard)], _npz_bytes, arrays))  # the biggest task first
     elif save_z:
-        tasks.append(([z_path(shard)], _npy_bytes, np.asarray(result.z, dtype=np.float32)))
+        tasks.append(([z_path(shard)], npy_file, np.asarray(result.z, dtype=np.float32)))
 
     writers = max(1, S3_WRITERS // workers) if storage.is_s3(out.uri) else LOCAL_WRITERS
     files: dict[str, str] = {}
@@ -279,7 +279,7 @@ def verify(out: storage.Location) -> dict[str, Any]:
             data = storage.read_bytes(out.child(name))
         except (FileNotFoundError, OSError):
             return f"{name}: missing"
-        return None if _sha256(data) == expected[name] else f"{name}: checksum mismatch"
+        return None if sha256_hex(data) == expected[name] else f"{name}: checksum mismatch"
 
     with ThreadPoolExecutor(storage.DOWNLOAD_THREADS) as pool:
         problems = [p for p in pool.map(check, sorted(expected)) if p]
