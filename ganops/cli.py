@@ -194,6 +194,12 @@ def ui(storage: str, host: str, port: int) -> None:
     os.execve(cmd[0], cmd, env)
 
 
+# Commands that live with their subsystem; each module imports only click at load time.
+from ganops.evaluate.command import evaluate  # noqa: E402
+
+cli.add_command(evaluate)
+
+
 def _summary(r: Any) -> None:
     state = "stopped early" if r.stopped_early else "done"
     minutes, seconds = divmod(int(r.elapsed_s), 60)

@@ -179,6 +179,8 @@ class CheckpointSpec(_Strict):
     """Write a checkpoint every N epochs (and always at the end)."""
     keep: PositiveInt = 3
     """Keep the newest N checkpoints."""
+    keep_best: Literal["fid"] | None = None
+    """Also keep the checkpoint with the best score of this metric (needs `eval`)."""
 
 
 class SamplesSpec(_Strict):
@@ -199,6 +201,79 @@ class TrackingSpec(_Strict):
     """Register the final generator under this model name."""
 
 
+METRICS = ("fid", "kid", "is", "pr")
+
+
+class EvalSpec(_Strict):
+    every_epochs: PositiveInt | None = None
+    """Score G every N epochs and at the end (unset: no evaluation during training)."""
+    num_samples: PositiveInt = 10000
+    """Generated (and reference) images per evaluation; the literature uses 50000 for FID."""
+    metrics: list[Literal["fid", "kid", "is", "pr"]] = Field(default_factory=lambda: list(METRICS))
+    """Which scores: Fréchet and kernel Inception distance, Inception score, precision/recall."""
+    inception_weights: str | None = None
+    """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI."""
+    batch_size: PositiveInt = 100
+    """Images per Inception forward pass."""
+    reference_split: Literal["train", "test"] | None = None
+    """Split of the real data the scores compare against (default: `data.split`)."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one of " + ", ".join(METRICS))
+        if len(set(v)) != len(v):
+            raise ValueError("lists a metric twice")
+        return v
+
+
+# A Kubernetes resource quantity: "4", "500m", "16Gi", "1.5".
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+
+
+class Toleration(_Strict):
+    """A Kubernetes toleration (the pod field of the same name)."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ClusterSpec(_Strict):
+    """Where the job's pods run on Kubernetes (`--target k8s`); ignored by the other targets."""
+
+    image: str | None = None
+    """Container image of the head and worker pods (default: the operator's)."""
+    service_account: str | None = None
+    """ServiceAccount of the pods, e.g. one bound to a cloud role for S3 (default: the operator's)."""
+    secret: str | None = None
+    """Secret whose keys become the pods' environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    MLFLOW_TRACKING_TOKEN... (default: the operator's). Credentials never go in the spec."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations of the pods, e.g. for tainted GPU nodes."""
+    worker_cpu: Quantity | None = None
+    """CPU of each worker pod (default: the operator's; Ray reserves it for the worker's torch threads)."""
+    worker_memory: Quantity | None = None
+    """Memory of each worker pod (default: the operator's)."""
+    head_cpu: Quantity | None = None
+    """CPU of the head pod, which runs the driver and no training worker (default: the operator's)."""
+    head_memory: Quantity | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+    """Extended resource name of a GPU on the nodes (with scaling.use_gpu)."""
+    active_deadline_seconds: PositiveInt | None = None
+    """Fail the job after this many seconds (the RayJob's activeDeadlineSeconds)."""
+    backoff_limit: Annotated[int, Field(ge=0)] = 0
+    """Retries of a failed job on a fresh Ray cluster (the RayJob's backoffLimit); each resumes."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 600
+    """Delete the Ray cluster this long after the job ends (its logs go with it)."""
+
+
 class GANJobSpec(_Strict):
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -209,6 +284,8 @@ class GANJobSpec(_Strict):
     storage: str = "./runs"
     """Local directory or s3://bucket/prefix; the job writes under <storage>/<metadata.name>/."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
 
     @model_validator(mode="after")
     def _cross_field(self) -> GANJobSpec:
@@ -218,6 +295,17 @@ class GANJobSpec(_Strict):
                 f"train.batch_size: {self.train.batch_size} is not divisible by scaling.num_workers={workers} "
                 "(the batch is global: each worker gets batch_size / num_workers)"
             )
+        if self.eval.every_epochs is not None and not self.eval.inception_weights:
+            raise ValueError(
+                "eval.inception_weights: required with eval.every_epochs (the FID Inception weights, "
+                "pt_inception-2015-12-05-6726825d.pth; see the README)"
+            )
+        if self.checkpoint.keep_best is not None:
+            metric = self.checkpoint.keep_best
+            if self.eval.every_epochs is None or metric not in self.eval.metrics:
+                raise ValueError(
+                    f"checkpoint.keep_best: '{metric}' needs eval.every_epochs and '{metric}' in eval.metrics"
+                )
         return self
 
 

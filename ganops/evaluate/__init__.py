@@ -1,0 +1,1 @@
+"""Generative quality scores (FID, KID, IS, precision/recall) and ``ganops evaluate``."""
