@@ -52,43 +52,178 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     _err(f"{spec_file}: valid{where}")
 
 
+def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--address and --namespace: where the ray and k8s targets are."""
+    f = click.option(
+        "--namespace", "-n", envvar="GANOPS_NAMESPACE", default=None,
+        help="Kubernetes namespace (--target k8s; default: the kube config's, else 'default').",
+    )(f)  # fmt: skip
+    return click.option(
+        "--address", envvar="RAY_ADDRESS", default=None,
+        help="Ray cluster: http://HEAD:8265 for --target ray (Jobs API); for local runs, a cluster to join.",
+    )(f)  # fmt: skip
+
+
+def _pick_target(target: str | None, address: str | None) -> str:
+    """Verbs about running jobs: --target, else $GANOPS_TARGET, else ray when an address is set, else k8s."""
+    return target or ("ray" if address else "k8s")
+
+
+REMOTE = click.Choice(["ray", "k8s"])
+OUTPUT = click.Choice(["table", "wide", "yaml", "json"])
+
+
 @cli.command()
-@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False), required=False)
 @_set_option
-@click.option("--dry-run", is_flag=True, help="Validate and print the resolved spec, then stop.")
+@click.option(
+    "--target", type=click.Choice(["local", "ray", "k8s"]), envvar="GANOPS_TARGET", default="local",
+    show_default=True,
+    help="local: this machine (embedded Ray, or --address to join one); ray: a Ray cluster's Jobs API; "
+    "k8s: a GANJob for the ganops operator.",
+)  # fmt: skip
+@_target_options
+@click.option("--dry-run", is_flag=True, help="Validate and print what would be submitted, then stop.")
+@click.option("--output", "-o", type=click.Choice(["yaml", "json"]), help="Print the submitted object (with --target k8s: the GANJob).")
 @click.option(
     "--restart", is_flag=True, help="Start over even if checkpoints exist; the old run is moved aside, never lost."
 )
-@click.option(
-    "--address",
-    envvar="RAY_ADDRESS",
-    default=None,
-    help="Ray cluster to run on (default: an embedded local Ray). Also read from RAY_ADDRESS.",
-)
 @click.option("--quiet", "-q", is_flag=True, help="No resolved spec and no live progress line.")
+@click.option("--spec-b64", hidden=True, help="The spec inline (the remote driver's entrypoint).")
 def submit(
-    spec_file: str, overrides: tuple[str, ...], dry_run: bool, restart: bool, address: str | None, quiet: bool
-) -> None:
+    spec_file: str | None, overrides: tuple[str, ...], target: str, address: str | None, namespace: str | None,
+    dry_run: bool, output: str | None, restart: bool, quiet: bool, spec_b64: str | None,
+) -> None:  # fmt: skip
     """Train the GAN described by SPEC.
 
     A job whose name already has checkpoints in its storage resumes from the latest one
     and trains up to spec.train.epochs; --restart starts over. Ctrl-C stops cleanly after
-    writing a checkpoint.
+    writing a checkpoint. With --target ray or k8s the job runs on the cluster and this
+    command returns once it is accepted: follow it with `ganops logs -f NAME`.
     """
-    from ganops.client import load_job, preflight, submit as sdk_submit
+    from ganops.client import load_job, load_job_text, preflight, submit as sdk_submit
     from ganops.spec import dump
 
-    job = load_job(spec_file, list(overrides))
+    if spec_b64:
+        from ganops.targets.entrypoint import decode_spec
+
+        job = load_job_text(decode_spec(spec_b64), "--spec-b64", list(overrides))
+    elif spec_file:
+        job = load_job(spec_file, list(overrides), resolve_paths=target != "k8s")
+    else:
+        raise click.UsageError("missing argument SPEC (a job spec YAML file)")
+    if target != "local":
+        _submit_remote(job, target, address, namespace, dry_run, output, restart, quiet)
+        return
     if not quiet or dry_run:
         click.echo(dump(job), nl=False)
     if dry_run:
         preflight(job)
-        _err(f"{spec_file}: valid (dry run: nothing submitted)")
+        _err(f"{spec_file or 'spec'}: valid (dry run: nothing submitted)")
         return
     result = sdk_submit(job, address=address, restart=restart, show_progress=not quiet, echo=_err)
     if not result.trained:
         return
     _summary(result)
+
+
+def _submit_remote(
+    job: Any, target: str, address: str | None, namespace: str | None, dry_run: bool, output: str | None,
+    restart: bool, quiet: bool,
+) -> None:  # fmt: skip
+    from ganops import targets
+    from ganops.targets.output import render
+
+    if "://" not in job.spec.storage:
+        _err(
+            f"warning: spec.storage is the path {job.spec.storage}; on the cluster that is each pod's own disk "
+            "unless it is shared (set s3://bucket/prefix to keep checkpoints)"
+        )
+    if dry_run:
+        if target == "k8s":
+            from ganops.k8s.objects import ganjob_object
+
+            obj = ganjob_object(job, namespace)
+            click.echo(_dump(obj, output or "yaml"), nl=False)
+        else:
+            from ganops.targets.entrypoint import train_command
+
+            click.echo(_dump({"entrypoint": train_command(job, restart=restart), "spec": job.to_dict()},
+                             output or "yaml"), nl=False)  # fmt: skip
+        _err("dry run: nothing submitted")
+        return
+    t = targets.get(target, address=address, namespace=namespace)
+    status = t.submit_train(job, restart=restart)
+    if output:
+        click.echo(render([status], output, single=True), nl=False)
+    elif not quiet:
+        click.echo(render([status], "table"), nl=False)
+    where = f" in namespace {status.namespace}" if status.namespace else ""
+    _err(f"submitted {job.name}{where}: follow it with `ganops logs -f {job.name} --target {target}`")
+
+
+def _dump(obj: Any, fmt: str) -> str:
+    import json
+
+    import yaml
+
+    return json.dumps(obj, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(obj, sort_keys=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@_target_options
+@click.option("--output", "-o", type=OUTPUT, default="table", show_default=True)
+def status(name: str, target: str | None, address: str | None, namespace: str | None, output: str) -> None:
+    """Show the job NAME: phase, times, MLflow run, latest checkpoint, message."""
+    from ganops import targets
+    from ganops.targets.output import render
+
+    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
+    click.echo(render([t.status(name)], "wide" if output == "table" else output, single=True), nl=False)
+
+
+@cli.command(name="list")
+@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@_target_options
+@click.option("--all-namespaces", "-A", is_flag=True, help="Jobs of every namespace (--target k8s).")
+@click.option("--output", "-o", type=OUTPUT, default="table", show_default=True)
+def list_jobs(target: str | None, address: str | None, namespace: str | None, all_namespaces: bool, output: str) -> None:
+    """List ganops jobs (training and generation), newest first."""
+    from ganops import targets
+    from ganops.targets.output import render
+
+    t = targets.get(_pick_target(target, address), address=address, namespace=namespace, all_namespaces=all_namespaces)
+    click.echo(render(t.list(), output), nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@_target_options
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def logs(name: str, target: str | None, address: str | None, namespace: str | None, follow: bool) -> None:
+    """Print the output of job NAME's driver (progress lines, warnings, errors)."""
+    from ganops import targets
+
+    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
+    for chunk in t.logs(name, follow=follow):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@_target_options
+def cancel(name: str, target: str | None, address: str | None, namespace: str | None) -> None:
+    """Stop job NAME. Its checkpoints stay: submitting the same spec again resumes it."""
+    from ganops import targets
+
+    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
+    st = t.cancel(name)
+    _err(f"{name}: {st.phase}" + (f" ({st.message})" if st.message else ""))
 
 
 @cli.command()
@@ -114,19 +249,60 @@ def submit(
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store of --storage).")  # fmt: skip
 @click.option("--storage", default="./runs", show_default=True, help="Storage root whose embedded MLflow store to use.")
-@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster for --workers > 1 (default: embedded).")
+@click.option(
+    "--target", type=click.Choice(["local", "ray", "k8s"]), envvar="GANOPS_TARGET", default="local", show_default=True,
+    help="local: here (--workers on the embedded Ray, or --address); ray / k8s: a job on the cluster.",
+)  # fmt: skip
+@click.option("--name", help="Job name on the ray / k8s target [default: gen-RUN-SEED].")
+@_target_options
+@click.option("--dry-run", is_flag=True, help="With --target ray / k8s: print the job, submit nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 def generate(
     run_id: str | None, model_uri: str | None, num: int | None, out: str, fmt: str, seed: int, batch_size: int,
     truncation: float | None, class_index: int | None, best_of: int, interpolate: int | None, z_file: str | None,
     save_z: bool, workers: int, gpus_per_worker: float, shard_size: int, tracking_uri: str | None, storage: str,
-    address: str | None, quiet: bool,
+    target: str, name: str | None, address: str | None, namespace: str | None, dry_run: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Generate images from a trained generator (--run-id or --model).
 
     Writes PNG files and/or .npz shards, a preview grid and manifest.json (last: an
     interrupted job never looks complete), and records the job as its own MLflow run.
+    With --target ray or k8s it runs as a job on the cluster (a GANGeneration on k8s).
     """
+    if target != "local":
+        from ganops.spec.generation import GANGeneration
+        from ganops.spec.loader import validate_model
+
+        source = run_id or (model_uri or "").rsplit("/", 1)[-1].replace("@", "-")
+        doc = {
+            "metadata": {"name": name or f"gen-{source[:12]}-{seed}".lower().replace("_", "-")},
+            "spec": {
+                "run_id": run_id, "model": model_uri, "out": out, "num": num or 64, "format": fmt, "seed": seed,
+                "batch_size": batch_size, "truncation": truncation, "class_index": class_index,
+                "best_of": best_of, "interpolate": interpolate, "z_file": z_file, "save_z": save_z,
+                "shard_size": shard_size, "workers": workers, "gpus_per_worker": gpus_per_worker,
+                "tracking": {"uri": tracking_uri} if tracking_uri and target == "ray" else {},
+            },
+        }  # fmt: skip
+        gen = validate_model(GANGeneration, doc, "ganops generate")
+        if dry_run:
+            if target == "k8s":
+                from ganops.k8s.objects import custom_object
+
+                click.echo(_dump(custom_object(gen, namespace), "yaml"), nl=False)
+            else:
+                from ganops.targets.entrypoint import generate_command
+
+                click.echo(generate_command(gen.spec.to_args()))
+            _err("dry run: nothing submitted")
+            return
+        from ganops import targets
+        from ganops.targets.output import render
+
+        st = targets.get(target, address=address, namespace=namespace).submit_generate(gen)
+        click.echo(render([st], "table"), nl=False)
+        _err(f"submitted {gen.name}: follow it with `ganops logs -f {gen.name} --target {target}`")
+        return
     from ganops.generate.job import generate as run_generate
     from ganops.generate.options import GenerateOptions
     from ganops.generate.source import resolve
@@ -192,6 +368,59 @@ def ui(storage: str, host: str, port: int) -> None:
     sys.stderr.flush()
     # Become the server: Ctrl-C and SIGTERM reach it directly, and no child outlives us.
     os.execve(cmd[0], cmd, env)
+
+
+@cli.group()
+def operator() -> None:
+    """The Kubernetes operator: run it, or see what it would create."""
+
+
+@operator.command(name="run")
+@click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
+@click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (needs the cluster-wide RBAC).")
+@click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="Kube config (default: in-cluster, else ~/.kube/config).")
+def operator_run(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None) -> None:
+    """Run the operator until SIGINT/SIGTERM: GANJobs and GANGenerations become RayJobs."""
+    if bool(namespaces) == all_namespaces:
+        raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")
+    from ganops.k8s import operator as op
+    from ganops.k8s.render import Defaults
+
+    op.STATE.defaults = Defaults.from_env()  # a bad GANOPS_* value fails here, not per job
+    op.run(list(namespaces), all_namespaces, liveness, kubeconfig)
+
+
+@operator.command()
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--namespace", "-n", default="default", show_default=True)
+def render(spec_file: str, overrides: tuple[str, ...], namespace: str) -> None:
+    """Print the RayJob the operator would create for the GANJob of SPEC.
+
+    Defaults come from the same GANOPS_* environment variables as the operator's.
+    """
+    from ganops.client import load_job
+    from ganops.k8s.objects import custom_object
+    from ganops.k8s.render import Defaults, render as render_rayjob
+
+    job = load_job(spec_file, list(overrides), resolve_paths=False)
+    obj = custom_object(job, namespace)
+    obj["metadata"]["uid"] = "<GANJob uid>"
+    click.echo(_dump(render_rayjob(obj, Defaults.from_env()), "yaml"), nl=False)
+
+
+@operator.command()
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Write one file per CRD here (default: print).")
+def crd(out_dir: str | None) -> None:
+    """The GANJob and GANGeneration CRDs, generated from the spec models."""
+    from ganops.k8s import crd as crds
+
+    if out_dir:
+        for path in crds.write(out_dir):
+            _err(f"wrote {path}")
+    else:
+        click.echo("---\n".join(crds.crd_files().values()), nl=False)
 
 
 # Commands that live with their subsystem; each module imports only click at load time.

@@ -14,19 +14,30 @@ from ganops import data as gdata
 from ganops import storage
 from ganops.errors import UserError
 from ganops.spec import load
+from ganops.spec.loader import loads
 from ganops.spec.models import GANJob
 
 if TYPE_CHECKING:
     from ganops.train.launch import RunResult
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None) -> GANJob:
+def load_job(path: str | Path, overrides: list[str] | None = None, *, resolve_paths: bool = True) -> GANJob:
     """Read, override and validate a job spec, with local paths made absolute.
 
     Ray workers do not share the driver's working directory, so the resolved spec that
-    travels to them (and is saved with every checkpoint) names absolute paths.
+    travels to them (and is saved with every checkpoint) names absolute paths. A spec
+    bound for Kubernetes keeps its paths: they mean the pods' file systems, not this one.
     """
     job = load(path, overrides)
+    return _resolve_paths(job) if resolve_paths else job
+
+
+def load_job_text(text: str, source: str, overrides: list[str] | None = None) -> GANJob:
+    """``load_job`` for a spec given inline (a remote driver's entrypoint)."""
+    return _resolve_paths(loads(text, source, overrides))
+
+
+def _resolve_paths(job: GANJob) -> GANJob:
     spec = job.spec
     if spec.data.root and "://" not in spec.data.root:
         spec.data.root = str(Path(spec.data.root).expanduser().resolve())

@@ -146,3 +146,17 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kube_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real kube-apiserver (v1.20, etcd-backed) for the session, with KubeRay's RayJob
+    kind served (permissive schema: see ``tests.kube.permissive_rayjob_crd``)."""
+    from tests import kube
+
+    api = kube.start(tmp_path_factory.mktemp("kube"))
+    try:
+        api.apply([kube.permissive_rayjob_crd()])
+        yield api
+    finally:
+        api.stop()

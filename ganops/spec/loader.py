@@ -10,7 +10,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -174,10 +174,29 @@ def format_errors(exc: ValidationError, model: type[BaseModel] = GANJob) -> list
 
 def validate(doc: dict[str, Any], source: str | None = None) -> GANJob:
     """Validate a spec dict into a ``GANJob``; every problem is reported at once."""
+    return validate_model(GANJob, doc, source)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], doc: dict[str, Any], source: str | None = None) -> M:
+    """Validate ``doc`` as ``model`` (a GANJob, a GANGeneration) with ganops' error messages."""
     try:
-        return GANJob.model_validate(doc)
+        return model.model_validate(doc)
     except ValidationError as e:
         raise SpecError(format_errors(e), source) from None
+
+
+def loads(text: str, source: str, overrides: list[str] | None = None) -> GANJob:
+    """Like ``load``, from YAML text (a spec that came inline, e.g. in a remote entrypoint)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
+    return validate(apply_overrides(doc, overrides or []), source)
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> GANJob:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 API_VERSION = "ganops.io/v1alpha1"
 KIND = "GANJob"
@@ -207,12 +207,15 @@ METRICS = ("fid", "kid", "is", "pr")
 class EvalSpec(_Strict):
     every_epochs: PositiveInt | None = None
     """Score G every N epochs and at the end (unset: no evaluation during training)."""
-    num_samples: PositiveInt = 10000
+    num_samples: Annotated[int, Field(ge=2)] = 10000
     """Generated (and reference) images per evaluation; the literature uses 50000 for FID."""
     metrics: list[Literal["fid", "kid", "is", "pr"]] = Field(default_factory=lambda: list(METRICS))
     """Which scores: Fréchet and kernel Inception distance, Inception score, precision/recall."""
     inception_weights: str | None = None
     """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI."""
+    inception_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """Expected sha256 of `inception_weights` (default: the pinned pytorch-fid file's); other
+    weights give scores that cannot be compared with anyone else's."""
     batch_size: PositiveInt = 100
     """Images per Inception forward pass."""
     reference_split: Literal["train", "test"] | None = None
@@ -230,7 +233,10 @@ class EvalSpec(_Strict):
 
 # A Kubernetes resource quantity: "4", "500m", "16Gi", "1.5".
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+# YAML reads `4` as a number; a quantity is a string to Kubernetes (and in the CRD).
+Quantity = Annotated[
+    str, BeforeValidator(lambda v: f"{v:g}" if isinstance(v, (int, float)) else v), Field(pattern=_QUANTITY)
+]
 
 
 class Toleration(_Strict):

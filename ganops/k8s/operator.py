@@ -1,0 +1,348 @@
+"""The ganops operator (kopf): GANJobs and GANGenerations become KubeRay RayJobs.
+
+- create / resume: render the RayJob (``ganops.k8s.render``) and create it, owned by
+  the GANJob, so deleting the GANJob deletes the RayJob and its Ray cluster.
+- RayJob events: mirror ``jobStatus`` / ``jobDeploymentStatus`` into the owner's status.
+- the ``ganops.io/cancel-requested`` annotation (``ganops cancel``): suspend the RayJob,
+  which stops the Ray job and deletes its cluster; checkpoints stay in storage.
+- a timer fills ``mlflowRunId`` / ``latestCheckpoint`` from MLflow while a job runs.
+
+An invalid spec is a permanent error with the reason in ``status.message``; API errors
+that may pass (5xx, 429, connection resets) are retried with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from ganops.errors import SpecError
+from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, VERSION
+from ganops.k8s.client import api_error, configuration
+from ganops.k8s.render import Defaults, render
+from ganops.k8s.status import phase_of
+from ganops.targets.base import CANCELLED, FAILED, PENDING, RUNNING, TERMINAL
+
+PLURALS = {"GANJob": "ganjobs", "GANGeneration": "gangenerations"}
+POLL_S = float(os.environ.get("GANOPS_OPERATOR_POLL_S", "30"))
+log = logging.getLogger("ganops.operator")
+
+
+@dataclass
+class _State:
+    """What the handlers share: set once at start-up (``configure``)."""
+
+    kubeconfig: str | None = None
+    defaults: Defaults | None = None
+    api: Any = None
+
+
+STATE = _State()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": _now()}
+
+
+def _custom() -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(STATE.api)
+
+
+def _retryable(e: Exception) -> Exception:
+    """An API failure as kopf should treat it: retry what may pass, give up on the rest."""
+    status = getattr(e, "status", None)
+    if status is None or status >= 500 or status in (409, 429):
+        return kopf.TemporaryError(f"Kubernetes API: {api_error(e)}; retrying", delay=5)
+    if status == 403:  # RBAC may be fixed without touching the job: keep trying, slowly
+        return kopf.TemporaryError(f"forbidden: {api_error(e)}", delay=60)
+    return kopf.PermanentError(f"Kubernetes API: {api_error(e)}")
+
+
+# --- start-up ---------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    from kubernetes import client
+
+    STATE.api = client.ApiClient(configuration(STATE.kubeconfig))
+    STATE.defaults = STATE.defaults or Defaults.from_env()
+    # ganops' own annotation prefix instead of kopf's, and no finalizers: deletion is
+    # Kubernetes' garbage collection of the owned RayJob, so nothing blocks a delete.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ganops.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="ganops.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    settings.watching.server_timeout = 300
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """The same connection as the rest of ganops: in-cluster, else the kube config."""
+    cfg = configuration(STATE.kubeconfig)
+    token = (cfg.api_key or {}).get("authorization", "")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        token=token.removeprefix("Bearer ") or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+# --- GANJob / GANGeneration ------------------------------------------------------------
+
+
+def _ensure_rayjob(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str) -> None:
+    status = body.get("status") or {}
+    if status.get("phase") in TERMINAL:
+        return
+    assert STATE.defaults is not None
+    try:
+        rayjob = render(body, STATE.defaults)
+    except SpecError as e:
+        message = f"invalid spec: {e}"
+        patch.status.update(
+            phase=FAILED, message=message, completionTime=_now(),
+            conditions=[_condition("Failed", "True", "InvalidSpec", message)],
+        )  # fmt: skip
+        raise kopf.PermanentError(message) from None
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        _custom().create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob)
+    except ApiException as e:
+        if e.status != 409:
+            if e.status == 422:
+                message = f"KubeRay refused the RayJob: {api_error(e)}"
+                patch.status.update(phase=FAILED, message=message, completionTime=_now())
+                raise kopf.PermanentError(message) from None
+            raise _retryable(e) from None
+        existing = _custom().get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+        owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
+        if body["metadata"]["uid"] not in owners:
+            message = f"a RayJob named {name} already exists in {namespace} and is not this job's"
+            patch.status.update(phase=FAILED, message=message, completionTime=_now())
+            raise kopf.PermanentError(message) from None
+    if status.get("phase") is None:
+        patch.status.update(
+            phase=PENDING, rayJobName=name, message="RayJob created; waiting for its Ray cluster",
+            observedGeneration=body["metadata"].get("generation"),
+            conditions=[_condition("Submitted", "True", "RayJobCreated", f"RayJob {name} created")],
+        )  # fmt: skip
+
+
+for _plural in PLURALS.values():
+
+    @kopf.on.resume(GROUP, VERSION, _plural)
+    @kopf.on.create(GROUP, VERSION, _plural)
+    def created(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
+        if CANCEL_ANNOTATION in body["metadata"].get("annotations", {}):
+            return
+        _ensure_rayjob(body, patch, name, namespace)
+
+    @kopf.on.update(GROUP, VERSION, _plural, annotations={CANCEL_ANNOTATION: kopf.PRESENT})
+    @kopf.on.create(GROUP, VERSION, _plural, annotations={CANCEL_ANNOTATION: kopf.PRESENT})
+    def cancelled(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
+        status = body.get("status") or {}
+        if status.get("phase") in TERMINAL:
+            return
+        from kubernetes.client.exceptions import ApiException
+
+        rayjob = status.get("rayJobName")
+        if rayjob:
+            try:
+                # Suspending stops the Ray job and deletes its cluster; the RayJob stays as a record.
+                _custom().patch_namespaced_custom_object(
+                    "ray.io", "v1", namespace, "rayjobs", rayjob, {"spec": {"suspend": True}}
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise _retryable(e) from None
+        who = body["metadata"]["annotations"][CANCEL_ANNOTATION]
+        message = f"cancelled ({who}); checkpoints are kept: submit the spec again to resume"
+        patch.status.update(
+            phase=CANCELLED, message=message, completionTime=_now(),
+            conditions=[*status.get("conditions", []), _condition("Cancelled", "True", "CancelRequested", message)],
+        )  # fmt: skip
+
+
+# --- RayJob → owner status ----------------------------------------------------------------
+
+
+def _owner(body: kopf.Body) -> tuple[str, str] | None:
+    for ref in body["metadata"].get("ownerReferences", []):
+        if ref.get("controller") and ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("kind") in PLURALS:
+            return PLURALS[ref["kind"]], ref["name"]
+    return None
+
+
+def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dict[str, Any]) -> dict[str, Any]:
+    """The owner's status patch for a RayJob event (``current``: the owner's status now)."""
+    if current.get("phase") == CANCELLED:
+        # Suspension is ours: the RayJob's later states (Suspending, Suspended) add nothing.
+        rs = rayjob.get("status") or {}
+        return {"jobStatus": rs.get("jobStatus"), "jobDeploymentStatus": rs.get("jobDeploymentStatus")}
+    if event_type == "DELETED":
+        if current.get("phase") in TERMINAL:
+            return {}
+        return {"phase": FAILED, "message": "its RayJob was deleted", "completionTime": _now()}
+    rs = rayjob.get("status") or {}
+    phase = phase_of(rs)
+    patch: dict[str, Any] = {
+        "phase": phase,
+        "rayJobName": rayjob["metadata"]["name"],
+        "jobStatus": rs.get("jobStatus"),
+        "jobDeploymentStatus": rs.get("jobDeploymentStatus"),
+    }
+    if rs.get("startTime"):
+        patch["startTime"] = rs["startTime"]
+    if rs.get("endTime") and phase in TERMINAL:
+        patch["completionTime"] = rs["endTime"]
+    if rs.get("message"):
+        patch["message"] = rs["message"]
+    elif phase == RUNNING:
+        patch["message"] = "training" if rayjob["metadata"].get("labels", {}).get("ganops.io/kind") == "train" else "running"
+    if phase != current.get("phase"):
+        kind = {"Running": "Running", "Succeeded": "Complete", "Failed": "Failed"}.get(phase)
+        if kind:
+            reason = rs.get("jobDeploymentStatus") or rs.get("jobStatus") or phase
+            patch["conditions"] = [*current.get("conditions", []),
+                                   _condition(kind, "True", str(reason), patch.get("message") or phase)]  # fmt: skip
+    return patch
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY)
+def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+    owner = _owner(body)
+    if owner is None:
+        return
+    plural, name = owner
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        current = _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as e:
+        if e.status == 404:  # the owner is gone; garbage collection takes the RayJob
+            return
+        raise _retryable(e) from None
+    patch = mirrored_status(dict(body), event.get("type"), current.get("status") or {})
+    if not patch:
+        return
+    try:
+        _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch})
+    except ApiException as e:
+        if e.status != 404:
+            raise _retryable(e) from None
+
+
+# --- MLflow → status ------------------------------------------------------------------------
+
+
+def _needs_mlflow(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") in (PENDING, RUNNING) or (
+        status.get("phase") in TERMINAL and status.get("phase") != FAILED and not status.get("mlflowRunId")
+    )
+
+
+def mlflow_status(uid: str, tracking_uri: str) -> dict[str, Any]:
+    """The run the trainer tagged with this object's uid, and its latest checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(tracking_uri).search_runs(
+        experiment_ids=_experiment_ids(tracking_uri), filter_string=f"tags.`ganops.k8s_uid` = '{uid}'",
+        max_results=1, order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    if not runs:
+        return {}
+    run = runs[0]
+    out = {"mlflowRunId": run.info.run_id}
+    if run.data.tags.get("ganops.checkpoint"):
+        out["latestCheckpoint"] = run.data.tags["ganops.checkpoint"]
+    return out
+
+
+def _experiment_ids(tracking_uri: str) -> list[str]:
+    from mlflow.tracking import MlflowClient
+
+    return [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]
+
+
+@kopf.timer(GROUP, VERSION, "ganjobs", interval=POLL_S, initial_delay=min(POLL_S, 10), when=_needs_mlflow)
+def mlflow_timer(body: kopf.Body, spec: kopf.Spec, uid: str, namespace: str, name: str, **_: Any) -> None:
+    assert STATE.defaults is not None
+    uri = (spec.get("tracking") or {}).get("uri") or STATE.defaults.env.get("MLFLOW_TRACKING_URI")
+    if not uri or "://" not in uri or uri.startswith(("file:", "sqlite:")):
+        return  # a store only the pods can see: nothing to read from here
+    try:
+        found = mlflow_status(uid, uri)
+    except Exception as e:  # noqa: BLE001 - MLflow down must not disturb the job
+        log.warning("MLflow at %s: %s", uri, e)
+        return
+    status = body.get("status") or {}
+    changed = {k: v for k, v in found.items() if status.get(k) != v}
+    if changed:
+        _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "ganjobs", name, {"status": changed})
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def run(namespaces: list[str], all_namespaces: bool, liveness: str | None, kubeconfig: str | None = None) -> None:
+    """``ganops operator run``: block until SIGINT/SIGTERM."""
+    STATE.kubeconfig = kubeconfig
+    kopf.run(
+        standalone=True, clusterwide=all_namespaces, namespaces=namespaces or [],
+        liveness_endpoint=liveness,
+    )  # fmt: skip
+
+
+class InProcess:
+    """The operator on a thread of this process (tests; embedding)."""
+
+    def __init__(self, namespaces: list[str], kubeconfig: str, defaults: Defaults,
+                 all_namespaces: bool = False) -> None:  # fmt: skip
+        self.namespaces = namespaces
+        self.all_namespaces = all_namespaces
+        STATE.kubeconfig = kubeconfig
+        STATE.defaults = defaults
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="ganops-operator", daemon=True)
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(kopf.operator(
+                standalone=True, clusterwide=self.all_namespaces, namespaces=self.namespaces,
+                ready_flag=self._ready, stop_flag=self._stop,
+            ))  # fmt: skip
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+            self._ready.set()
+
+    def __enter__(self) -> InProcess:
+        self._thread.start()
+        if not self._ready.wait(60) or self.error:
+            raise RuntimeError(f"the operator did not start: {self.error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

@@ -1,0 +1,271 @@
+"""GANJob / GANGeneration → the KubeRay ``RayJob`` that runs it.
+
+Pure functions of the object and the operator's defaults (no API calls), so that
+``ganops operator render`` prints exactly what the operator would create, and tests can
+check every job in ``jobs/`` against KubeRay's real CRD schema.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ganops import __version__
+from ganops.errors import SpecError, UserError
+from ganops.k8s import GROUP, JOB_LABEL, KIND_LABEL, MANAGED_BY, RESTART_ANNOTATION, VERSION
+from ganops.spec.generation import GANGeneration
+from ganops.spec.models import ClusterSpec, GANJob
+from ganops.targets.entrypoint import generate_command, train_command
+
+RAY_VERSION = "2.60.0"
+# KubeRay names the RayCluster and the submitter Job after the RayJob and adds suffixes;
+# it refuses RayJob names longer than this.
+MAX_RAYJOB_NAME = 47
+# Non-secret settings the pods get as plain env (credentials come from the Secret).
+_PLAIN_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The operator's defaults for what a spec's ``cluster`` section leaves unset."""
+
+    image: str = f"ganops:{__version__}"
+    service_account: str | None = None
+    secret: str | None = None
+    worker_cpu: str = "4"
+    worker_memory: str = "16Gi"
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL...: passed on to every pod."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Defaults:
+        """From the operator Deployment's environment (the Helm chart's values)."""
+        e = os.environ if environ is None else environ
+        base = cls()
+
+        def js(key: str, default: Any) -> Any:
+            raw = e.get(key)
+            if not raw:
+                return default
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise UserError(f"{key}: not valid JSON ({raw[:80]!r})") from None
+
+        return cls(
+            image=e.get("GANOPS_IMAGE") or base.image,
+            service_account=e.get("GANOPS_SERVICE_ACCOUNT") or None,
+            secret=e.get("GANOPS_SECRET") or None,
+            worker_cpu=e.get("GANOPS_WORKER_CPU") or base.worker_cpu,
+            worker_memory=e.get("GANOPS_WORKER_MEMORY") or base.worker_memory,
+            head_cpu=e.get("GANOPS_HEAD_CPU") or base.head_cpu,
+            head_memory=e.get("GANOPS_HEAD_MEMORY") or base.head_memory,
+            gpu_resource=e.get("GANOPS_GPU_RESOURCE") or base.gpu_resource,
+            node_selector=js("GANOPS_NODE_SELECTOR", {}),
+            tolerations=js("GANOPS_TOLERATIONS", []),
+            env={k: e[k] for k in _PLAIN_ENV if e.get(k)},
+        )
+
+
+def cpu_count(quantity: str) -> float:
+    """A CPU quantity ("4", "500m", "1.5") as a number of cores."""
+    m = re.fullmatch(r"([0-9.]+)(m?)", quantity)
+    if not m:
+        raise SpecError([("spec.cluster.worker_cpu", f"{quantity!r} is not a CPU quantity (e.g. 4 or 500m)")])
+    return float(m.group(1)) / (1000 if m.group(2) else 1)
+
+
+def _toleration(t: Any) -> dict[str, Any]:
+    d = t.model_dump(exclude_none=True) if hasattr(t, "model_dump") else dict(t)
+    if "toleration_seconds" in d:
+        d["tolerationSeconds"] = d.pop("toleration_seconds")
+    return d
+
+
+def _container(name: str, image: str, cpu: str, memory: str, extra: dict[str, Any], env: list[dict[str, Any]],
+               secret: str | None) -> dict[str, Any]:  # fmt: skip
+    limits = {"cpu": cpu, "memory": memory, **extra}
+    c: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        # Requests equal limits: a training worker that is throttled or evicted loses its step.
+        "resources": {"requests": dict(limits), "limits": limits},
+        "env": env,
+        "securityContext": {"allowPrivilegeEscalation": False},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+    }
+    if secret:
+        c["envFrom"] = [{"secretRef": {"name": secret}}]
+    return c
+
+
+def _pod(container: dict[str, Any], sa: str | None, node_selector: dict[str, str],
+         tolerations: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    spec: dict[str, Any] = {
+        "containers": [container],
+        # Ray's object store lives in /dev/shm; the container default (64 MiB) is too small.
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if sa:
+        spec["serviceAccountName"] = sa
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return {"spec": spec}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The GANJob / GANGeneration a RayJob belongs to."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+
+def _env(owner: Owner, d: Defaults) -> list[dict[str, Any]]:
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", **d.env}
+    if "AWS_ENDPOINT_URL" in env:
+        env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
+    # Lets the trainer tag its MLflow run with the object it runs for (the operator finds it by uid).
+    env.update({"GANOPS_K8S_KIND": owner.kind, "GANOPS_K8S_NAMESPACE": owner.namespace,
+                "GANOPS_K8S_NAME": owner.name, "GANOPS_K8S_UID": owner.uid})  # fmt: skip
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _resolved(c: ClusterSpec, d: Defaults) -> dict[str, Any]:
+    return {
+        "image": c.image or d.image,
+        "sa": c.service_account or d.service_account,
+        "secret": c.secret or d.secret,
+        "worker_cpu": c.worker_cpu or d.worker_cpu,
+        "worker_memory": c.worker_memory or d.worker_memory,
+        "head_cpu": c.head_cpu or d.head_cpu,
+        "head_memory": c.head_memory or d.head_memory,
+        "gpu_resource": c.gpu_resource if c.gpu_resource != "nvidia.com/gpu" else d.gpu_resource,
+        "node_selector": c.node_selector or d.node_selector,
+        "tolerations": [_toleration(t) for t in c.tolerations] or [_toleration(t) for t in d.tolerations],
+    }
+
+
+def _rayjob(owner: Owner, entrypoint: str, cluster: ClusterSpec, d: Defaults, workers: int, gpus: float,
+            head_gpus: float = 0) -> dict[str, Any]:  # fmt: skip
+    if len(owner.name) > MAX_RAYJOB_NAME:
+        raise SpecError([(
+            "metadata.name",
+            f"{owner.name!r} has {len(owner.name)} characters; KubeRay allows at most {MAX_RAYJOB_NAME} "
+            "for the RayJob that runs it",
+        )])  # fmt: skip
+    r = _resolved(cluster, d)
+    env = _env(owner, d)
+    head_extra = {r["gpu_resource"]: str(math.ceil(head_gpus))} if head_gpus else {}
+    head = _container("ray-head", r["image"], r["head_cpu"], r["head_memory"], head_extra, env, r["secret"])
+    head["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+                     {"containerPort": 10001, "name": "client"}]  # fmt: skip
+    # The head runs the driver only: training workers must land on the worker pods.
+    head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0"}
+    if head_gpus:
+        head_params["num-gpus"] = str(math.ceil(head_gpus))
+    cluster_spec: dict[str, Any] = {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": False,
+        "headGroupSpec": {
+            "rayStartParams": head_params,
+            # The head needs no GPU node (unless it does the work): no GPU selector or tolerations.
+            "template": _pod(head, r["sa"], {}, []) if not head_gpus
+            else _pod(head, r["sa"], r["node_selector"], r["tolerations"]),
+        },
+    }
+    if workers:
+        extra = {r["gpu_resource"]: str(math.ceil(gpus))} if gpus else {}
+        worker = _container("ray-worker", r["image"], r["worker_cpu"], r["worker_memory"], extra, env, r["secret"])
+        params = {"num-gpus": str(math.ceil(gpus))} if gpus else {}
+        cluster_spec["workerGroupSpecs"] = [
+            {
+                "groupName": "gpu-workers" if gpus else "workers",
+                "replicas": workers,
+                "minReplicas": workers,
+                "maxReplicas": workers,
+                "rayStartParams": params,
+                "template": _pod(worker, r["sa"], r["node_selector"], r["tolerations"]),
+            }
+        ]
+    spec: dict[str, Any] = {
+        "entrypoint": entrypoint,
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
+        "backoffLimit": cluster.backoff_limit,
+        "rayClusterSpec": cluster_spec,
+    }
+    if cluster.active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = cluster.active_deadline_seconds
+    labels = {**MANAGED_BY, JOB_LABEL: owner.name, KIND_LABEL: "train" if owner.kind == "GANJob" else "generate"}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": owner.kind, "name": owner.name, "uid": owner.uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],  # fmt: skip
+        },
+        "spec": spec,
+    }
+
+
+def train_rayjob(job: GANJob, owner: Owner, d: Defaults, *, restart: bool = False) -> dict[str, Any]:
+    """The RayJob for a GANJob: one worker pod per data-parallel worker."""
+    spec = job.spec
+    r = _resolved(spec.cluster, d)
+    run = job.model_copy(deep=True)
+    if spec.scaling.resources_per_worker is None:
+        # Reserve the worker pod's CPUs for its Ray Train worker: Ray caps torch's threads at
+        # the CPUs a worker reserves (one by default).
+        cpus = math.floor(cpu_count(r["worker_cpu"]))
+        if cpus >= 1:
+            run.spec.scaling.resources_per_worker = {"CPU": float(cpus)}
+    gpus = 1 if spec.scaling.use_gpu else 0
+    return _rayjob(owner, train_command(run, restart=restart), spec.cluster, d, spec.scaling.num_workers, gpus)
+
+
+def generate_rayjob(gen: GANGeneration, owner: Owner, d: Defaults) -> dict[str, Any]:
+    """The RayJob for a GANGeneration. One worker runs in the driver (on the head pod), as
+    ``ganops generate --workers 1`` does; more run as Ray actors on worker pods."""
+    s = gen.spec
+    if s.workers == 1:
+        return _rayjob(owner, generate_command(s.to_args()), s.cluster, d, 0, 0, head_gpus=s.gpus_per_worker)
+    return _rayjob(owner, generate_command(s.to_args()), s.cluster, d, s.workers, s.gpus_per_worker)
+
+
+def render(obj: Mapping[str, Any], d: Defaults) -> dict[str, Any]:
+    """A GANJob / GANGeneration object (as stored in Kubernetes) → its RayJob.
+
+    Raises ``SpecError`` when the object's spec is invalid (a permanent error).
+    """
+    from ganops.spec.loader import validate_model
+
+    meta = obj.get("metadata", {})
+    kind = obj.get("kind", "GANJob")
+    owner = Owner(kind, meta.get("name", ""), meta.get("namespace") or "default", meta.get("uid", ""))
+    doc = {"metadata": {"name": owner.name, "labels": meta.get("labels") or {}}, "spec": obj.get("spec") or {}}
+    source = f"{kind} {owner.namespace}/{owner.name}"
+    if kind == "GANGeneration":
+        return generate_rayjob(validate_model(GANGeneration, doc, source), owner, d)
+    restart = (meta.get("annotations") or {}).get(RESTART_ANNOTATION) == "true"
+    return train_rayjob(validate_model(GANJob, doc, source), owner, d, restart=restart)

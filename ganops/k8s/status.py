@@ -1,0 +1,61 @@
+"""The status subresource of GANJob / GANGeneration, and how a RayJob's status maps to it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ganops.targets.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    type: str
+    """Submitted, Running, Complete, Failed or Cancelled."""
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None  # noqa: N815 - Kubernetes field name
+
+
+class JobObjectStatus(BaseModel):
+    """What `kubectl get ganjobs` and `ganops status` show; written only by the operator."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"] | None = None
+    """Pending (RayJob created, cluster starting), Running, Succeeded, Failed or Cancelled."""
+    rayJobName: str | None = None  # noqa: N815
+    """The KubeRay RayJob running this job (same namespace)."""
+    jobStatus: str | None = None  # noqa: N815
+    """The RayJob's status.jobStatus (Ray's job state)."""
+    jobDeploymentStatus: str | None = None  # noqa: N815
+    """The RayJob's status.jobDeploymentStatus (KubeRay's view of the cluster)."""
+    mlflowRunId: str | None = None  # noqa: N815
+    """The MLflow run the job logs to."""
+    latestCheckpoint: str | None = None  # noqa: N815
+    """URI of the newest complete checkpoint."""
+    startTime: str | None = None  # noqa: N815
+    completionTime: str | None = None  # noqa: N815
+    message: str | None = None
+    """Why the job is in its phase (an invalid spec, a failure, a cancel)."""
+    observedGeneration: int | None = None  # noqa: N815
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# Ray's job states and KubeRay's deployment states, to our phases. A RayJob that is
+# suspended (our cancel) reports jobDeploymentStatus Suspended/Suspending.
+_JOB_STATUS = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED, "STOPPED": CANCELLED}
+_DEPLOYMENT = {"Failed": FAILED, "Suspended": CANCELLED, "Suspending": CANCELLED, "Complete": None}
+
+
+def phase_of(rayjob_status: dict[str, object]) -> str:
+    """Our phase for a RayJob's status (KubeRay's deployment failures win over Ray's job state)."""
+    deployment = str(rayjob_status.get("jobDeploymentStatus") or "")
+    job = str(rayjob_status.get("jobStatus") or "")
+    mapped = _DEPLOYMENT.get(deployment)
+    if mapped is not None:
+        return mapped
+    return _JOB_STATUS.get(job, PENDING)

@@ -1,0 +1,46 @@
+"""The command a remote Ray driver runs: the same ``ganops`` CLI, with the spec inline.
+
+The resolved spec travels base64-encoded in the entrypoint itself, so the driver needs
+no shared file system, ConfigMap or upload; ``ray job list`` and the RayJob show exactly
+what ran. Credentials are never part of it (they come from the pods' environment).
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from typing import Any
+
+import yaml
+
+from ganops.spec.models import GANJob
+
+
+def encode_spec(job: GANJob) -> str:
+    """The spec without its unset fields (the driver fills defaults in again): shorter."""
+    doc = without_nulls(job.to_dict())
+    return base64.b64encode(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100).encode()).decode()
+
+
+def without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def decode_spec(b64: str) -> str:
+    return base64.b64decode(b64.encode(), validate=True).decode()
+
+
+def train_command(job: GANJob, *, restart: bool = False) -> str:
+    """``ganops submit`` on the cluster's own Ray (RAY_ADDRESS there); it resumes by itself."""
+    args = ["ganops", "submit", "--spec-b64", encode_spec(job)]
+    if restart:
+        args.append("--restart")
+    return shlex.join(args)
+
+
+def generate_command(args: list[str]) -> str:
+    return shlex.join(["ganops", "generate", *args])

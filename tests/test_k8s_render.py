@@ -1,0 +1,169 @@
+"""The CRDs and the RayJobs the operator renders: generated from the spec models, valid
+for KubeRay's real schema, and carrying what the spec asks for (no API server needed)."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+
+import pytest
+import yaml
+
+from ganops.client import load_job
+from ganops.errors import SpecError, UserError
+from ganops.k8s import crd
+from ganops.k8s.objects import custom_object
+from ganops.k8s.render import Defaults, render
+from ganops.spec.generation import GANGeneration
+from ganops.spec.models import GANJob
+from tests import rayjob_schema
+from tests.conftest import JOBS, REPO
+
+ALL_JOBS = sorted(JOBS.glob("*.yaml"))
+DEFAULTS = Defaults(
+    image="registry.example/ganops:0.1.0", secret="ganops-credentials", service_account="ganops-train",
+    env={"MLFLOW_TRACKING_URI": "http://mlflow.ganops:5000", "AWS_ENDPOINT_URL": "http://minio.ganops:9000"},
+)  # fmt: skip
+
+
+def _object(path, *overrides: str, namespace: str = "team-a") -> dict:
+    obj = custom_object(load_job(path, list(overrides), resolve_paths=False), namespace)
+    obj["metadata"]["uid"] = "1234-uid"
+    return obj
+
+
+def _spec_in(entrypoint: str) -> dict:
+    args = shlex.split(entrypoint)
+    assert args[:3] == ["ganops", "submit", "--spec-b64"]
+    return yaml.safe_load(base64.b64decode(args[3]))
+
+
+def test_crd_files_match_the_models() -> None:
+    """helm/ganops/crds is generated from the pydantic models; regenerate on drift."""
+    for name, text in crd.crd_files().items():
+        path = REPO / "helm" / "ganops" / "crds" / name
+        assert path.exists(), f"{path} missing: run `ganops operator crd --out-dir helm/ganops/crds`"
+        assert path.read_text() == text, f"{path} drifted from the models: run `ganops operator crd --out-dir helm/ganops/crds`"
+
+
+def test_crd_schema_follows_the_models() -> None:
+    schema = crd.crd("GANJob")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert set(schema["properties"]) == set(GANJob.model_fields["spec"].annotation.model_fields)
+    train = schema["properties"]["train"]["properties"]
+    assert train["loss"]["enum"] == ["bce", "minimax", "hinge", "wgan_gp", "lsgan"]
+    assert train["epochs"] == {**train["epochs"], "type": "integer", "minimum": 0, "exclusiveMinimum": True}
+    assert train["betas"]["type"] == "array" and train["betas"]["maxItems"] == 2
+    assert schema["required"] == ["data"]
+    assert "$ref" not in yaml.safe_dump(schema) and "anyOf" not in yaml.safe_dump(schema)
+
+
+@pytest.mark.parametrize("path", ALL_JOBS, ids=[p.stem for p in ALL_JOBS])
+def test_every_job_renders_a_valid_rayjob(path) -> None:
+    rayjob = render(_object(path, "spec.storage=s3://bucket/runs"), DEFAULTS)
+    assert rayjob_schema.errors(rayjob) == []
+    # The entrypoint carries the job itself: the driver validates the same spec.
+    assert _spec_in(rayjob["spec"]["entrypoint"])["metadata"]["name"] == load_job(path).name
+
+
+def test_the_schema_check_can_fail() -> None:
+    rayjob = render(_object(ALL_JOBS[0]), DEFAULTS)
+    rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
+    rayjob["spec"]["backoffLimit"] = "2"
+    rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy2"] = "x"
+    errs = rayjob_schema.errors(rayjob)
+    assert any("replicas" in e for e in errs) and any("backoffLimit" in e for e in errs)
+    assert any("imagePullPolicy2" in e for e in errs)
+
+
+def test_rayjob_content_follows_spec_and_defaults() -> None:
+    obj = _object(
+        JOBS / "cifar_dcgan.yaml",
+        "spec.scaling.num_workers=4", "spec.scaling.use_gpu=true", "spec.storage=s3://bucket/runs",
+        "spec.cluster.node_selector={nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}",
+        "spec.cluster.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+        "spec.cluster.worker_cpu=8", "spec.cluster.worker_memory=32Gi", "spec.cluster.active_deadline_seconds=7200",
+        "spec.cluster.backoff_limit=2", "spec.cluster.ttl_seconds_after_finished=300",
+    )  # fmt: skip
+    rj = render(obj, DEFAULTS)
+    meta, spec = rj["metadata"], rj["spec"]
+    assert meta["namespace"] == "team-a" and meta["name"] == "cifar-dcgan"
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "ganops.io/v1alpha1", "kind": "GANJob", "name": "cifar-dcgan", "uid": "1234-uid",
+        "controller": True, "blockOwnerDeletion": True,
+    }]  # fmt: skip
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 300
+    assert spec["activeDeadlineSeconds"] == 7200 and spec["backoffLimit"] == 2
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 4
+    pod = group["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert c["resources"]["requests"] == c["resources"]["limits"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["serviceAccountName"] == "ganops-train" and c["image"] == "registry.example/ganops:0.1.0"
+    # Credentials only by reference; plain settings as env.
+    assert c["envFrom"] == [{"secretRef": {"name": "ganops-credentials"}}]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ganops:5000" and env["GANOPS_K8S_UID"] == "1234-uid"
+    assert not any("SECRET" in k or "TOKEN" in k or "PASSWORD" in k for k in env)
+    # The head runs only the driver, on any node.
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert "nodeSelector" not in head["template"]["spec"]
+    assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    # Each Ray Train worker reserves its pod's CPUs (torch threads follow the reservation).
+    sent = _spec_in(spec["entrypoint"])
+    assert sent["spec"]["scaling"]["resources_per_worker"] == {"CPU": 8.0}
+    assert sent["spec"]["scaling"]["use_gpu"] is True
+
+
+def test_spec_cluster_overrides_operator_defaults() -> None:
+    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.cluster.image=my/img:1", "spec.cluster.secret=mine"), DEFAULTS)
+    c = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert c["image"] == "my/img:1" and c["envFrom"] == [{"secretRef": {"name": "mine"}}]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+
+
+def test_defaults_from_the_operator_environment() -> None:
+    d = Defaults.from_env({
+        "GANOPS_IMAGE": "x/y:1", "GANOPS_SECRET": "s", "GANOPS_WORKER_CPU": "2",
+        "GANOPS_NODE_SELECTOR": '{"pool": "gpu"}', "MLFLOW_TRACKING_URI": "http://m:5000",
+        "AWS_SECRET_ACCESS_KEY": "never-copied",
+    })  # fmt: skip
+    assert (d.image, d.secret, d.worker_cpu, d.node_selector) == ("x/y:1", "s", "2", {"pool": "gpu"})
+    assert d.env == {"MLFLOW_TRACKING_URI": "http://m:5000"}
+    with pytest.raises(UserError, match="GANOPS_TOLERATIONS"):
+        Defaults.from_env({"GANOPS_TOLERATIONS": "[not json"})
+
+
+def test_invalid_objects_are_spec_errors() -> None:
+    obj = _object(JOBS / "mnist_dcgan.yaml")
+    obj["spec"]["train"]["lrr"] = 0.1
+    with pytest.raises(SpecError, match="spec.train.lrr"):
+        render(obj, DEFAULTS)
+    obj = _object(JOBS / "mnist_dcgan.yaml")
+    obj["metadata"]["name"] = "a" * 50
+    with pytest.raises(SpecError, match="metadata.name.*47"):
+        render(obj, DEFAULTS)
+
+
+def test_generation_renders_a_valid_rayjob() -> None:
+    gen = GANGeneration.model_validate({
+        "metadata": {"name": "gen-abc"},
+        "spec": {"run_id": "abc123", "out": "s3://bucket/gen", "num": 5000, "workers": 3, "gpus_per_worker": 1,
+                 "best_of": 4, "truncation": 1.5},
+    })  # fmt: skip
+    obj = custom_object(gen, "team-a")
+    obj["metadata"]["uid"] = "gen-uid"
+    rj = render(obj, DEFAULTS)
+    assert rayjob_schema.errors(rj) == []
+    args = shlex.split(rj["spec"]["entrypoint"])
+    assert args[:2] == ["ganops", "generate"]
+    assert args[args.index("--run-id") + 1] == "abc123" and args[args.index("--workers") + 1] == "3"
+    assert args[args.index("--truncation") + 1] == "1.5" and args[args.index("--best-of") + 1] == "4"
+    assert rj["metadata"]["ownerReferences"][0]["kind"] == "GANGeneration"
+    assert rj["metadata"]["labels"]["ganops.io/kind"] == "generate"
+    (group,) = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == 3
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
