@@ -52,10 +52,10 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     _err(f"{spec_file}: valid{where}")
 
 
-def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def _target_options(f: Callable[..., Any], short_namespace: bool = True) -> Callable[..., Any]:
     """--address and --namespace: where the ray and k8s targets are."""
     f = click.option(
-        "--namespace", "-n", envvar="GANOPS_NAMESPACE", default=None,
+        "--namespace", *(["-n"] if short_namespace else []), envvar="GANOPS_NAMESPACE", default=None,
         help="Kubernetes namespace (--target k8s; default: the kube config's, else 'default').",
     )(f)  # fmt: skip
     return click.option(
@@ -229,7 +229,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
 @cli.command()
 @click.option("--run-id", help="The training run whose generator to use.")
 @click.option("--model", "model_uri", metavar="URI", help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION.")
-@click.option("--num", "-n", type=int, default=None, help="Images to make (with --interpolate: walks). [default: 64]")
+@click.option("--num", type=int, default=None, help="Images to make (with --interpolate: walks). [default: 64]")
 @click.option("--out", "-o", required=True, help="Output directory or s3://bucket/prefix (must not hold a finished job).")
 @click.option("--format", "fmt", type=click.Choice(["png", "npz", "both"]), default="png", show_default=True,
               help="PNG files, uint8 .npz shards, or both.")  # fmt: skip
@@ -254,7 +254,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
     help="local: here (--workers on the embedded Ray, or --address); ray / k8s: a job on the cluster.",
 )  # fmt: skip
 @click.option("--name", help="Job name on the ray / k8s target [default: gen-RUN-SEED].")
-@_target_options
+@lambda f: _target_options(f, short_namespace=False)  # -n is --num here
 @click.option("--dry-run", is_flag=True, help="With --target ray / k8s: print the job, submit nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 def generate(

@@ -175,6 +175,9 @@ def start(home: Path | None = None) -> KubeAPI:
          "--authorization-mode=RBAC",
          "--allow-privileged=true",
          "--disable-admission-plugins=ServiceAccount",
+         # As in hardened clusters: owning a RayJob with blockOwnerDeletion needs the
+         # right to update the owner's finalizers (the operator's RBAC must include it).
+         "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
          "--enable-priority-and-fairness=false",
          "--v=1"],
         stdout=open(api_log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115

@@ -59,6 +59,8 @@ def _k8s_schema(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "prefixItems":  # a tuple: one item schema (they agree in ganops' tuples)
             out["items"] = _k8s_schema(value[0], defs)
+        elif key == "const":  # not in Kubernetes' schema dialect; a one-value enum is
+            out["enum"] = [value]
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
             out[key] = True

@@ -5,7 +5,7 @@
 - RayJob events: mirror ``jobStatus`` / ``jobDeploymentStatus`` into the owner's status.
 - the ``ganops.io/cancel-requested`` annotation (``ganops cancel``): suspend the RayJob,
   which stops the Ray job and deletes its cluster; checkpoints stay in storage.
-- a timer fills ``mlflowRunId`` / ``latestCheckpoint`` from MLflow while a job runs.
+- a poller fills ``mlflowRunId`` / ``latestCheckpoint`` from MLflow while a job runs.
 
 An invalid spec is a permanent error with the reason in ``status.message``; API errors
 that may pass (5xx, 429, connection resets) are retried with back-off.
@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -42,6 +42,9 @@ class _State:
     kubeconfig: str | None = None
     defaults: Defaults | None = None
     api: Any = None
+    all_namespaces: bool = False
+    namespaces: list[str] = field(default_factory=list)
+    poller_stop: threading.Event | None = None
 
 
 STATE = _State()
@@ -80,12 +83,17 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     STATE.api = client.ApiClient(configuration(STATE.kubeconfig))
     STATE.defaults = STATE.defaults or Defaults.from_env()
-    # ganops' own annotation prefix instead of kopf's, and no finalizers: deletion is
-    # Kubernetes' garbage collection of the owned RayJob, so nothing blocks a delete.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ganops.io")
+    # kopf's bookkeeping under an annotation prefix of its own: kopf ignores changes to
+    # annotations under its prefix, and ganops.io/cancel-requested must be seen. No
+    # handler needs a finalizer: deletion is Kubernetes' garbage collection of the owned
+    # RayJob, so nothing blocks a delete while the operator is down.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ganops.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="ganops.io", key="last-handled-configuration"
+        prefix="kopf.ganops.io", key="last-handled-configuration"
     )
+    # Watching named namespaces needs no cluster-wide reads: without this, kopf lists
+    # namespaces and CRDs at the cluster scope, which the namespaced Role does not grant.
+    settings.scanning.disabled = not STATE.all_namespaces
     settings.posting.level = logging.INFO
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.watching.server_timeout = 300
@@ -95,11 +103,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def login(**_: Any) -> kopf.ConnectionInfo:
     """The same connection as the rest of ganops: in-cluster, else the kube config."""
     cfg = configuration(STATE.kubeconfig)
-    token = (cfg.api_key or {}).get("authorization", "")
+    # The kubernetes client keeps the token as "Bearer …" under a key that differs by
+    # version ("authorization", "BearerToken").
+    keys = cfg.api_key or {}
+    token = next((v for k, v in keys.items() if k.lower() in ("authorization", "bearertoken")), "")
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
         insecure=not cfg.verify_ssl,
+        scheme="Bearer" if token else None,
         token=token.removeprefix("Bearer ") or None,
         certificate_path=cfg.cert_file,
         private_key_path=cfg.key_file,
@@ -137,9 +149,18 @@ def _ensure_rayjob(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str
         existing = _custom().get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
         owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
         if body["metadata"]["uid"] not in owners:
-            message = f"a RayJob named {name} already exists in {namespace} and is not this job's"
-            patch.status.update(phase=FAILED, message=message, completionTime=_now())
-            raise kopf.PermanentError(message) from None
+            if _owner(existing) is None:
+                message = f"a RayJob named {name} already exists in {namespace} and ganops does not manage it"
+                patch.status.update(phase=FAILED, message=message, completionTime=_now())
+                raise kopf.PermanentError(message) from None
+            # Left by an earlier object of the same name (deleted, or replaced by a new
+            # submit) that garbage collection has not reached yet: remove it, then retry.
+            try:
+                _custom().delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+            except ApiException as e2:
+                if e2.status != 404:
+                    raise _retryable(e2) from None
+            raise kopf.TemporaryError(f"removed RayJob {name} of an earlier {body['kind']} {name}; recreating", delay=1)
     if status.get("phase") is None:
         patch.status.update(
             phase=PENDING, rayJobName=name, message="RayJob created; waiting for its Ray cluster",
@@ -186,10 +207,11 @@ for _plural in PLURALS.values():
 # --- RayJob → owner status ----------------------------------------------------------------
 
 
-def _owner(body: kopf.Body) -> tuple[str, str] | None:
+def _owner(body: Any) -> tuple[str, str, str] | None:
+    """(plural, name, uid) of the GANJob / GANGeneration that controls a RayJob."""
     for ref in body["metadata"].get("ownerReferences", []):
         if ref.get("controller") and ref.get("apiVersion") == f"{GROUP}/{VERSION}" and ref.get("kind") in PLURALS:
-            return PLURALS[ref["kind"]], ref["name"]
+            return PLURALS[ref["kind"]], ref["name"], ref.get("uid", "")
     return None
 
 
@@ -233,7 +255,7 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
     owner = _owner(body)
     if owner is None:
         return
-    plural, name = owner
+    plural, name, uid = owner
     from kubernetes.client.exceptions import ApiException
 
     try:
@@ -242,6 +264,8 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
         if e.status == 404:  # the owner is gone; garbage collection takes the RayJob
             return
         raise _retryable(e) from None
+    if current["metadata"]["uid"] != uid:
+        return  # the RayJob of an earlier object of the same name: not this one's news
     patch = mirrored_status(dict(body), event.get("type"), current.get("status") or {})
     if not patch:
         return
@@ -255,19 +279,19 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
 # --- MLflow → status ------------------------------------------------------------------------
 
 
-def _needs_mlflow(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in (PENDING, RUNNING) or (
-        status.get("phase") in TERMINAL and status.get("phase") != FAILED and not status.get("mlflowRunId")
-    )
+def _needs_mlflow(status: dict[str, Any]) -> bool:
+    phase = status.get("phase")
+    return phase in (PENDING, RUNNING) or (phase in TERMINAL and phase != FAILED and not status.get("mlflowRunId"))
 
 
 def mlflow_status(uid: str, tracking_uri: str) -> dict[str, Any]:
     """The run the trainer tagged with this object's uid, and its latest checkpoint."""
     from mlflow.tracking import MlflowClient
 
-    runs = MlflowClient(tracking_uri).search_runs(
-        experiment_ids=_experiment_ids(tracking_uri), filter_string=f"tags.`ganops.k8s_uid` = '{uid}'",
-        max_results=1, order_by=["attributes.start_time DESC"],
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        experiment_ids=[e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`ganops.k8s_uid` = '{uid}'", max_results=1, order_by=["attributes.start_time DESC"],
     )  # fmt: skip
     if not runs:
         return {}
@@ -278,27 +302,56 @@ def mlflow_status(uid: str, tracking_uri: str) -> dict[str, Any]:
     return out
 
 
-def _experiment_ids(tracking_uri: str) -> list[str]:
-    from mlflow.tracking import MlflowClient
+def poll_mlflow_once() -> None:
+    """Fill mlflowRunId / latestCheckpoint of the GANJobs that need them.
 
-    return [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()]
-
-
-@kopf.timer(GROUP, VERSION, "ganjobs", interval=POLL_S, initial_delay=min(POLL_S, 10), when=_needs_mlflow)
-def mlflow_timer(body: kopf.Body, spec: kopf.Spec, uid: str, namespace: str, name: str, **_: Any) -> None:
+    A loop of its own rather than a kopf timer: kopf puts a finalizer on every object with
+    a timer, and a finalizer blocks `kubectl delete` whenever the operator is down.
+    """
     assert STATE.defaults is not None
-    uri = (spec.get("tracking") or {}).get("uri") or STATE.defaults.env.get("MLFLOW_TRACKING_URI")
-    if not uri or "://" not in uri or uri.startswith(("file:", "sqlite:")):
-        return  # a store only the pods can see: nothing to read from here
-    try:
-        found = mlflow_status(uid, uri)
-    except Exception as e:  # noqa: BLE001 - MLflow down must not disturb the job
-        log.warning("MLflow at %s: %s", uri, e)
-        return
-    status = body.get("status") or {}
-    changed = {k: v for k, v in found.items() if status.get(k) != v}
-    if changed:
-        _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "ganjobs", name, {"status": changed})
+    custom = _custom()
+    if STATE.all_namespaces:
+        items = custom.list_cluster_custom_object(GROUP, VERSION, "ganjobs")["items"]
+    else:
+        items = [o for ns in STATE.namespaces for o in custom.list_namespaced_custom_object(GROUP, VERSION, ns, "ganjobs")["items"]]
+    for obj in items:
+        status = obj.get("status") or {}
+        if not _needs_mlflow(status):
+            continue
+        uri = (obj["spec"].get("tracking") or {}).get("uri") or STATE.defaults.env.get("MLFLOW_TRACKING_URI")
+        if not uri or "://" not in uri or uri.startswith(("file:", "sqlite:")):
+            continue  # a store only the pods can see: nothing to read from here
+        try:
+            found = mlflow_status(obj["metadata"]["uid"], uri)
+        except Exception as e:  # noqa: BLE001 - MLflow down must not disturb the jobs
+            log.warning("MLflow at %s: %s", uri, e)
+            continue
+        changed = {k: v for k, v in found.items() if status.get(k) != v}
+        if changed:
+            meta = obj["metadata"]
+            custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], "ganjobs", meta["name"], {"status": changed}
+            )
+
+
+def _poll_forever(stop: threading.Event) -> None:
+    while not stop.wait(POLL_S):
+        try:
+            poll_mlflow_once()
+        except Exception as e:  # noqa: BLE001 - the next round may succeed
+            log.warning("MLflow status poll: %s", e)
+
+
+@kopf.on.startup()
+def start_mlflow_poller(**_: Any) -> None:
+    STATE.poller_stop = threading.Event()
+    threading.Thread(target=_poll_forever, args=(STATE.poller_stop,), name="ganops-mlflow-poll", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_mlflow_poller(**_: Any) -> None:
+    if STATE.poller_stop is not None:
+        STATE.poller_stop.set()
 
 
 # --- running -------------------------------------------------------------------------------
@@ -307,6 +360,8 @@ def mlflow_timer(body: kopf.Body, spec: kopf.Spec, uid: str, namespace: str, nam
 def run(namespaces: list[str], all_namespaces: bool, liveness: str | None, kubeconfig: str | None = None) -> None:
     """``ganops operator run``: block until SIGINT/SIGTERM."""
     STATE.kubeconfig = kubeconfig
+    STATE.all_namespaces = all_namespaces
+    STATE.namespaces = list(namespaces)
     kopf.run(
         standalone=True, clusterwide=all_namespaces, namespaces=namespaces or [],
         liveness_endpoint=liveness,
@@ -322,6 +377,8 @@ class InProcess:
         self.all_namespaces = all_namespaces
         STATE.kubeconfig = kubeconfig
         STATE.defaults = defaults
+        STATE.all_namespaces = all_namespaces
+        STATE.namespaces = list(namespaces)
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ganops-operator", daemon=True)
