@@ -4,6 +4,7 @@ for KubeRay's real schema, and carrying what the spec asks for (no API server ne
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 
 import pytest
@@ -169,3 +170,62 @@ def test_generation_renders_a_valid_rayjob() -> None:
     (group,) = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert group["replicas"] == 3
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from ganops.cli import main
+
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_submit_dry_run_prints_the_ganjob(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(["submit", str(JOBS / "cifar_dcgan.yaml"), "--target", "k8s", "--dry-run", "-o", "yaml",
+                           "-n", "team-a", "--set", "spec.storage=s3://b/runs"], capsys)  # fmt: skip
+    assert code == 0, err
+    obj = yaml.safe_load(out)
+    assert (obj["apiVersion"], obj["kind"], obj["metadata"]) == (
+        "ganops.io/v1alpha1", "GANJob", {"name": "cifar-dcgan", "namespace": "team-a"})
+    # Paths stay as written: on the cluster they mean the pods' file systems.
+    assert obj["spec"]["data"]["root"] == "./data/cifar10"
+    assert "dry run" in err and "warning" not in err
+    code, out, err = _cli(["submit", str(JOBS / "cifar_dcgan.yaml"), "--target", "k8s", "--dry-run", "-o", "json"], capsys)
+    assert code == 0 and "spec.storage is the path ./runs" in err  # checkpoints would die with the pod
+    assert json.loads(out)["kind"] == "GANJob"
+
+
+def test_operator_render_prints_a_valid_rayjob(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANOPS_IMAGE", "reg/ganops:9")
+    code, out, err = _cli(["operator", "render", str(JOBS / "svhn_dcgan.yaml"), "-n", "team-a",
+                           "--set", "spec.scaling.use_gpu=true"], capsys)  # fmt: skip
+    assert code == 0, err
+    rj = yaml.safe_load(out)
+    assert rayjob_schema.errors(rj) == []
+    c = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert c["image"] == "reg/ganops:9" and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    code, _, err = _cli(["operator", "render", str(JOBS / "svhn_dcgan.yaml"), "--set", "spec.train.lrr=1"], capsys)
+    assert code == 2 and "spec.train.lrr" in err and "Traceback" not in err
+
+
+def test_operator_run_needs_a_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(["operator", "run"], capsys)
+    assert code == 2 and "--namespace" in err and "--all-namespaces" in err
+
+
+def test_api_hiccups_are_retried_and_the_rest_is_permanent() -> None:
+    """A 5xx or 429 cannot be caused on the test API server; the mapping is checked alone."""
+    import kopf
+    from kubernetes.client.exceptions import ApiException
+
+    from ganops.k8s.operator import _retryable
+
+    for status in (500, 503, 429, 409):
+        assert isinstance(_retryable(ApiException(status=status)), kopf.TemporaryError)
+    assert isinstance(_retryable(ConnectionResetError()), kopf.TemporaryError)
+    assert isinstance(_retryable(ApiException(status=403)), kopf.TemporaryError)  # RBAC may be fixed
+    assert isinstance(_retryable(ApiException(status=400)), kopf.PermanentError)

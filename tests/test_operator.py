@@ -305,3 +305,41 @@ def test_the_chart_grants_exactly_what_the_operator_declares(chart_docs: list[di
     from ganops.k8s import rbac
 
     assert helm.rule_set(helm.operator_rules(chart_docs)) == set(rbac.NAMESPACED)
+
+
+def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any) -> None:
+    """`ganops operator run` as the chart's Deployment runs it: its own process, the kube
+    config of its ServiceAccount, the chart's args and env, a liveness endpoint, SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from tests.conftest import _free_port
+
+    docs = helm.render({}, namespace=OTHER)  # a release in team-b, watching team-b
+    container = helm.operator_container(docs)
+    port = _free_port()
+    args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in container["args"]]
+    assert args[-2:] == ["--namespace", OTHER]
+    (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]
+    token = kube.sa_token(OTHER, sa["metadata"]["name"])
+    env = {**os.environ, **helm.operator_env(docs), "KUBECONFIG": str(kube_api.kubeconfig(token, OTHER, name="op-b"))}
+    env.pop("HOME", None)
+    exe = str(Path(sys.executable).with_name("ganops"))
+    with helm.applied(kube_api, helm.rbac_docs(docs)):
+        proc = subprocess.Popen([exe, *container["command"][1:], *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            wait_for("/healthz", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200, 60)
+            body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": "by-command", "namespace": OTHER},
+                    "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
+            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", body)
+            rj = wait_for("the RayJob", lambda: rayjob(admin, "by-command", ns=OTHER))
+            assert rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == env["GANOPS_IMAGE"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out[-3000:]
+    assert "403" not in out and "Forbidden" not in out, out[-3000:]
