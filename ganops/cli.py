@@ -52,10 +52,10 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     _err(f"{spec_file}: valid{where}")
 
 
-def _target_options(f: Callable[..., Any], short_namespace: bool = True) -> Callable[..., Any]:
+def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--address and --namespace: where the ray and k8s targets are."""
     f = click.option(
-        "--namespace", *(["-n"] if short_namespace else []), envvar="GANOPS_NAMESPACE", default=None,
+        "--namespace", "-n", envvar="GANOPS_NAMESPACE", default=None,
         help="Kubernetes namespace (--target k8s; default: the kube config's, else 'default').",
     )(f)  # fmt: skip
     return click.option(
@@ -254,7 +254,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
     help="local: here (--workers on the embedded Ray, or --address); ray / k8s: a job on the cluster.",
 )  # fmt: skip
 @click.option("--name", help="Job name on the ray / k8s target [default: gen-RUN-SEED].")
-@lambda f: _target_options(f, short_namespace=False)  # -n is --num here
+@_target_options
 @click.option("--dry-run", is_flag=True, help="With --target ray / k8s: print the job, submit nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 def generate(
@@ -272,6 +272,7 @@ def generate(
     if target != "local":
         from ganops.spec.generation import GANGeneration
         from ganops.spec.loader import validate_model
+        from ganops.tracking import embedded_store
 
         source = run_id or (model_uri or "").rsplit("/", 1)[-1].replace("@", "-")
         doc = {
@@ -281,7 +282,9 @@ def generate(
                 "batch_size": batch_size, "truncation": truncation, "class_index": class_index,
                 "best_of": best_of, "interpolate": interpolate, "z_file": z_file, "save_z": save_z,
                 "shard_size": shard_size, "workers": workers, "gpus_per_worker": gpus_per_worker,
-                "tracking": {"uri": tracking_uri} if tracking_uri and target == "ray" else {},
+                # On a Ray cluster the driver is another process, maybe another machine: give it
+                # the store this command would use. On k8s the cluster's own MLflow is the default.
+                "tracking": {"uri": tracking_uri or (embedded_store(storage)[0] if target == "ray" else None)},
             },
         }  # fmt: skip
         gen = validate_model(GANGeneration, doc, "ganops generate")

@@ -143,7 +143,7 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     """One embedded Ray for the whole session (init costs ~10 s on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield
     ray.shutdown()
 

@@ -35,8 +35,8 @@ def _object(path, *overrides: str, namespace: str = "team-a") -> dict:
 
 def _spec_in(entrypoint: str) -> dict:
     args = shlex.split(entrypoint)
-    assert args[:3] == ["ganops", "submit", "--spec-b64"]
-    return yaml.safe_load(base64.b64decode(args[3]))
+    assert args[:4] == ["ganops", "submit", "--target", "local"]  # the driver trains where it is
+    return yaml.safe_load(base64.b64decode(args[args.index("--spec-b64") + 1]))
 
 
 def test_crd_files_match_the_models() -> None:
@@ -162,7 +162,7 @@ def test_generation_renders_a_valid_rayjob() -> None:
     rj = render(obj, DEFAULTS)
     assert rayjob_schema.errors(rj) == []
     args = shlex.split(rj["spec"]["entrypoint"])
-    assert args[:2] == ["ganops", "generate"]
+    assert args[:4] == ["ganops", "generate", "--target", "local"]
     assert args[args.index("--run-id") + 1] == "abc123" and args[args.index("--workers") + 1] == "3"
     assert args[args.index("--truncation") + 1] == "1.5" and args[args.index("--best-of") + 1] == "4"
     assert rj["metadata"]["ownerReferences"][0]["kind"] == "GANGeneration"

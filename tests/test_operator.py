@@ -147,7 +147,8 @@ def test_ganjob_becomes_an_owned_rayjob(cluster: dict, admin: Any, capsys: pytes
     assert container["resources"]["limits"]["cpu"] == cluster["env"]["GANOPS_WORKER_CPU"]
     assert container["envFrom"] == [{"secretRef": {"name": cluster["env"]["GANOPS_SECRET"]}}]
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(rj) and os.environ.get("AWS_SECRET_ACCESS_KEY", "none") not in json.dumps(rj)
-    spec = yaml.safe_load(base64.b64decode(shlex.split(rj["spec"]["entrypoint"])[3]))
+    entry = shlex.split(rj["spec"]["entrypoint"])
+    spec = yaml.safe_load(base64.b64decode(entry[entry.index("--spec-b64") + 1]))
     assert spec["spec"]["scaling"]["num_workers"] == 2 and spec["metadata"]["name"] == "dcgan-a"
     status = wait_for("status", lambda: ganjob(admin, "dcgan-a").get("status", {}).get("phase") and ganjob(admin, "dcgan-a")["status"])
     assert status["phase"] == "Pending" and status["rayJobName"] == "dcgan-a"
@@ -236,7 +237,7 @@ def test_generation_uses_the_same_path(cluster: dict, admin: Any, capsys: pytest
     rj = wait_for("the RayJob", lambda: rayjob(admin, "gen-one"))
     assert rj["metadata"]["ownerReferences"][0]["kind"] == "GANGeneration"
     args = shlex.split(rj["spec"]["entrypoint"])
-    assert args[:4] == ["ganops", "generate", "--run-id", "0123abcd"] and "--workers" in args
+    assert args[:6] == ["ganops", "generate", "--target", "local", "--run-id", "0123abcd"] and "--workers" in args
     kuberay_sets(admin, "gen-one", {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
     wait_for("Succeeded", lambda: ganjob(admin, "gen-one", plural="gangenerations").get("status", {}).get("phase") == "Succeeded")
     code, out, _ = cli("list", "-o", "yaml", capsys=capsys)

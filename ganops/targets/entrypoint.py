@@ -36,11 +36,12 @@ def decode_spec(b64: str) -> str:
 
 def train_command(job: GANJob, *, restart: bool = False) -> str:
     """``ganops submit`` on the cluster's own Ray (RAY_ADDRESS there); it resumes by itself."""
-    args = ["ganops", "submit", "--spec-b64", encode_spec(job)]
+    # --target local: the driver trains right there, whatever GANOPS_TARGET the node has.
+    args = ["ganops", "submit", "--target", "local", "--spec-b64", encode_spec(job)]
     if restart:
         args.append("--restart")
     return shlex.join(args)
 
 
 def generate_command(args: list[str]) -> str:
-    return shlex.join(["ganops", "generate", *args])
+    return shlex.join(["ganops", "generate", "--target", "local", *args])
