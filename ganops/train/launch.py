@@ -132,33 +132,45 @@ def _init_ray(address: str | None) -> bool:
         return False
     # Worker output stays in Ray's log files: a failure reaches the user through the
     # exception fit() raises, without every rank's traceback printed twice before it.
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # address="local": always a new Ray, never one that `ray start` left on this machine.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     return True
 
 
 @contextmanager
 def _ctrl_c_stops(control: Any, echo: Echo) -> Iterator[None]:
-    """First Ctrl-C: workers write a checkpoint and stop. Second: abort at once."""
-    previous = signal.getsignal(signal.SIGINT)
+    """First Ctrl-C or SIGTERM: workers write a checkpoint and stop. Second: abort at once.
+
+    SIGTERM is how ``ray job stop`` / ``ganops cancel --target ray`` (and Kubernetes) stop
+    a driver; it is handled like the first Ctrl-C so that a cancelled job keeps its work.
+    Ray sends SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default; the ray target asks
+    for more per job), so the checkpoint must be written within that grace period.
+    """
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
     pressed = {"n": 0}
 
     def handler(signum: int, frame: Any) -> None:
         pressed["n"] += 1
         if pressed["n"] > 1:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
             raise KeyboardInterrupt
-        echo("\nstopping: the workers write a checkpoint first (Ctrl-C again to abort without one)")
+        again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM received; a second signal"
+        echo(f"\nstopping: the workers write a checkpoint first ({again} to abort without one)")
         control.request_stop.remote()
 
     try:
-        signal.signal(signal.SIGINT, handler)
+        for s in signals:
+            signal.signal(s, handler)
     except ValueError:  # not the main thread (e.g. under a test runner's thread)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _fit_off_main_thread(trainer: Any) -> Any:
