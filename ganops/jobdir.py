@@ -10,6 +10,12 @@
       samples/
         epoch_0005.png           G(fixed noise) after epoch 5
         training.gif
+      best/                      checkpoint.keep_best: the best-scoring checkpoint, outside
+        epoch_0004/              Ray's run directory so that num_to_keep never prunes it
+          state.pt  spec.yaml  checkpoint.json (marker last, with the scores)
+      eval/
+        step_00000096.json       the scores of each evaluation, with what they depend on
+        best.json                the best score so far (survives resumes)
 
 A checkpoint directory without ``checkpoint.json`` was interrupted while being written
 and is never resumed from.
@@ -18,18 +24,23 @@ and is never resumed from.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ganops import storage
 
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
+BEST = "best"
+EVAL = "eval"
 SPEC_FILE = "spec.yaml"
 MARKER = "checkpoint.json"
 STATE_FILE = "state.pt"
 GIF_FILE = "training.gif"
+BEST_FILE = "best.json"
 
 _CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_batch_(\d{5,}))?$")
 
@@ -41,6 +52,10 @@ def checkpoint_name(epoch: int, batch: int = 0) -> str:
 
 def sample_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.png"
+
+
+def eval_record_name(step: int) -> str:
+    return f"step_{step:08d}.json"
 
 
 @dataclass(frozen=True)
@@ -72,29 +87,52 @@ class JobDir:
     def exists(self) -> bool:
         return storage.exists(self.root) and bool(storage.list_dir(self.root))
 
+    @property
+    def best(self) -> storage.Location:
+        return self.root.child(BEST)
+
+    @property
+    def eval_dir(self) -> storage.Location:
+        return self.root.child(EVAL)
+
     def complete_checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints whose marker was written, oldest first."""
-        found = []
-        for name in storage.list_dir(self.checkpoints):
-            m = _CKPT_RE.match(name)
-            if not m:
-                continue
-            marker = self.checkpoints.child(name, MARKER)
-            try:
-                meta = json.loads(storage.read_bytes(marker))
-            except (FileNotFoundError, OSError, ValueError):
-                continue  # incomplete: interrupted while being written
-            found.append(
-                CheckpointInfo(
-                    uri=self.checkpoints.child(name).uri,
-                    name=name,
-                    epoch=int(m.group(1)),
-                    batch=int(m.group(2) or 0),
-                    step=int(meta.get("step", 0)),
-                    meta=meta,
-                )
-            )
-        return sorted(found, key=lambda c: (c.epoch, c.batch))
+        return _complete(self.checkpoints)
+
+    def best_checkpoint(self) -> CheckpointInfo | None:
+        """The complete checkpoint under ``best/`` (the newest, should an older one remain)."""
+        done = _complete(self.best)
+        return done[-1] if done else None
+
+    def read_best(self) -> dict[str, Any] | None:
+        """``eval/best.json``: the best score so far and where its model went."""
+        try:
+            return json.loads(storage.read_bytes(self.eval_dir.child(BEST_FILE)))
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    def write_best(self, record: dict[str, Any]) -> None:
+        storage.write_bytes(self.eval_dir.child(BEST_FILE), json.dumps(record, indent=1, sort_keys=True).encode())
+
+    def write_eval_record(self, step: int, record: dict[str, Any]) -> storage.Location:
+        loc = self.eval_dir.child(eval_record_name(step))
+        storage.write_bytes(loc, json.dumps(record, indent=1, sort_keys=True).encode())
+        return loc
+
+    def replace_best(self, local_dir: str, name: str) -> CheckpointInfo:
+        """Make the checkpoint in ``local_dir`` the best one, as ``best/<name>/``.
+
+        The new directory is complete (its marker written last) before the old one is
+        deleted, so an interruption at any point leaves at least one complete best.
+        """
+        dest = self.best.child(name)
+        upload_marker_last(local_dir, dest)
+        for old in storage.list_dir(self.best):
+            if old != name and _CKPT_RE.match(old):
+                self.best.fs.delete_dir(self.best.child(old).path)
+        info = self.best_checkpoint()
+        assert info is not None and info.name == name
+        return info
 
     def latest_checkpoint(self) -> CheckpointInfo | None:
         done = self.complete_checkpoints()
@@ -109,3 +147,42 @@ class JobDir:
         dest = storage.locate(f"{self.root.uri}.restart-{stamp}")
         storage.move_dir(self.root, dest)
         return dest.uri
+
+
+def _complete(parent: storage.Location) -> list[CheckpointInfo]:
+    """Checkpoint directories under ``parent`` whose marker was written, oldest first."""
+    found = []
+    for name in storage.list_dir(parent):
+        m = _CKPT_RE.match(name)
+        if not m:
+            continue
+        marker = parent.child(name, MARKER)
+        try:
+            meta = json.loads(storage.read_bytes(marker))
+        except (FileNotFoundError, OSError, ValueError):
+            continue  # incomplete: interrupted while being written
+        found.append(
+            CheckpointInfo(
+                uri=parent.child(name).uri,
+                name=name,
+                epoch=int(m.group(1)),
+                batch=int(m.group(2) or 0),
+                step=int(meta.get("step", 0)),
+                meta=meta,
+            )
+        )
+    return sorted(found, key=lambda c: (c.epoch, c.batch))
+
+
+def upload_marker_last(local_dir: str, dest: storage.Location) -> None:
+    """Copy a local checkpoint directory to ``dest`` with its completion marker written last.
+
+    A directory of that name already there (without a marker: a leftover of an interrupted
+    write) is replaced.
+    """
+    if storage.exists(dest):
+        dest.fs.delete_dir(dest.path)
+    names = sorted(os.listdir(local_dir), key=lambda n: n == MARKER)
+    for n in names:
+        with open(os.path.join(local_dir, n), "rb") as f:
+            storage.write_bytes(dest.child(n), f.read())

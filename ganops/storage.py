@@ -155,7 +155,9 @@ def sync(loc: Location) -> None:
 
 
 def read_bytes(loc: Location) -> bytes:
-    with loc.fs.open_input_stream(loc.path) as f:
+    # A random-access file reads an S3 object in one request; pyarrow's input *stream*
+    # fetches it in many small ranged GETs (95 MB: 29 s against 0.25 s on the test server).
+    with loc.fs.open_input_file(loc.path) as f:
         return f.read()
 
 

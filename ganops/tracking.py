@@ -193,6 +193,10 @@ def _tags(job: GANJob, world_size: int) -> dict[str, str]:
         tags["ganops.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
     tags.update({f"label.{k}": v for k, v in job.metadata.labels.items()})
+    # Set by the operator on the pods of a GANJob: lets it find this run by the object's uid.
+    for env, tag in (("GANOPS_K8S_UID", "ganops.k8s_uid"), ("GANOPS_K8S_NAMESPACE", "ganops.k8s_namespace")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
     return tags
 
 
@@ -431,6 +435,21 @@ def log_generator(
 
     Returns the model URI, or None when every attempt failed (the checkpoint still holds G).
     """
+    info = _log_generator(tracking_uri, run_id, generator, register_as, warn, attempts)
+    return info.model_uri if info is not None else None
+
+
+def _log_generator(
+    tracking_uri: str,
+    run_id: str,
+    generator: Any,
+    register_as: str | None,
+    warn: Warn,
+    attempts: int = 3,
+    step: int = 0,
+    tags: dict[str, str] | None = None,
+) -> Any:
+    """``log_generator``, returning MLflow's ModelInfo (with the registered version) or None."""
     _quiet_mlflow_env()
     import mlflow
     import numpy as np
@@ -456,10 +475,81 @@ def log_generator(
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
                     registered_model_name=register_as,
                     metadata=export.metadata(),
+                    step=step,
+                    tags=tags,
                 )
-            return info.model_uri
+            return info
         except Exception as e:  # noqa: BLE001 - retried, then reported
             last = e
             time.sleep(2 * (attempt + 1))
     warn(f"could not log the generator to MLflow ({str(last).splitlines()[0][:200]}); it is in the checkpoint")
     return None
+
+
+# -- the registered model's champion: the version with the best FID -----------------------
+
+CHAMPION = "champion"
+FID_TAG = "ganops.eval.fid"
+SETUP_TAG = "ganops.eval.setup"
+STEP_TAG = "ganops.eval.step"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model_uri: str
+    version: str
+
+
+def champion_fid(tracking_uri: str, name: str, setup: str) -> float | None:
+    """FID of the version the ``champion`` alias points at, when it was scored the same way.
+
+    None when there is no champion, or its score came from another evaluation setup
+    (reference data, sample count or network), which a new score cannot be compared with.
+    """
+    client = _client(tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception for "no such alias/model"
+        return None
+    tags = version.tags or {}
+    if tags.get(SETUP_TAG) != setup or FID_TAG not in tags:
+        return None
+    try:
+        return float(tags[FID_TAG])
+    except ValueError:
+        return None
+
+
+def promote_if_better(
+    tracking_uri: str,
+    run_id: str,
+    generator: Any,
+    register_as: str,
+    fid: float,
+    setup: str,
+    step: int,
+    warn: Warn,
+) -> Promotion | None:
+    """Register G and move ``champion`` to it, when ``fid`` beats the current champion's.
+
+    Called when a job's FID improved on its own best; a champion from elsewhere (another
+    job, an earlier run) that scored better under the same setup keeps the alias, and then
+    nothing is registered. Returns the new champion, or None.
+    """
+    current = champion_fid(tracking_uri, register_as, setup)
+    if current is not None and not fid < current:
+        return None
+    tags = {FID_TAG: repr(float(fid)), SETUP_TAG: setup, STEP_TAG: str(step)}
+    info = _log_generator(tracking_uri, run_id, generator, register_as, warn, step=step, tags=tags)
+    if info is None or info.registered_model_version is None:
+        return None
+    version = str(info.registered_model_version)
+    client = _client(tracking_uri)
+    try:
+        for k, v in tags.items():
+            client.set_model_version_tag(register_as, version, k, v)
+        client.set_registered_model_alias(register_as, CHAMPION, version)
+    except Exception as e:  # noqa: BLE001 - training goes on; the next improvement tries again
+        warn(f"could not move the '{CHAMPION}' alias of {register_as} to version {version} ({str(e)[:200]})")
+        return None
+    return Promotion(info.model_uri, version)

@@ -246,3 +246,19 @@ def test_the_spec_is_flattened_into_params() -> None:
     flat = tracking.flatten({"train": {"lr": 0.1, "betas": [0.5, 0.9]}, "tracking": {"uri": None}, "x": {}})
     assert flat == {"train.lr": "0.1", "train.betas": "[0.5, 0.9]", "tracking.uri": "null", "x": "{}"}
     assert json.loads(flat["train.betas"]) == [0.5, 0.9]
+
+
+def test_a_run_on_kubernetes_is_tagged_with_its_ganjob(tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator finds the run of a GANJob by the uid its pods carry (GANOPS_K8S_UID)."""
+    from ganops import jobdir
+
+    job = mnist_job(tmp_path / "runs", mnist_root, f"spec.tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("GANOPS_K8S_UID", "5a1b-uid")
+    monkeypatch.setenv("GANOPS_K8S_NAMESPACE", "team-a")
+    ref = tracking.open_run(job, jobdir.JobDir(job.spec.storage, job.name), warn=lambda _m: None)
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient(ref.tracking_uri).get_run(ref.run_id).data.tags
+    assert (tags["ganops.k8s_uid"], tags["ganops.k8s_namespace"]) == ("5a1b-uid", "team-a")
+    monkeypatch.delenv("GANOPS_K8S_UID")
+    assert "ganops.k8s_uid" not in tracking._tags(job, 1)

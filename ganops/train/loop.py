@@ -3,10 +3,15 @@
 Every rank trains; only rank 0 writes (checkpoints, grids, the GIF) and reports
 progress. Checkpoints are written on all ranks' behalf by rank 0 after gathering each
 rank's RNG state, so a resumed run continues every rank's random stream exactly.
+
+With ``spec.eval``, every rank makes and embeds its share of the evaluation samples and
+rank 0 gathers the features, scores them, logs the scores and keeps the best checkpoint
+and registered model (see ``ganops.evaluate.evaluator`` for why the work is split).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -85,6 +90,9 @@ class Worker:
             rank=self.rank, world=self.world, seed=self.spec.train.seed, device=self.device,
         )  # fmt: skip
         self.batches_per_epoch = self.batches.per_epoch
+        self.evaluator: Any = None  # ganops.evaluate.evaluator.Evaluator, with spec.eval
+        self.best: dict[str, Any] | None = None  # rank 0: the best score so far (eval/best.json)
+        self._logged_model: tuple[int, str] | None = None  # (step, model URI) of a G already in MLflow
 
     # -- set-up -----------------------------------------------------------------------
     def _fixed_noise(self, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -130,6 +138,8 @@ class Worker:
     def run(self) -> None:
         self.restore()
         spec = self.spec
+        if spec.eval.every_epochs is not None:
+            self._start_eval()
         stop = False
         t_log, steps_since_log = time.perf_counter(), 0
         while self.pos.epoch < spec.train.epochs and not stop:
@@ -179,7 +189,12 @@ class Worker:
         latest = self.jobdir.latest_checkpoint()
         if latest is not None:
             self.tracker.set_tag("ganops.checkpoint", latest.uri)
-        uri = log_generator(cfg["uri"], cfg["run_id"], self.step.sampler, self.spec.tracking.register_as, self._warn)
+        if self._logged_model is not None and self._logged_model[0] == self.pos.step:
+            uri: str | None = self._logged_model[1]  # the final G is the champion just registered
+        else:
+            uri = log_generator(
+                cfg["uri"], cfg["run_id"], self.step.sampler, self.spec.tracking.register_as, self._warn
+            )
         if uri:
             self.tracker.set_tag("ganops.model_uri", uri)
 
@@ -193,6 +208,8 @@ class Worker:
         if self.tracker is not None:
             self.tracker.log_metrics({"epoch": e, "epoch_time_s": epoch_time}, self.pos.step)
         last = e == spec.train.epochs
+        if self.evaluator is not None and (e % (spec.eval.every_epochs or 1) == 0 or last):
+            self._evaluate()
         if e % spec.checkpoint.every_epochs == 0 or last:
             self._save_and_report(metrics, final=last)
         else:
@@ -277,39 +294,49 @@ class Worker:
             params = [*self.step.g.parameters(), *self.step.d.parameters()]
             return float(sum(p.double().sum() for p in params))
 
-    def _save_and_report(self, metrics: dict[str, Any], final: bool) -> None:
-        """Every rank calls this (ray.train.report is a barrier); rank 0 writes."""
+    def _gather_ranks(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state and weight checksum, on every rank (a collective)."""
         mine = {"rng": self._rng_state(), "checksum": self._checksum()}
         ranks: list[Any] = [mine]
         if self.world > 1:
             ranks = [None] * self.world
             dist.all_gather_object(ranks, mine)
-        rng = [r["rng"] for r in ranks]
+        return ranks
+
+    def _write_checkpoint(
+        self, directory: str, metrics: dict[str, Any], ranks: list[dict[str, Any]], final: bool
+    ) -> None:
+        """state.pt, spec.yaml and the marker of a self-sufficient checkpoint, into a local directory."""
+        state = {
+            "nets": self.step.state_dict(),
+            "position": vars(self.pos).copy(),
+            "fixed_z": self.fixed_z,
+            "fixed_y": self.fixed_y,
+            "rng": [r["rng"] for r in ranks],
+        }
+        torch.save(state, os.path.join(directory, jobdir.STATE_FILE))
+        with open(os.path.join(directory, jobdir.SPEC_FILE), "w") as f:
+            f.write(dump(self.job))
+        meta = {
+            **metrics,
+            "world_size": self.world,
+            "rank_checksums": [r["checksum"] for r in ranks],
+            "final": final,
+            "time": time.time(),
+        }
+        with open(os.path.join(directory, jobdir.MARKER), "w") as f:
+            json.dump(meta, f)
+
+    def _save_and_report(self, metrics: dict[str, Any], final: bool) -> None:
+        """Every rank calls this (ray.train.report is a barrier); rank 0 writes."""
+        ranks = self._gather_ranks()
         name = jobdir.checkpoint_name(self.pos.epoch, self.pos.batch)
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
         tmp = tempfile.mkdtemp(prefix="ganops-ckpt-")
         try:
-            state = {
-                "nets": self.step.state_dict(),
-                "position": vars(self.pos).copy(),
-                "fixed_z": self.fixed_z,
-                "fixed_y": self.fixed_y,
-                "rng": rng,
-            }
-            torch.save(state, os.path.join(tmp, jobdir.STATE_FILE))
-            with open(os.path.join(tmp, jobdir.SPEC_FILE), "w") as f:
-                f.write(dump(self.job))
-            meta = {
-                **metrics,
-                "world_size": self.world,
-                "rank_checksums": [r["checksum"] for r in ranks],
-                "final": final,
-                "time": time.time(),
-            }
-            with open(os.path.join(tmp, jobdir.MARKER), "w") as f:
-                json.dump(meta, f)
+            self._write_checkpoint(tmp, metrics, ranks, final)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -318,6 +345,138 @@ class Worker:
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- evaluation (spec.eval) ----------------------------------------------------------
+    def _gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0, in rank order (None on the others)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def _broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _start_eval(self) -> None:
+        """Load the Inception network (its sha256 checked) and the reference statistics.
+
+        Before the first batch, so that a missing or wrong weights file fails the job at
+        once rather than after the first evaluation epoch. Every rank takes part.
+        """
+        from ganops.evaluate.evaluator import EvalSettings, Evaluator
+
+        settings = EvalSettings.from_spec(self.spec)
+        self.evaluator = Evaluator(
+            self.spec, settings, self.device, rank=self.rank, world=self.world,
+            gather=self._gather, broadcast=self._broadcast, warn=self._warn,
+        )  # fmt: skip
+        same_data = settings.reference_split == self.spec.data.split
+        self.evaluator.prepare_reference(self.data if same_data else None)
+        if self.rank != 0:
+            return
+        best = self.jobdir.read_best()
+        if best is not None and best.get("setup") != self.evaluator.setup_key:
+            self._warn(
+                f"the job's best FID so far ({best.get('fid')}) was measured another way (reference data, "
+                "spec.eval.num_samples or weights changed); the next score starts a new best"
+            )
+            best = None
+        self.best = best
+        if self.tracker is not None:
+            ref = self.evaluator.reference
+            self.tracker.set_tag(
+                "ganops.eval.reference",
+                f"{ref.meta['dataset']} {ref.meta['split']}: {ref.num_images} of {ref.meta['available']} images",
+            )
+            self.tracker.set_tag("ganops.eval.num_samples", str(settings.num_samples))
+
+    def _eval_generator(self) -> torch.nn.Module:
+        """A copy of the sampler (EMA of G when enabled) with rank 0's weights and buffers.
+
+        Ranks share G's weights but each keeps its own BatchNorm statistics; the copy makes
+        every rank's share of the samples come from the G that rank 0 checkpoints and exports.
+        """
+        net = copy.deepcopy(self.step.sampler)
+        if self.world > 1:
+            with torch.no_grad():
+                for t in net.state_dict().values():
+                    dist.broadcast(t, src=0)
+        return net.eval()
+
+    def _evaluate(self) -> None:
+        """Every rank: score G; rank 0 logs the scores and keeps what improved."""
+        t0 = time.perf_counter()
+        net = self._eval_generator()
+        scores = self.evaluator.score(lambda z, y: net(z, y), self.spec.model.latent_dim, self.step.num_classes)
+        del net
+        improved = False
+        if self.rank == 0:
+            assert scores is not None
+            scores.record.update({"epoch": self.pos.epoch, "step": self.pos.step})
+            if self.tracker is not None:
+                metrics = {**scores.mlflow_metrics(), "eval/time_s": time.perf_counter() - t0}
+                self.tracker.log_metrics(metrics, self.pos.step)
+                self.tracker.log_bytes(
+                    json.dumps(scores.record, indent=1, sort_keys=True).encode(),
+                    f"eval/{jobdir.eval_record_name(self.pos.step)}",
+                )
+            self.jobdir.write_eval_record(self.pos.step, scores.record)
+            fid = scores.fid
+            improved = fid is not None and (self.best is None or fid < float(self.best["fid"]))
+        if not self._broadcast(improved):
+            return
+        best_uri = self._write_best(scores) if self.spec.checkpoint.keep_best else None
+        if self.rank == 0:
+            assert scores is not None
+            self._new_best(scores, best_uri)
+
+    def _write_best(self, scores: Any) -> str | None:
+        """Every rank: gather the RNG states; rank 0 writes the checkpoint to ``best/``."""
+        ranks = self._gather_ranks()
+        if self.rank != 0:
+            return None
+        metrics = {**self._metrics(), "eval": scores.values, "setup": self.evaluator.setup_key}
+        tmp = tempfile.mkdtemp(prefix="ganops-best-")
+        try:
+            self._write_checkpoint(tmp, metrics, ranks, final=False)
+            info = self.jobdir.replace_best(tmp, jobdir.checkpoint_name(self.pos.epoch, self.pos.batch))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return info.uri
+
+    def _new_best(self, scores: Any, checkpoint_uri: str | None) -> None:
+        """Rank 0: record the new best FID; with a registered model, maybe a new champion."""
+        fid = float(scores.fid)
+        record: dict[str, Any] = {
+            "fid": fid, "epoch": self.pos.epoch, "step": self.pos.step, "setup": self.evaluator.setup_key,
+            "checkpoint": checkpoint_uri, "scores": scores.values, "time": time.time(),
+        }  # fmt: skip
+        register_as = self.spec.tracking.register_as
+        cfg = self.config.get("mlflow")
+        if register_as and cfg and self.tracker is not None:
+            from ganops.tracking import promote_if_better
+
+            promo = promote_if_better(
+                cfg["uri"], cfg["run_id"], self.step.sampler, register_as, fid, self.evaluator.setup_key,
+                self.pos.step, self._warn,
+            )  # fmt: skip
+            if promo is not None:
+                record.update({"model_uri": promo.model_uri, "registered_version": promo.version})
+                self._logged_model = (self.pos.step, promo.model_uri)
+                self.tracker.set_tag("ganops.champion_version", promo.version)
+        self.jobdir.write_best(record)
+        self.best = record
+        if self.tracker is not None:
+            self.tracker.set_tag("ganops.best_fid", repr(fid))
+            self.tracker.set_tag("ganops.best_step", str(self.pos.step))
+            if checkpoint_uri:
+                self.tracker.set_tag("ganops.best_checkpoint", checkpoint_uri)
 
 
 def _upload_marker_last(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:

@@ -1,0 +1,200 @@
+"""``ganops evaluate``: score a logged generator and record the scores as an MLflow run.
+
+The generator comes from MLflow (a training run or a registered version, as for
+``ganops generate``); the settings default to the training spec's ``eval`` section, so
+evaluating a run's final model on demand reproduces its last training-time score. Each
+evaluation is its own MLflow run in the training run's experiment, tagged with the
+training run, like a generation job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ganops import __version__
+from ganops.errors import UserError
+from ganops.evaluate.scores import METRIC_VALUES, Scores
+from ganops.evaluate.weights import SHA_FIELD, WEIGHTS_FIELD
+from ganops.generate.source import Source
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What the command line sets; None: the training spec's value."""
+
+    num_samples: int | None = None
+    metrics: tuple[str, ...] | None = None
+    inception_weights: str | None = None
+    inception_sha256: str | None = None
+    reference_split: str | None = None
+    data_root: str | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    device: str | None = None
+
+
+@dataclass
+class EvaluateResult:
+    scores: Scores
+    evaluation_run_id: str | None
+    elapsed_s: float
+
+
+def parse_metrics(text: str | None) -> tuple[str, ...] | None:
+    """``fid,kid`` → ("fid", "kid"); every problem names --metrics."""
+    if text is None:
+        return None
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRIC_VALUES]
+    if unknown or not names:
+        raise UserError(f"--metrics: unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(METRIC_VALUES)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--metrics: {text!r} names a metric twice")
+    return tuple(names)
+
+
+def check_options(opts: EvaluateOptions) -> None:
+    """The checks that need no run, before MLflow is asked anything."""
+    if opts.num_samples is not None and opts.num_samples < 2:
+        raise UserError(f"--num-samples: must be at least 2 (got {opts.num_samples}): FID needs a covariance")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise UserError(f"--batch-size: must be >= 1 (got {opts.batch_size})")
+    sha = opts.inception_sha256
+    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
+        raise UserError(f"--inception-sha256: expected 64 hex digits, got {sha!r}")
+
+
+def evaluate(source: Source, opts: EvaluateOptions, *, log: bool = True, echo: Echo = print) -> EvaluateResult:
+    import torch
+
+    from ganops.evaluate.evaluator import EvalSettings, Evaluator
+    from ganops.generate.source import load_generator
+
+    check_options(opts)
+    spec = source.job.spec
+    if opts.data_root:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": opts.data_root})})
+    # Weights named on the command line are checked against --inception-sha256 (default: the
+    # pinned file); weights from the training spec against the spec's own expectation.
+    from_flag = opts.inception_weights is not None
+    weights = opts.inception_weights if from_flag else spec.eval.inception_weights
+    sha = opts.inception_sha256 or (None if from_flag else spec.eval.inception_sha256)
+    if not weights:
+        raise UserError(
+            f"--inception-weights: required: run {source.run_id}'s spec has no {WEIGHTS_FIELD} "
+            "(the FID Inception weights pt_inception-2015-12-05-6726825d.pth; see the README)"
+        )
+    weights_field = (
+        "--inception-weights" if from_flag else f"{WEIGHTS_FIELD} (run {source.run_id}; or --inception-weights)"
+    )
+    sha_field = "--inception-sha256" if from_flag or opts.inception_sha256 else f"{SHA_FIELD} (or --inception-sha256)"
+    overrides: dict[str, Any] = {"weights": weights, "sha256": sha, "weights_field": weights_field,
+                                 "sha_field": sha_field}  # fmt: skip
+    for name, value in (("num_samples", opts.num_samples), ("metrics", opts.metrics), ("batch_size", opts.batch_size),
+                        ("seed", opts.seed), ("reference_split", opts.reference_split)):  # fmt: skip
+        if value is not None:
+            overrides[name] = value
+    settings = EvalSettings.from_spec(spec, **overrides)
+    device = _device(opts.device)
+
+    t0 = time.time()
+    evaluator = Evaluator(spec, settings, device, warn=lambda m: echo(f"warning: {m}"))
+    g = load_generator(source)
+    try:
+        ref = evaluator.prepare_reference()
+    except UserError as e:
+        if opts.data_root is None and "spec.data." in str(e):
+            hint = f"from run {source.run_id}'s spec; --data-root says where the files are here"
+            raise UserError(f"{e} ({hint})") from None
+        raise
+    assert ref is not None
+    how = "read from the cache" if ref.cached else "computed"
+    echo(f"reference: {ref.meta['dataset']} {ref.meta['split']}, {ref.num_images} images ({how})")
+    info = source.info
+
+    def fn(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        # The MLflow model takes one float32 input: z, plus the class as a last column.
+        return g(z if y is None else torch.cat([z, y.to(z.dtype)[:, None]], dim=1))
+
+    scores = evaluator.score(fn, info.latent_dim, info.num_classes, device=torch.device("cpu"))
+    assert scores is not None
+    elapsed = time.time() - t0
+    scores.record.update({"model_uri": source.model_uri, "training_run_id": source.run_id})
+    run_id = _log_run(source, settings, scores, elapsed) if log else None
+    return EvaluateResult(scores, run_id, elapsed)
+
+
+def _device(name: str | None) -> Any:
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: {name!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: CUDA is not available here; use --device cpu")
+    return device
+
+
+def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> str:
+    """The evaluation's own MLflow run: options as params, scores as metrics, the record as an artifact."""
+    import os
+    import tempfile
+
+    from mlflow.entities import Metric, Param
+
+    from ganops.tracking import _client
+
+    client = _client(source.tracking_uri)
+    tags = {
+        "ganops.kind": "evaluate",
+        "ganops.training_run_id": source.run_id,
+        "ganops.model_uri": source.model_uri,
+        "ganops.job": source.job.name,
+        "ganops.version": __version__,
+    }
+    run_id = client.create_run(source.experiment_id, run_name=f"{source.job.name}-evaluate", tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        ref = scores.record["reference"]
+        params = {
+            "model_uri": source.model_uri, "num_samples": settings.num_samples, "metrics": ",".join(settings.metrics),
+            "seed": settings.seed, "inception_sha256": scores.record.get("inception_sha256"),
+            "reference.dataset": ref["dataset"], "reference.split": ref["split"],
+            "reference.num_images": ref["num_images"], "reference.key": ref["key"],
+        }  # fmt: skip
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in scores.mlflow_metrics().items()]
+        metrics.append(Metric("eval/time_s", elapsed, now, 0))
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "scores.json")
+            with open(path, "w") as f:
+                json.dump(scores.record, f, indent=1, sort_keys=True)
+            client.log_artifact(run_id, path)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def table(scores: Scores) -> str:
+    """The scores as a small aligned table, with what they were computed from."""
+    rows = [(k, f"{v:.6g}") for k, v in scores.values.items()]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric':<{width}}  value"] + [f"{k:<{width}}  {v}" for k, v in rows]
+    r = scores.record
+    ref = r["reference"]
+    lines.append(
+        f"({r['num_samples']} generated vs {ref['num_images']} {ref['dataset']} {ref['split']} images; "
+        f"Inception {str(r.get('inception_sha256'))[:8]})"
+    )
+    return "\n".join(lines)
