@@ -19,7 +19,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request

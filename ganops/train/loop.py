@@ -413,7 +413,7 @@ class Worker:
         """Every rank: score G; rank 0 logs the scores and keeps what improved."""
         t0 = time.perf_counter()
         net = self._eval_generator()
-        scores = self.evaluator.score(lambda z, y: net(z, y), self.spec.model.latent_dim, self.step.num_classes)
+        scores = self.evaluator.score(net, self.spec.model.latent_dim, self.step.num_classes)
         del net
         improved = False
         if self.rank == 0:
