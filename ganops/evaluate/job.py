@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ganops import __version__
 from ganops.errors import UserError
 from ganops.evaluate.scores import METRIC_VALUES, Scores
 from ganops.evaluate.weights import SHA_FIELD, WEIGHTS_FIELD
@@ -154,13 +153,7 @@ def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> s
     from ganops.tracking import _client
 
     client = _client(source.tracking_uri)
-    tags = {
-        "ganops.kind": "evaluate",
-        "ganops.training_run_id": source.run_id,
-        "ganops.model_uri": source.model_uri,
-        "ganops.job": source.job.name,
-        "ganops.version": __version__,
-    }
+    tags = source.run_tags("evaluate")
     run_id = client.create_run(source.experiment_id, run_name=f"{source.job.name}-evaluate", tags=tags).info.run_id
     status = "FAILED"
     try:

@@ -279,14 +279,7 @@ def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int)
     from ganops.tracking import _client
 
     client = _client(source.tracking_uri)
-    tags = {
-        "ganops.kind": "generate",
-        "ganops.training_run_id": source.run_id,
-        "ganops.model_uri": source.model_uri,
-        "ganops.job": source.job.name,
-        "ganops.version": __version__,
-        "ganops.output": out_uri,
-    }
+    tags = {**source.run_tags("generate"), "ganops.output": out_uri}
     name = f"{source.job.name}-generate"
     run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
     params = {k: str(v) for k, v in opts.to_dict().items()}

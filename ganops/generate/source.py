@@ -31,6 +31,19 @@ class Source:
     info: ModelInfo
     checkpoint: str | None
 
+    def run_tags(self, kind: str) -> dict[str, str]:
+        """Tags of a run derived from this generator (``generate``, ``evaluate``): they link
+        it to its training run and model."""
+        from ganops import __version__
+
+        return {
+            "ganops.kind": kind,
+            "ganops.training_run_id": self.run_id,
+            "ganops.model_uri": self.model_uri,
+            "ganops.job": self.job.name,
+            "ganops.version": __version__,
+        }
+
     def describe(self) -> str:
         classes = f", {self.info.num_classes} classes" if self.info.num_classes else ""
         shape = "×".join(map(str, self.info.image_shape))

@@ -7,11 +7,11 @@ command a user would type (``to_args``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ganops.spec.models import API_VERSION, ClusterSpec, Metadata, PositiveInt, _Strict
+from ganops.spec.models import API_VERSION, ClusterSpec, Metadata, PositiveInt, _Resource, _Strict
 
 GENERATION_KIND = "GANGeneration"
 
@@ -70,15 +70,8 @@ class GANGenerationSpec(_Strict):
         return args
 
 
-class GANGeneration(_Strict):
+class GANGeneration(_Resource):
     apiVersion: Literal["ganops.io/v1alpha1"] = API_VERSION  # noqa: N815 - Kubernetes field name
     kind: Literal["GANGeneration"] = GENERATION_KIND
     metadata: Metadata
     spec: GANGenerationSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")

@@ -315,15 +315,21 @@ class GANJobSpec(_Strict):
         return self
 
 
-class GANJob(_Strict):
+class _Resource(_Strict):
+    """What the ganops kinds (GANJob, GANGeneration) share besides their fields (which
+    each declares itself, so that apiVersion and kind come first when dumped)."""
+
+    @property
+    def name(self) -> str:
+        metadata: Metadata = getattr(self, "metadata")  # noqa: B009 - declared by each kind
+        return metadata.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class GANJob(_Resource):
     apiVersion: Literal["ganops.io/v1alpha1"] = API_VERSION  # noqa: N815 - Kubernetes field name
     kind: Literal["GANJob"] = KIND
     metadata: Metadata
     spec: GANJobSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
