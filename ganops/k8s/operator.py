@@ -217,10 +217,10 @@ def _owner(body: Any) -> tuple[str, str, str] | None:
 
 def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dict[str, Any]) -> dict[str, Any]:
     """The owner's status patch for a RayJob event (``current``: the owner's status now)."""
-    if current.get("phase") == CANCELLED:
-        # Suspension is ours: the RayJob's later states (Suspending, Suspended) add nothing.
+    if current.get("phase") == CANCELLED or (rayjob.get("spec") or {}).get("suspend"):
+        # Suspension is our cancel: the RayJob's later states (Suspending, Suspended) add nothing.
         rs = rayjob.get("status") or {}
-        return {"jobStatus": rs.get("jobStatus"), "jobDeploymentStatus": rs.get("jobDeploymentStatus")}
+        return {"phase": CANCELLED, "jobStatus": rs.get("jobStatus"), "jobDeploymentStatus": rs.get("jobDeploymentStatus")}
     if event_type == "DELETED":
         if current.get("phase") in TERMINAL:
             return {}
@@ -258,22 +258,31 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
     plural, name, uid = owner
     from kubernetes.client.exceptions import ApiException
 
-    try:
-        current = _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-    except ApiException as e:
-        if e.status == 404:  # the owner is gone; garbage collection takes the RayJob
-            return
-        raise _retryable(e) from None
-    if current["metadata"]["uid"] != uid:
-        return  # the RayJob of an earlier object of the same name: not this one's news
-    patch = mirrored_status(dict(body), event.get("type"), current.get("status") or {})
-    if not patch:
-        return
-    try:
-        _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": patch})
-    except ApiException as e:
-        if e.status != 404:
+    # Read, decide, write with the read's resourceVersion as a precondition: the cancel
+    # handler writes the same status, and a decision taken on a stale read must not win.
+    # kopf does not retry event handlers, so a conflict is retried here.
+    for _attempt in range(5):
+        try:
+            current = _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as e:
+            if e.status == 404:  # the owner is gone; garbage collection takes the RayJob
+                return
             raise _retryable(e) from None
+        if current["metadata"]["uid"] != uid:
+            return  # the RayJob of an earlier object of the same name: not this one's news
+        patch = mirrored_status(dict(body), event.get("type"), current.get("status") or {})
+        if not patch:
+            return
+        guarded = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}, "status": patch}
+        try:
+            _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, guarded)
+            return
+        except ApiException as e:
+            if e.status == 404:
+                return
+            if e.status != 409:
+                raise _retryable(e) from None
+    log.warning("status of %s %s/%s: gave up after repeated conflicts", plural, namespace, name)
 
 
 # --- MLflow → status ------------------------------------------------------------------------
