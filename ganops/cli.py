@@ -141,9 +141,9 @@ def _submit_remote(
         )
     if dry_run:
         if target == "k8s":
-            from ganops.k8s.objects import ganjob_object
+            from ganops.k8s.objects import custom_object
 
-            obj = ganjob_object(job, namespace)
+            obj = custom_object(job, namespace)
             click.echo(_dump(obj, output or "yaml"), nl=False)
         else:
             from ganops.targets.entrypoint import train_command

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from ganops.k8s import GROUP, VERSION
-from ganops.k8s.crd import KINDS
 from ganops.targets.entrypoint import without_nulls
 
 
@@ -20,11 +19,3 @@ def custom_object(job: Any, namespace: str | None = None) -> dict[str, Any]:
     if namespace:
         meta["namespace"] = namespace
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": doc["kind"], "metadata": meta, "spec": doc["spec"]}
-
-
-def ganjob_object(job: Any, namespace: str | None = None) -> dict[str, Any]:
-    return custom_object(job, namespace)
-
-
-def plural(kind: str) -> str:
-    return KINDS[kind].plural
