@@ -229,3 +229,17 @@ def test_api_hiccups_are_retried_and_the_rest_is_permanent() -> None:
     assert isinstance(_retryable(ConnectionResetError()), kopf.TemporaryError)
     assert isinstance(_retryable(ApiException(status=403)), kopf.TemporaryError)  # RBAC may be fixed
     assert isinstance(_retryable(ApiException(status=400)), kopf.PermanentError)
+
+
+def test_gpu_resource_comes_from_the_spec_else_the_operator() -> None:
+    d = Defaults(gpu_resource="amd.com/gpu")
+    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true"), d)
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["amd.com/gpu"] == "1"
+    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/mig-1g.10gb"), d)
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/mig-1g.10gb"] == "1" and "amd.com/gpu" not in limits
+    # Asking for the usual name explicitly wins over an operator default (it used to be ignored).
+    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/gpu"), d)
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1" and "amd.com/gpu" not in limits

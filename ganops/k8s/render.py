@@ -154,7 +154,7 @@ def _resolved(c: ClusterSpec, d: Defaults) -> dict[str, Any]:
         "worker_memory": c.worker_memory or d.worker_memory,
         "head_cpu": c.head_cpu or d.head_cpu,
         "head_memory": c.head_memory or d.head_memory,
-        "gpu_resource": c.gpu_resource if c.gpu_resource != "nvidia.com/gpu" else d.gpu_resource,
+        "gpu_resource": c.gpu_resource or d.gpu_resource,
         "node_selector": c.node_selector or d.node_selector,
         "tolerations": [_toleration(t) for t in c.tolerations] or [_toleration(t) for t in d.tolerations],
     }

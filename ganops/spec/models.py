@@ -270,8 +270,9 @@ class ClusterSpec(_Strict):
     head_cpu: Quantity | None = None
     """CPU of the head pod, which runs the driver and no training worker (default: the operator's)."""
     head_memory: Quantity | None = None
-    gpu_resource: str = "nvidia.com/gpu"
-    """Extended resource name of a GPU on the nodes (with scaling.use_gpu)."""
+    gpu_resource: str | None = None
+    """Extended resource name of a GPU on the nodes, with scaling.use_gpu (default: the
+    operator's, nvidia.com/gpu)."""
     active_deadline_seconds: PositiveInt | None = None
     """Fail the job after this many seconds (the RayJob's activeDeadlineSeconds)."""
     backoff_limit: Annotated[int, Field(ge=0)] = 0
