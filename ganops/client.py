@@ -15,7 +15,7 @@ from ganops import storage
 from ganops.errors import UserError
 from ganops.spec import load
 from ganops.spec.loader import loads
-from ganops.spec.models import GANJob
+from ganops.spec.models import GANJob, batchnorm_critic
 
 if TYPE_CHECKING:
     from ganops.train.launch import RunResult
@@ -53,6 +53,11 @@ def preflight(job: GANJob) -> gdata.ImageInfo:
         raise UserError(
             f"spec.model.conditional: dataset '{spec.data.dataset}' at {spec.data.root} has no labels "
             "(use class sub-folders, or set conditional: false)"
+        )
+    if spec.train.loss == "wgan_gp" and batchnorm_critic(spec.model, info.shape[1]):
+        raise UserError(
+            f"spec.model.d_norm: '{spec.model.arch}' uses BatchNorm in D at {info.shape[1]}x{info.shape[1]}, "
+            "which wgan_gp cannot train (the gradient penalty is per sample); set spec.model.d_norm: layer or none"
         )
     workers = spec.scaling.num_workers
     per_worker_images = info.num_images // workers

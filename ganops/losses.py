@@ -1,8 +1,8 @@
 """GAN objectives, by name.
 
-Each objective maps D's raw logits to a D loss and a G loss. D always sees real and
-fake in one forward pass (one DDP all-reduce per D step), so ``d_loss`` takes both
-halves of that pass.
+Each objective maps D's raw logits to a D loss and a G loss. D sees real and fake in one
+DDP forward (one all-reduce per D step; see ``ganops.train.step``), so ``d_loss`` takes
+both halves of that pass.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class GANLoss:
     g_loss: Callable[[Tensor], Tensor]
     """fake_logits -> G loss."""
     gradient_penalty: bool = False
+    probabilistic: bool = False
+    """D's output is log-odds (bce, minimax): sigmoid(logit) is the probability "real"."""
 
 
 def _bce_d(real: Tensor, fake: Tensor, smoothing: float) -> Tensor:
@@ -64,8 +66,8 @@ def _lsgan_g(fake: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, GANLoss] = {
-    "bce": GANLoss("bce", _bce_d, _bce_g_nonsaturating),
-    "minimax": GANLoss("minimax", _bce_d, _minimax_g),
+    "bce": GANLoss("bce", _bce_d, _bce_g_nonsaturating, probabilistic=True),
+    "minimax": GANLoss("minimax", _bce_d, _minimax_g, probabilistic=True),
     "hinge": GANLoss("hinge", _hinge_d, _hinge_g),
     "wgan_gp": GANLoss("wgan_gp", _wgan_d, _hinge_g, gradient_penalty=True),
     "lsgan": GANLoss("lsgan", _lsgan_d, _lsgan_g),

@@ -413,16 +413,14 @@ def test_every_net_trains_with_every_loss(arch: str, cond: str, loss_name: str) 
     loss = LOSSES[loss_name]
     fields = {**CONDITIONING[cond], **widths}
     if loss.gradient_penalty:
-        fields["d_norm"] = "none"  # BatchNorm mixes samples, which breaks per-sample gradient norms
+        fields["d_norm"] = "layer"  # BatchNorm mixes samples, which breaks per-sample gradient norms
     G, D = _nets(arch, shape, **fields)
     z, y = torch.randn(N, G.latent_dim), _labels(fields)
     real = torch.rand(N, *shape) * 2 - 1
 
-    # (1) D step: real and fake in one pass, as the training loop does.
+    # (1) D step: real and fake as separate batches, as the training loop does.
     fake = G(z, y)
-    both = torch.cat([real, fake.detach()])
-    logits = D(both, None if y is None else torch.cat([y, y]))
-    d_loss = loss.d_loss(*logits.chunk(2), 0.1)
+    d_loss = loss.d_loss(D(real, y), D(fake.detach(), y), 0.1)
     if loss.gradient_penalty:
         x_hat = interpolates(real, fake.detach())
         d_loss = d_loss + 10.0 * gradient_penalty(D(x_hat, y), x_hat)
@@ -444,3 +442,22 @@ def test_generator_survives_pickling_for_checkpoints_and_model_logging() -> None
     with torch.no_grad():
         assert torch.equal(clone(z, y), G(z, y))
     assert clone.latent_dim == 100 and clone.num_classes == NUM_CLASSES
+
+
+@pytest.mark.parametrize("arch,shape", NETS)
+@pytest.mark.parametrize("d_norm", [None, "batch", "layer", "none"])
+def test_the_specs_batchnorm_check_agrees_with_the_nets(arch: str, shape: tuple[int, int, int], d_norm: str | None) -> None:
+    # Validation decides "BatchNorm critic?" without torch; it must say what the nets build.
+    model = ModelSpec(arch=arch, d_norm=d_norm)  # type: ignore[arg-type]
+    D = build_discriminator(model, shape, None)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
+    assert spec_models.batchnorm_critic(model, shape[1]) == has_bn
+    if d_norm == "layer":
+        assert any(isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for m in D.modules())
+
+
+def test_a_layer_norm_critic_scores_each_sample_alone() -> None:
+    # What makes it fit wgan_gp: a sample's score does not depend on the rest of its batch.
+    _, D = _nets("dcgan", (3, 32, 32), d_norm="layer", d_widths=[8, 16, 32])
+    x = torch.rand(6, 3, 32, 32)
+    assert torch.allclose(D(x)[:2], D(x[:2]), atol=1e-6)

@@ -47,7 +47,9 @@ def test_every_seed_network_has_a_job_and_each_validates() -> None:
 
 def test_jobs_carry_the_seed_tutorial_settings() -> None:
     mnist = load(JOBS / "mnist_dcgan.yaml").spec
-    assert (mnist.model.arch, mnist.model.latent_dim, mnist.train.lr) == ("dcgan", 100, 1e-4)
+    assert (mnist.model.arch, mnist.model.latent_dim) == ("dcgan", 100)
+    # The DCGAN paper's optimizer and batch, not the tutorial's (see the job file for why).
+    assert (mnist.train.lr, mnist.train.betas, mnist.train.batch_size) == (2e-4, (0.5, 0.999), 128)
     assert mnist.model.g_widths == [256, 128, 64] and mnist.model.d_dropout == 0.3
     cifar = load(JOBS / "cifar_dcgan.yaml").spec
     assert cifar.train.label_smoothing == 0.1 and cifar.model.g_widths == [512, 256, 128]
@@ -58,6 +60,7 @@ def test_jobs_carry_the_seed_tutorial_settings() -> None:
     for name in ("mnist_deep", "cifar_deep"):
         deep = load(JOBS / f"{name}.yaml").spec
         assert deep.model.arch == "deep" and deep.train.optimizer == "rmsprop" and deep.train.clip_grad_value
+        assert (deep.train.rmsprop_alpha, deep.train.eps) == (0.9, 1e-7)  # Keras' RMSprop, as the tutorial ran
     assert load(JOBS / "mnist_cgan.yaml").spec.model.conditional
 
 
@@ -179,3 +182,30 @@ def test_the_cli_module_imports_no_torch_ray_or_mlflow() -> None:
     code = "import ganops.cli, ganops.client, sys; print(sorted(m for m in ('torch','ray','mlflow') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {"loss": "wgan_gp"},  # cifar_dcgan's own `d_norm: batch`
+        {"loss": "wgan_gp", "d_norm": None},  # dcgan's default at 32 px is BatchNorm too
+    ],
+)
+def test_wgan_gp_with_a_batchnorm_critic_is_refused_naming_d_norm(sets: dict) -> None:
+    raw = yaml.safe_load((JOBS / "cifar_dcgan.yaml").read_text())
+    raw["spec"]["train"]["loss"] = sets["loss"]
+    if "d_norm" in sets:
+        del raw["spec"]["model"]["d_norm"]
+    got = problems(raw)
+    assert "spec.model.d_norm" in got and "d_norm: layer" in got["spec.model.d_norm"]
+
+
+def test_wgan_gp_takes_a_layer_norm_critic_and_the_28px_dcgan_default() -> None:
+    raw = yaml.safe_load((JOBS / "cifar_dcgan.yaml").read_text())
+    raw["spec"]["train"]["loss"] = "wgan_gp"
+    raw["spec"]["model"]["d_norm"] = "layer"
+    assert validate(raw).spec.model.d_norm == "layer"
+    mnist = yaml.safe_load((JOBS / "mnist_dcgan.yaml").read_text())
+    del mnist["spec"]["model"]["d_norm"]
+    mnist["spec"]["train"]["loss"] = "wgan_gp"
+    validate(mnist)  # dcgan has no BatchNorm in D at 28 px

@@ -172,6 +172,27 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 
+BATCHNORM_D = (
+    "spec.scaling.num_workers=2", "spec.data.limit=1024", "spec.train.seed=7", "spec.model.d_norm=batch",
+    "spec.scaling.sync_batchnorm=true",
+)  # fmt: skip
+
+
+def test_a_batchnorm_discriminator_on_two_workers_resumes_exactly(
+    ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # BatchNorm's running statistics are state too, and with sync_batchnorm every forward is
+    # a collective: a resume must continue both exactly, on every rank.
+    straight = run(mnist_job(tmp_path_factory.mktemp("bn-straight"), mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
+    storage = tmp_path_factory.mktemp("bn-resumed")
+    assert run(mnist_job(storage, mnist_root, *BATCHNORM_D, "spec.train.epochs=1")).epochs_done == 1
+    resumed = run(mnist_job(storage, mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
+    assert resumed.resumed_from.endswith("epoch_0001")
+    a, b = _final_state(straight), _final_state(resumed)
+    assert any(k.endswith("running_var") for k in a["nets"]["d"])  # D really has BatchNorm
+    _assert_same_training_state(a, b)
+
+
 def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
     uninterrupted: dict, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -223,9 +244,10 @@ def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Pat
     # RMSprop with clipping and separate learning rates, on two real workers.
     job = mnist_job(
         tmp_path, mnist_root,
-        "spec.train.epochs=1", "spec.data.limit=256", "spec.model.d_norm=none",
+        "spec.train.epochs=1", "spec.data.limit=256", "spec.model.d_norm=layer",
         "spec.train.loss=wgan_gp", "spec.train.d_steps=2", "spec.train.ema_decay=0.9",
         "spec.train.optimizer=rmsprop", "spec.train.clip_grad_norm=5.0", "spec.train.g_lr=5e-5", "spec.train.d_lr=2e-4",
+        "spec.train.rmsprop_alpha=0.9", "spec.train.eps=1e-7",
     )  # fmt: skip
     result = run(job)
     state = load_state(result.latest_checkpoint)
@@ -233,6 +255,9 @@ def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Pat
     assert ema is not None and any(not torch.equal(g[k], ema[k]) for k in g if g[k].is_floating_point())
     assert state["nets"]["opt_g"]["param_groups"][0]["lr"] == 5e-5
     assert "square_avg" in state["nets"]["opt_d"]["state"][0]  # RMSprop's state
+    group = state["nets"]["opt_d"]["param_groups"][0]
+    assert (group["alpha"], group["eps"]) == (0.9, 1e-7)  # Keras' RMSprop, as the *_deep jobs set
+    assert any(k.endswith(".weight") and v.dim() == 1 for k, v in state["nets"]["d"].items())  # layer norm's scale
     meta = json.loads((Path(result.latest_checkpoint) / jobdir.MARKER).read_text())
     assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)
 

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ganops.data import ArrayDataset, ImageInfo
+from ganops.spec.models import FAKE_IMAGE_SIZE
 
 if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
 
 NUM_IMAGES = 2048
-IMAGE_SIZE = 32
+IMAGE_SIZE = FAKE_IMAGE_SIZE
 CHANNELS = 3
 SEED = 0
 

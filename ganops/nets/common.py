@@ -153,6 +153,20 @@ def activation(name: str) -> nn.Module:
         raise KeyError(f"unknown activation {name!r}; valid: {', '.join(_ACTIVATIONS)}") from None
 
 
+def d_norm_layer(kind: str, width: int, spatial: bool) -> nn.Module:
+    """D's normalisation after a conv (``spatial``) or linear layer.
+
+    `layer` normalises each sample on its own (GroupNorm with one group is LayerNorm over
+    C, H and W), so per-sample gradient penalties stay per sample: the WGAN-GP paper's
+    choice for its critic. `batch` mixes the samples of a batch.
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(width) if spatial else nn.BatchNorm1d(width)
+    if kind == "layer":
+        return nn.GroupNorm(1, width) if spatial else nn.LayerNorm(width)
+    raise KeyError(f"unknown d_norm {kind!r}; valid: batch, layer, none")
+
+
 def dropout(p: float) -> list[nn.Module]:
     # No module at p=0: keeps printed nets and state_dicts free of no-op layers.
     return [nn.Dropout(p)] if p > 0 else []
@@ -184,7 +198,7 @@ def d_stack(cfg: NetConfig, strides: list[int]) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     for i, (w, stride) in enumerate(zip(cfg.d_widths, strides, strict=True)):
         # Never normalise D's first layer (DCGAN paper): it would erase the input's statistics.
-        norm = cfg.d_norm == "batch" and i > 0
+        norm = cfg.d_norm != "none" and i > 0
         if stride == 1:
             layers.append(same_conv(cin, w, k, bias=not norm))
         else:
@@ -196,7 +210,7 @@ def d_stack(cfg: NetConfig, strides: list[int]) -> tuple[nn.Module, int]:
                 )
             layers.append(nn.Conv2d(cin, w, k, stride, (k - 1) // 2, bias=not norm))
         if norm:
-            layers.append(nn.BatchNorm2d(w))
+            layers.append(d_norm_layer(cfg.d_norm, w, spatial=True))
         layers += [activation("leaky_relu"), *dropout(cfg.d_dropout)]
         cin = w
     layers.append(nn.Flatten())
@@ -285,7 +299,7 @@ class Discriminator(nn.Module):
 # --- init ----------------------------------------------------------------------------
 
 _WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # LayerNorm/GroupNorm keep PyTorch's (1, 0) init
 
 
 def init_dcgan_(net: nn.Module) -> nn.Module:

@@ -15,11 +15,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ganops.nets.syncbn import revert_sync_batchnorm
+
 
 class GeneratorExport(nn.Module):
     def __init__(self, generator: nn.Module) -> None:
         super().__init__()
-        g = copy.deepcopy(generator).cpu().eval()
+        # Plain BatchNorm again: a synchronised one would need a process group to load.
+        g = revert_sync_batchnorm(copy.deepcopy(generator)).cpu().eval()
         self.g = g.to(memory_format=torch.contiguous_format)
         self.latent_dim: int = g.latent_dim
         self.num_classes: int | None = g.num_classes

@@ -10,7 +10,7 @@ import math
 
 from torch import nn
 
-from ganops.nets.common import Arch, Defaults, NetConfig, activation, dropout
+from ganops.nets.common import Arch, Defaults, NetConfig, activation, d_norm_layer, dropout
 
 _DEFAULTS = Defaults(
     g_widths=(256, 512, 1024),
@@ -44,10 +44,10 @@ def discriminator(cfg: NetConfig) -> tuple[nn.Module, int]:
     width = cfg.d_in_channels * h * w
     for i, out in enumerate(cfg.d_widths):
         # Never normalise D's first layer (DCGAN paper): it would erase the input's statistics.
-        norm = cfg.d_norm == "batch" and i > 0
+        norm = cfg.d_norm != "none" and i > 0
         layers.append(nn.Linear(width, out, bias=not norm))
         if norm:
-            layers.append(nn.BatchNorm1d(out))
+            layers.append(d_norm_layer(cfg.d_norm, out, spatial=False))
         layers += [activation("leaky_relu"), *dropout(cfg.d_dropout)]
         width = out
     return nn.Sequential(*layers), width

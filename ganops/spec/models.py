@@ -100,21 +100,15 @@ class ModelSpec(_Strict):
     """Convolution kernel size of the conv archs."""
     g_activation: Literal["relu", "leaky_relu"] | None = None
     """Generator hidden activation (default: the arch's)."""
-    d_norm: Literal["batch", "none"] | None = None
-    """Normalisation in D (default: the arch's). Use `none` with wgan_gp."""
+    d_norm: Literal["batch", "layer", "none"] | None = None
+    """Normalisation in D (default: the arch's: `batch` for dcgan at 32 and 64 px, else `none`).
+    `layer` normalises each sample alone; wgan_gp needs `layer` or `none`."""
     d_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     """Dropout after each D block (default: the arch's)."""
     g_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     """Dropout in G (the deep arch uses it; default: the arch's)."""
     init: Literal["dcgan", "default"] = "dcgan"
     """`dcgan`: weights from N(0, 0.02), BatchNorm scale from N(1, 0.02); `default`: PyTorch's."""
-
-
-class OptimizerSpec(_Strict):
-    name: Literal["adam", "rmsprop"] | None = None
-    lr: PositiveFloat | None = None
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
 
 
 class TrainSpec(_Strict):
@@ -129,7 +123,7 @@ class TrainSpec(_Strict):
     gp_weight: Annotated[float, Field(ge=0)] = 10.0
     """Gradient-penalty weight for wgan_gp."""
     optimizer: Literal["adam", "rmsprop"] = "adam"
-    """Optimizer for both nets (override per net in `g_optimizer` / `d_optimizer`)."""
+    """Optimizer for both nets."""
     lr: PositiveFloat = 2e-4
     """Learning rate for both nets unless `g_lr` / `d_lr` are set."""
     g_lr: PositiveFloat | None = None
@@ -137,6 +131,10 @@ class TrainSpec(_Strict):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
     """Adam betas."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-8
+    """Term added to the optimizer's denominator (PyTorch's default; Keras uses 1e-7)."""
+    rmsprop_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    """RMSprop's decay of the squared-gradient average (Keras calls it rho and defaults to 0.9; PyTorch to 0.99)."""
     clip_grad_value: PositiveFloat | None = None
     """Clip each gradient element to [-v, v] before a step (Keras' clipvalue)."""
     clip_grad_norm: PositiveFloat | None = None
@@ -172,6 +170,11 @@ class ScalingSpec(_Strict):
     """One GPU per worker."""
     resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | None = None
     """Ray resources each worker reserves, e.g. {CPU: 4, GPU: 1} (default: an even share of the CPUs)."""
+    sync_batchnorm: bool = False
+    """Normalise G's and D's BatchNorm layers over the global batch instead of each worker's
+    share, so the same global batch trains the same on 1 or N workers. Costs one all-reduce
+    per BatchNorm layer per forward and backward; off, each worker's share must be large
+    enough for steady statistics (tens of images, as the tutorials' single-GPU batches)."""
 
 
 class CheckpointSpec(_Strict):
@@ -229,6 +232,31 @@ class EvalSpec(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("lists a metric twice")
         return v
+
+
+# The image size of each dataset with a fixed one; `fake` defaults to 32 (ganops.data.fake).
+FIXED_IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn": 32}
+FAKE_IMAGE_SIZE = 32
+
+
+def static_image_size(data: DataSpec) -> int | None:
+    """The square image size the spec alone implies (None: known only from the files)."""
+    if data.dataset in FIXED_IMAGE_SIZES:
+        return FIXED_IMAGE_SIZES[data.dataset]
+    if data.dataset == "fake":
+        return data.image_size or FAKE_IMAGE_SIZE
+    return data.image_size
+
+
+def batchnorm_critic(model: ModelSpec, image_size: int | None) -> bool:
+    """Whether D gets BatchNorm: asked for, or the arch's default at this size.
+
+    Mirrors the nets' defaults (dcgan: BatchNorm at 32 and 64 px; tests/test_nets.py checks
+    the two agree) so that validation needs no torch. An unknown size counts as no.
+    """
+    if model.d_norm is not None:
+        return model.d_norm == "batch"
+    return model.arch == "dcgan" and image_size is not None and image_size != 28
 
 
 # A Kubernetes resource quantity: "4", "500m", "16Gi", "1.5".
@@ -306,6 +334,13 @@ class GANJobSpec(_Strict):
             raise ValueError(
                 "eval.inception_weights: required with eval.every_epochs (the FID Inception weights, "
                 "pt_inception-2015-12-05-6726825d.pth; see the README)"
+            )
+        if self.train.loss == "wgan_gp" and batchnorm_critic(self.model, static_image_size(self.data)):
+            raise ValueError(
+                "model.d_norm: wgan_gp cannot train a BatchNorm critic (the gradient penalty is per sample, "
+                "BatchNorm mixes the samples of a batch)"
+                + ("" if self.model.d_norm == "batch" else f" and '{self.model.arch}' uses BatchNorm at this size")
+                + "; set spec.model.d_norm: layer (the WGAN-GP paper's choice) or none"
             )
         if self.checkpoint.keep_best is not None:
             metric = self.checkpoint.keep_best

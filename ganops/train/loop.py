@@ -160,10 +160,17 @@ class Worker:
                     break
             if stop:
                 break
+            # Curves get a point at every epoch end too, however short the epoch.
+            if steps_since_log:
+                now = time.perf_counter()
+                self._log_progress(now - t_log, steps_since_log)
+                t_log, steps_since_log = now, 0
             self.pos.epoch += 1
             self.pos.batch = 0
             epoch_time = time.perf_counter() - t_epoch
             self._end_of_epoch(epoch_time)
+        if stop and steps_since_log:  # and where the run stopped
+            self._log_progress(time.perf_counter() - t_log, steps_since_log)
         if stop:
             self._save_and_report(self._metrics(), final=True)
         if self.rank == 0 and spec.samples.gif and not stop:

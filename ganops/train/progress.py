@@ -20,9 +20,13 @@ def _duration(seconds: float) -> str:
 
 def format_line(p: dict[str, Any], eta_s: float | None) -> str:
     eta = f"  ETA {_duration(eta_s)}" if eta_s is not None else ""
+    if "d_x" in p:  # probabilities (bce, minimax)
+        outputs = f"D(x) {p['d_x']:.2f}  D(G(z)) {p['d_g_z']:.2f}"
+    else:  # raw critic scores (hinge, wgan_gp, lsgan): no probabilities
+        outputs = f"C(x) {p['critic_real']:.3g}  C(G(z)) {p['critic_fake']:.3g}"
     return (
         f"epoch {p['epoch']}/{p['epochs']}  step {p['step']}  {p['images_per_s']:.0f} img/s  "
-        f"D {p['d_loss']:.3f}  G {p['g_loss']:.3f}  D(x) {p['d_x']:.2f}  D(G(z)) {p['d_g_z']:.2f}{eta}"
+        f"D {p['d_loss']:.3f}  G {p['g_loss']:.3f}  {outputs}{eta}"
     )
 
 
@@ -56,6 +60,7 @@ class ProgressDisplay:
         # (tens of seconds here) would otherwise inflate the first ETAs.
         self._first: tuple[int, float] | None = None
         self.last: dict[str, Any] = {}
+        self._unprinted = False  # logs only: the newest report has not been printed
 
     def __enter__(self) -> ProgressDisplay:
         self._thread.start()
@@ -90,19 +95,19 @@ class ProgressDisplay:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._poll()
-        self._poll()  # what arrived in the last interval
+        self._poll(final=True)  # what arrived in the last interval, printed even in logs
 
-    def _poll(self) -> None:
+    def _poll(self, final: bool = False) -> None:
         try:
             self._relay_warnings()
             p = ray.get(self.control.progress.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - the display must never take the run down
             return
         if self.show_line:
-            self._show(p)
+            self._show(p, final)
 
-    def _show(self, p: dict[str, Any]) -> None:
-        if not p or p.get("step") == self._last_step:
+    def _show(self, p: dict[str, Any], final: bool = False) -> None:
+        if not p or (p.get("step") == self._last_step and not (final and self._unprinted)):
             return
         self.last = p
         self._last_step = p["step"]
@@ -110,6 +115,9 @@ class ProgressDisplay:
         if self.tty:
             sys.stderr.write("\r\033[K" + line)
             sys.stderr.flush()
-        elif time.time() - self._last_print >= 10:  # logs: a line every 10 s at most
+        elif time.time() - self._last_print >= 10 or final:  # logs: a line every 10 s at most, and the last
             print(line, file=sys.stderr, flush=True)
             self._last_print = time.time()
+            self._unprinted = False
+            return
+        self._unprinted = True

@@ -1,7 +1,11 @@
 """One GAN training step, the same on one process (benchmarks) and under DDP (workers).
 
 The DDP details follow from having two networks:
-- D sees real and fake in one forward pass, so each D step does one all-reduce.
+- D sees real and fake in one DDP forward (``PartsForward``), so each D step does one
+  all-reduce. When D has BatchNorm, that forward runs D's body on the real and the fake
+  batch *separately*, as pytorch/examples' dcgan does: normalising them together gives D
+  statistics it never sees in the G step (fakes alone), where it then rates every fake as
+  real and G gets almost no gradient (the noise-only CIFAR DCGAN of issue 11).
 - In the G step, fake images go through D's *plain module* with D's parameters frozen:
   no D weight gradients are computed and none are all-reduced (only G's DDP syncs).
 - ``broadcast_buffers=False``: each rank keeps its own BatchNorm statistics; rank 0's
@@ -18,21 +22,61 @@ from torch import Tensor, nn
 
 from ganops.losses import get_loss, gradient_penalty, interpolates
 from ganops.nets import build_discriminator, build_generator
+from ganops.nets.syncbn import convert_sync_batchnorm
 from ganops.spec.models import GANJobSpec, TrainSpec
 
-# Running sums kept on the device between log steps: one host sync per log step, not per step.
-STAT_NAMES = ("d_loss", "g_loss", "d_x", "d_g_z")
+def stat_names(loss: str) -> tuple[str, str, str, str]:
+    """What the step reports, in ``StepStats.sums`` order.
+
+    With bce/minimax D's logit is log-odds, so sigmoid gives the probabilities D(x) and
+    D(G(z)) of the papers. A hinge, WGAN or least-squares critic's score is no log-odds:
+    its sigmoid would mean nothing, so the raw critic means are reported under other names.
+    """
+    if get_loss(loss).probabilistic:
+        return ("d_loss", "g_loss", "d_x", "d_g_z")
+    return ("d_loss", "g_loss", "critic_real", "critic_fake")
 
 
 def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if train.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=train.weight_decay)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        return torch.optim.RMSprop(
+            params, lr=lr, alpha=train.rmsprop_alpha, eps=train.eps, weight_decay=train.weight_decay
+        )
+    return torch.optim.Adam(
+        params, lr=lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay
+    )
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+class PartsForward(nn.Module):
+    """D over several batches in one call: one DDP forward, one backward, one all-reduce.
+
+    With ``separate`` each part runs through D alone, so BatchNorm normalises each with its
+    own statistics (and advances its running statistics once per part, as separate D calls
+    would); without it the parts are concatenated into one cheaper pass, which is the same
+    computation for a D without BatchNorm. Parameters used by several parts get their
+    gradients summed by autograd before DDP's hook fires, so the all-reduce stays one.
+    """
+
+    def __init__(self, d: nn.Module, separate: bool) -> None:
+        super().__init__()
+        self.d = d
+        self.separate = separate
+
+    def forward(self, parts: list[Tensor], labels: list[Tensor] | None) -> Tensor:
+        if not self.separate:
+            y = torch.cat(labels) if labels is not None else None
+            return self.d(torch.cat(parts), y)
+        ys = labels if labels is not None else [None] * len(parts)
+        return torch.cat([self.d(x, y) for x, y in zip(parts, ys, strict=True)])
 
 
 @dataclass
 class StepStats:
-    """Device-side running sums of the step statistics (see ``STAT_NAMES``)."""
+    """Device-side running sums of the step statistics (see ``stat_names``)."""
 
     sums: Tensor
     d_steps: int = 0
@@ -63,29 +107,33 @@ class GANStep:
         # channels_last: oneDNN (CPU) and cuDNN tensor-core convolutions run faster in NHWC;
         # measured 10-15% per conv net on the CPU here. Same weights, another layout.
         self.memory_format = torch.channels_last if spec.model.arch != "mlp" else torch.contiguous_format
-        self.g = build_generator(spec.model, image_shape, self.num_classes).to(device, memory_format=self.memory_format)
-        self.d = build_discriminator(spec.model, image_shape, self.num_classes).to(
-            device, memory_format=self.memory_format
-        )
+        g = build_generator(spec.model, image_shape, self.num_classes)
+        d = build_discriminator(spec.model, image_shape, self.num_classes)
+        if ddp and spec.scaling.sync_batchnorm:
+            cuda = device.type == "cuda"
+            g, d = convert_sync_batchnorm(g, cuda), convert_sync_batchnorm(d, cuda)
+        self.g = g.to(device, memory_format=self.memory_format)
+        self.d = d.to(device, memory_format=self.memory_format)
         self.g_ema: nn.Module | None = None
         if spec.train.ema_decay is not None:
             self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.opt_g = _optimizer(spec.train, list(self.g.parameters()), spec.train.lr_g)
         self.opt_d = _optimizer(spec.train, list(self.d.parameters()), spec.train.lr_d)
         self.loss = get_loss(spec.train.loss)
+        self.stat_names = stat_names(spec.train.loss)
         self.g_train: nn.Module = self.g
-        self.d_train: nn.Module = self.d
+        self.d_train: nn.Module = PartsForward(self.d, separate=has_batchnorm(self.d))
         if ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
             self.g_train = DDP(self.g, device_ids=ids, broadcast_buffers=False)
-            self.d_train = DDP(self.d, device_ids=ids, broadcast_buffers=False)
+            self.d_train = DDP(self.d_train, device_ids=ids, broadcast_buffers=False)
         # A dedicated generator for z keeps the noise stream independent of dropout's RNG,
         # and its state is part of the checkpoint.
         self.noise = torch.Generator(device=device)
         self.noise.manual_seed(noise_seed)
-        self.stats = StepStats(torch.zeros(len(STAT_NAMES), device=device))
+        self.stats = StepStats(torch.zeros(len(self.stat_names), device=device))
         self._batches = 0
 
     # -- sampling ---------------------------------------------------------------------
@@ -121,15 +169,12 @@ class GANStep:
         else:
             with torch.no_grad():
                 fake = self.g(z, y)
-        parts, ys = [real, fake.detach()], [y, y]
+        parts = [real, fake.detach()]
         interp = None
         if self.loss.gradient_penalty:
             interp = interpolates(real, fake.detach(), self.noise)
             parts.append(interp)
-            ys.append(y)
-        x = torch.cat(parts)
-        y_all = torch.cat(ys) if y is not None else None
-        logits = self.d_train(x, y_all)
+        logits = self.d_train(parts, [y] * len(parts) if y is not None else None)
         real_logits, fake_logits = logits[:n], logits[n : 2 * n]
         loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
         if interp is not None:
@@ -141,8 +186,10 @@ class GANStep:
         with torch.no_grad():
             s = self.stats.sums
             s[0] += loss.detach()
-            s[2] += torch.sigmoid(real_logits).mean()
-            s[3] += torch.sigmoid(fake_logits).mean()
+            if self.loss.probabilistic:
+                real_logits, fake_logits = torch.sigmoid(real_logits), torch.sigmoid(fake_logits)
+            s[2] += real_logits.mean()
+            s[3] += fake_logits.mean()
         self.stats.d_steps += 1
         return fake
 
@@ -185,9 +232,15 @@ class GANStep:
         """Means since the last call (local to this rank); one device sync."""
         sums = self.stats.sums.tolist()
         d, g = max(self.stats.d_steps, 1), max(self.stats.g_steps, 1)
-        out = {"d_loss": sums[0] / d, "g_loss": sums[1] / g, "d_x": sums[2] / d, "d_g_z": sums[3] / d}
+        per = (d, g, d, d)  # the G loss is summed per G step, the rest per D step
+        out = {name: v / n for name, v, n in zip(self.stat_names, sums, per, strict=True)}
         self.stats.reset()
         return out
+
+    @property
+    def pending_stats(self) -> bool:
+        """Whether steps ran since the last ``take_stats``."""
+        return self.stats.d_steps > 0
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
