@@ -49,3 +49,11 @@ def test_the_eta_comes_from_the_rate_since_the_first_report() -> None:
     assert display._eta(10) is None  # the first report only starts the clock
     display._first = (10, time.time() - 10.0)  # 10 steps later, 10 s later: 1 step/s
     assert display._eta(20) == pytest.approx(80, rel=0.05)
+
+
+def test_a_critic_loss_shows_raw_scores_not_probabilities() -> None:
+    from ganops.train.progress import format_line
+
+    report = {k: v for k, v in REPORT.items() if k not in ("d_x", "d_g_z")}
+    line = format_line({**report, "critic_real": 1.5, "critic_fake": -2.25}, None)
+    assert line.endswith("C(x) 1.5  C(G(z)) -2.25") and "D(x)" not in line

@@ -84,7 +84,7 @@ def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_cl
     run = mlflow_client.get_run(run_id)
     assert run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
-    assert params["train.lr"] == "0.0001" and params["model.arch"] == "dcgan" and params["data.dataset"] == "mnist"
+    assert params["train.lr"] == "0.0002" and params["model.arch"] == "dcgan" and params["data.dataset"] == "mnist"
     assert params["model.g_widths"] == "[256, 128, 64]"
     assert tags["ganops.job"] == "mnist-dcgan" and tags["ganops.world_size"] == "2"
     assert tags["ganops.dataset"] == "mnist" and tags["ganops.network"] == "dcgan" and tags["ganops.version"]
@@ -94,7 +94,25 @@ def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_cl
         assert [m.step for m in history] == list(range(2, 25, 2)), key
     assert [m.step for m in mlflow_client.get_metric_history(run_id, "epoch_time_s")] == [8, 16, 24]
     lr = mlflow_client.get_metric_history(run_id, "lr_g")
-    assert {m.value for m in lr} == {1e-4}
+    assert {m.value for m in lr} == {2e-4}
+
+
+def test_a_short_run_still_has_curves_and_a_critic_reports_raw_scores(
+    ray_cluster: None, mlflow_server: str, mlflow_client, mnist_root: Path, tmp_path: Path
+) -> None:
+    from ganops import client
+
+    # 448 images / 2 workers / 32 each = 7 steps an epoch, far fewer than log_every_steps.
+    job = mnist_job(
+        tmp_path, mnist_root, "spec.data.limit=448", "spec.train.log_every_steps=50", "spec.train.epochs=2",
+        "spec.train.loss=hinge", f"spec.tracking.uri={mlflow_server}", "spec.tracking.experiment=short",
+    )  # fmt: skip
+    result = client.submit(job, show_progress=False, echo=lambda _m: None)
+    run_id = result.mlflow_run_id
+    for key in ("d_loss", "g_loss", "critic_real", "critic_fake", "images_per_s"):
+        assert [m.step for m in mlflow_client.get_metric_history(run_id, key)] == [7, 14], key
+    # A hinge critic's score is no log-odds: no sigmoid "probabilities" are logged for it.
+    assert mlflow_client.get_metric_history(run_id, "d_x") == []
 
 
 def test_sample_grids_are_images_keyed_by_step_and_the_gif_and_spec_are_artifacts(tracked, mlflow_client) -> None:
