@@ -238,14 +238,15 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
 @click.option("--truncation", type=float, help="Resample latent entries whose magnitude exceeds this (e.g. 1.5).")
 @click.option("--class", "class_index", type=int, help="Only this class (conditional models).")
 @click.option("--best-of", type=int, default=1, show_default=True,
-              help="Make K× the images and keep those the run's discriminator rates most real.")  # fmt: skip
+              help="K candidates per image; keep the one that the discriminator saved with G rates most real.")  # fmt: skip
 @click.option("--interpolate", type=int, metavar="STEPS", help="Walk between seeds in STEPS steps: a grid and a GIF.")
 @click.option("--z", "z_file", metavar="FILE", help="Latent vectors (.npy [N, latent] or .npz with z, labels).")
 @click.option("--save-z", is_flag=True, help="Store the latent vector of every image with it.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Ray workers (1: in this process).")  # fmt: skip
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per shard.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Images per shard (a multiple of --batch-size wastes no G rows).")  # fmt: skip
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store of --storage).")  # fmt: skip
 @click.option("--storage", default="./runs", show_default=True, help="Storage root whose embedded MLflow store to use.")

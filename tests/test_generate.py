@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ganops import jobdir
 from ganops.errors import UserError
 from ganops.generate.job import generate
 from ganops.generate.options import GenerateOptions
-from ganops.generate.source import Source, load_discriminator, resolve
+from ganops.generate.source import Source, load_discriminator, load_generator, resolve
 from ganops.tracking import embedded_store
 from tests.conftest import REPO, mnist_job, run
 
@@ -41,6 +44,55 @@ def trained_cgan(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.T
     storage = tmp_path_factory.mktemp("gen-train-cgan")
     run_id, uri = _train(storage, mnist_root, "mnist_cgan")
     return resolve(uri, run_id=run_id)
+
+
+@pytest.fixture(scope="module")
+def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run trained 2 epochs whose epoch-1 checkpoint is its best, and that checkpoint's G the
+    registered champion: recorded as the trainer records a new best (``best/``,
+    ``eval/best.json``, the run's tags, the version and its alias), with real functions.
+
+    No FID is computed (Inception is slow here): which epoch scores best would be chance,
+    and the case that matters is a best that is not the latest checkpoint.
+    """
+    import torch
+
+    from ganops.nets import build_generator
+    from ganops.tracking import _client, log_generator, promote_if_better
+
+    storage = tmp_path_factory.mktemp("gen-champion")
+    run_id, uri = _train(storage, mnist_root, "mnist_dcgan", "spec.train.epochs=2", "spec.checkpoint.keep=2",
+                         "spec.tracking.register_as=gen-champion")  # fmt: skip
+    final = resolve(uri, run_id=run_id)
+    jd = jobdir.JobDir(str(storage), final.job.name)
+    first, latest = jd.complete_checkpoints()[0], jd.latest_checkpoint()
+    assert latest is not None and (first.name, latest.name) == ("epoch_0001", "epoch_0002")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(first.uri, tmp, dirs_exist_ok=True)
+        best = jd.replace_best(tmp, first.name)
+    state = torch.load(Path(best.uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+    info = final.info
+    g = build_generator(final.job.spec.model, info.image_shape, info.num_classes)
+    g.load_state_dict(state["nets"]["g_ema"] or state["nets"]["g"])
+
+    def fail(message: str) -> None:
+        raise AssertionError(message)
+
+    promo = promote_if_better(uri, run_id, g, "gen-champion", 1.0, "test-setup", best.step, fail)
+    assert promo is not None
+    jd.write_best({"fid": 1.0, "epoch": best.epoch, "step": best.step, "setup": "test-setup", "checkpoint": best.uri,
+                   "model_uri": promo.model_uri, "registered_version": promo.version})  # fmt: skip
+    client = _client(uri)
+    for key, value in {"ganops.best_fid": "1.0", "ganops.best_step": str(best.step), "ganops.best_checkpoint": best.uri,
+                       "ganops.champion_version": promo.version}.items():  # fmt: skip
+        client.set_tag(run_id, key, value)
+    # A version that no checkpoint of the run is recorded for: its D is unknown.
+    torch.manual_seed(0)
+    stray = build_generator(final.job.spec.model, info.image_shape, info.num_classes)
+    assert log_generator(uri, run_id, stray, "gen-champion", fail)
+    stray_version = max(int(v.version) for v in client.search_model_versions("name='gen-champion'"))
+    return {"uri": uri, "run_id": run_id, "storage": storage, "best": best.uri, "latest": latest.uri,
+            "champion_version": promo.version, "stray_version": str(stray_version)}  # fmt: skip
 
 
 def _gen(source: Source, out: Path | str, **kw: object):  # noqa: ANN202
@@ -122,6 +174,66 @@ def test_best_of_keeps_what_the_discriminator_rates_more_real(trained: Source, t
     assert mean_score(tmp_path / "best") > mean_score(tmp_path / "plain")
 
 
+@pytest.mark.parametrize("extra", [{"truncation": 0.8}, {"best_of": 3}], ids=["truncation", "best-of"])
+def test_the_first_images_of_a_longer_run_are_the_images_of_a_shorter_one_whatever_the_shards(
+    trained: Source, tmp_path: Path, extra: dict
+) -> None:
+    _gen(trained, tmp_path / "ten", seed=6, num=10, **extra)  # one shard of 16
+    _gen(trained, tmp_path / "seven", seed=6, num=7, **extra)
+    _gen(trained, tmp_path / "threes", seed=6, num=10, shard_size=3, **extra)
+    ten = _pngs(tmp_path / "ten")
+    assert len(ten) == 10
+    assert _pngs(tmp_path / "seven") == {name: ten[name] for name in sorted(ten)[:7]}
+    assert _pngs(tmp_path / "threes") == ten
+
+
+def _discriminator_of(checkpoint: str, source: Source):  # noqa: ANN202
+    import torch
+
+    from ganops.nets import build_discriminator
+
+    state = torch.load(Path(checkpoint) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+    d = build_discriminator(source.job.spec.model, source.info.image_shape, source.info.num_classes)
+    d.load_state_dict(state["nets"]["d"])
+    return d.eval()
+
+
+def test_best_of_ranks_each_generator_with_the_discriminator_saved_with_it(champion: dict, tmp_path: Path) -> None:
+    import torch
+
+    from ganops.generate import core
+
+    opts = {"num": 12, "seed": 8, "shard_size": 12, "batch_size": 16, "best_of": 4}
+
+    def made(source: Source, name: str) -> np.ndarray:
+        _gen(source, tmp_path / name, formats=("npz",), **opts)
+        return np.load(tmp_path / name / "npz" / "shard_00000.npz")["images"].transpose(0, 3, 1, 2)
+
+    def ranked_by(source: Source, checkpoint: str) -> np.ndarray:
+        g, d = load_generator(source), _discriminator_of(checkpoint, source)
+        return core.generate_shard(g, d, GenerateOptions(**opts), source.info, 0, 0, 12, torch.device("cpu")).images
+
+    # The champion (epoch 1, the job's best/) ranks with best/'s D, not with the latest (epoch 2) D.
+    for model in ("models:/gen-champion@champion", f"models:/gen-champion/{champion['champion_version']}"):
+        source = resolve(champion["uri"], model=model)
+        with_best, with_latest = ranked_by(source, champion["best"]), ranked_by(source, champion["latest"])
+        assert not np.array_equal(with_best, with_latest)  # the two Ds choose differently: the test can tell
+        assert np.array_equal(made(source, model.rsplit("/", 1)[-1]), with_best)
+    # The run's final generator (epoch 2) ranks with the latest checkpoint's D.
+    final = resolve(champion["uri"], run_id=champion["run_id"])
+    assert np.array_equal(made(final, "final"), ranked_by(final, champion["latest"]))
+
+
+def test_best_of_is_refused_for_a_generator_whose_discriminator_is_unknown(champion: dict, tmp_path: Path) -> None:
+    model = f"models:/gen-champion/{champion['stray_version']}"
+    r = _cli("--model", model, "--num", "4", "--storage", str(champion["storage"]), "--best-of", "2",
+             "--out", str(tmp_path / "refused"))  # fmt: skip
+    assert r.returncode == 2 and "--best-of: " in r.stderr and model in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "refused" / "png").exists()
+    source = resolve(champion["uri"], model=model)
+    assert _gen(source, tmp_path / "plain", num=4).count == 4  # the model itself is fine
+
+
 def test_output_goes_to_s3_with_a_verifiable_manifest(trained: Source, bucket: str) -> None:
     from ganops import storage
     from ganops.generate import writer
@@ -168,6 +280,10 @@ def test_latent_vectors_from_a_file_make_exactly_those_images(trained: Source, t
         (["--class", "3"], "--class: "),
         (["--num", "0"], "--num: must be a positive number"),
         (["--truncation", "-1"], "--truncation: must be > 0"),
+        (["--truncation", "nan"], "--truncation: must be > 0"),
+        (["--truncation", "inf"], "--truncation: must be > 0 and finite"),
+        (["--best-of", "0"], "--best-of: must be >= 1"),
+        (["--seed", "-1"], "--seed: must be >= 0"),
         (["--model", "models:/no-such-model/9"], "--model: models:/no-such-model/9 was not found"),
     ],
 )

@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ganops import storage
+from ganops import jobdir, storage
 from ganops.errors import UserError
 from ganops.generate import core, latents, writer
 from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.generate.source import Source, discriminator_checkpoint, load_discriminator
 from ganops.nets import build_discriminator, build_generator
 from ganops.nets.export import GeneratorExport
 from ganops.spec.models import ModelSpec
@@ -128,8 +129,13 @@ def test_best_of_candidates_carry_their_images_label() -> None:
     z, labels = latents.shard_latents(opts, INFO_COND, 0, 5, 12)
     assert z.shape == (7 * 3, LATENT)
     assert labels.tolist() == [i % CLASSES for i in range(5, 12) for _ in range(3)]
-    # The first candidates are the vectors best-of-1 would use: best-of only adds choices.
-    assert np.array_equal(z[:7], latents.shard_latents(GenerateOptions(num=12), INFO_COND, 0, 5, 12)[0])
+    # Each image's first candidate is the vector best-of-1 uses: best-of only adds choices.
+    assert np.array_equal(z[::3], latents.shard_latents(GenerateOptions(num=12), INFO_COND, 0, 5, 12)[0])
+    # and candidate c of an image is the same whatever K (> c) is, with --truncation too.
+    for t in (None, 0.9):
+        two = latents.shard_latents(GenerateOptions(num=12, best_of=2, truncation=t), INFO, 0, 5, 12)[0]
+        five = latents.shard_latents(GenerateOptions(num=12, best_of=5, truncation=t), INFO, 0, 5, 12)[0]
+        assert np.array_equal(two.reshape(7, 2, LATENT), five.reshape(7, 5, LATENT)[:, :2])
 
 
 def test_vectors_from_a_z_file_are_used_as_they_are() -> None:
@@ -148,7 +154,7 @@ def test_interpolation_walks_start_and_end_on_anchors_that_consecutive_walks_sha
     opts = GenerateOptions(num=4, interpolate=6, seed=3)
     z, labels = latents.interpolation_latents(opts, INFO)
     assert z.shape == (4, 6, LATENT) and z.dtype == np.float32 and labels is None
-    anchors = latents.sample_z(latents.shard_rng(3, 0), 5, LATENT, None)
+    anchors = latents.shard_latents(GenerateOptions(num=5, seed=3), INFO, 0, 0, 5)[0]  # images 0..4 of seed 3
     for i in range(4):
         assert np.array_equal(z[i, 0], anchors[i]) and np.array_equal(z[i, -1], anchors[i + 1])
     assert np.array_equal(z[:-1, -1], z[1:, 0])
@@ -260,7 +266,7 @@ def test_generated_images_are_uint8_and_byte_identical_for_the_same_seed_and_bat
 
 
 def test_a_conditional_generator_gets_the_class_as_its_last_input_column(g_cond: GeneratorExport) -> None:
-    z = latents.sample_z(latents.shard_rng(0, 0), 4, LATENT, None)
+    z = latents.shard_latents(GenerateOptions(num=4), INFO, 0, 0, 4)[0]
     same_z = np.repeat(z[:1], 2, axis=0)
     images = core.generate_images(g_cond, same_z, np.array([1, 7]), INFO_COND, 8, CPU)
     assert not np.array_equal(images[0], images[1])  # the class changes the image
@@ -294,13 +300,14 @@ def test_best_of_four_keeps_images_the_discriminator_rates_higher_than_best_of_o
     assert one.scores is None and four.images.shape == (64, *SHAPE) and four.z.shape == (64, LATENT)
     baseline = core.score(d, one.images, None, 256, CPU)
     assert four.scores.mean() > baseline.mean()
-    # What was kept: the top quarter of the candidates, in candidate order, each with its own z.
+    # What was kept: for each image, the best of its own four candidates, with its z and score.
     cands, _ = latents.shard_latents(GenerateOptions(num=64, seed=11, best_of=4), INFO, 0, 0, 64)
-    rows = [int(np.flatnonzero((cands == z).all(axis=1))[0]) for z in four.z]
-    assert rows == sorted(rows)
-    all_scores = core.score(d, core.generate_images(g, cands, None, INFO, 256, CPU), None, 256, CPU)
-    assert four.scores.min() >= np.sort(all_scores)[-64]
-    np.testing.assert_array_equal(four.scores, all_scores[rows])
+    all_scores = core.score(d, core.generate_images(g, cands, None, INFO, 256, CPU), None, 256, CPU).reshape(64, 4)
+    best = all_scores.argmax(axis=1)
+    assert set(best.tolist()) == {0, 1, 2, 3}  # not always the first: D did choose
+    np.testing.assert_array_equal(four.z, cands.reshape(64, 4, LATENT)[np.arange(64), best])
+    np.testing.assert_array_equal(four.scores, all_scores.max(axis=1))
+    np.testing.assert_array_equal(one.z, cands[::4])  # best-of-1 makes each image's first candidate
 
 
 def test_best_of_keeps_every_images_class_for_conditional_models(
@@ -311,9 +318,81 @@ def test_best_of_keeps_every_images_class_for_conditional_models(
     assert len(r.scores) == 20
 
 
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
+@pytest.mark.parametrize(
+    "extra",
+    [{"truncation": 0.7}, {"best_of": 3}, {"best_of": 3, "truncation": 0.7}],
+    ids=["truncation", "best-of", "both"],
+)
+def test_image_i_depends_only_on_the_seed_and_i_whatever_num_and_shard_size(
+    extra: dict, conditional: bool, g: GeneratorExport, d: torch.nn.Module,
+    g_cond: GeneratorExport, d_cond: torch.nn.Module,
+) -> None:  # fmt: skip
+    gen, disc, info = (g_cond, d_cond, INFO_COND) if conditional else (g, d, INFO)
+
+    def run(num: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
+        opts = GenerateOptions(num=num, seed=4, shard_size=shard_size, batch_size=5, **extra)
+        parts = [core.generate_shard(gen, disc, opts, info, s, *r, CPU)
+                 for s, r in enumerate(latents.shard_ranges(num, shard_size))]  # fmt: skip
+        return np.concatenate([p.images for p in parts]), np.concatenate([p.z for p in parts])
+
+    ten, z_ten = run(10, 10)
+    seven, z_seven = run(7, 10)
+    threes, z_threes = run(10, 3)
+    assert np.array_equal(z_ten[:7], z_seven) and np.array_equal(z_ten, z_threes)
+    assert np.array_equal(ten[:7], seven) and np.array_equal(ten, threes)
+    if "truncation" in extra:
+        assert np.abs(z_ten).max() <= extra["truncation"]
+
+
 def test_best_of_without_a_discriminator_is_refused(g: GeneratorExport) -> None:
     with pytest.raises(ValueError, match="discriminator"):
         core.generate_shard(g, None, GenerateOptions(num=4, best_of=2), INFO, 0, 0, 4, CPU)
+
+
+# --- which D ranks: the one saved with G ---------------------------------------------------
+
+
+def test_best_of_takes_d_from_the_checkpoint_saved_with_the_generator_and_checks_its_weights(tmp_path: Path) -> None:
+    """What a job records (see ganops.train.loop): its final G next to the latest checkpoint
+    (run tags), a champion next to best/ (eval/best.json). Real files, real networks."""
+    from tests.conftest import MNIST, mnist_job
+
+    job = mnist_job(tmp_path, MNIST)
+    info = ModelInfo(job.spec.model.latent_dim, None, SHAPE)
+    torch.manual_seed(0)
+    g_best, g_final = (build_generator(job.spec.model, SHAPE, None) for _ in range(2))
+    d_best, d_final = (build_discriminator(job.spec.model, SHAPE, None) for _ in range(2))
+
+    def save(where: str, g: torch.nn.Module, d: torch.nn.Module) -> str:
+        path = tmp_path / job.name / where
+        path.mkdir(parents=True)
+        torch.save({"nets": {"g": g.state_dict(), "g_ema": None, "d": d.state_dict()}}, path / jobdir.STATE_FILE)
+        return str(path)
+
+    best, latest = save("best/epoch_0001", g_best, d_best), save("checkpoints/epoch_0002", g_final, d_final)
+    jobdir.JobDir(str(tmp_path), job.name).write_best({"fid": 3.0, "checkpoint": best, "model_uri": "models:/m-best"})
+
+    def source(logged: str, final: str = "models:/m-final") -> Source:
+        return Source(model_uri="models:/gan@champion", run_id="r1", tracking_uri="sqlite://", experiment_id="0",
+                      job=job, info=info, checkpoint=latest, logged_model=logged, final_model=final,
+                      storage=str(tmp_path))  # fmt: skip
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    for logged, g, d, checkpoint in (("models:/m-best", g_best, d_best, best),
+                                     ("models:/m-final", g_final, d_final, latest)):  # fmt: skip
+        assert discriminator_checkpoint(source(logged)) == checkpoint
+        assert same(load_discriminator(source(logged), GeneratorExport(g)), d)
+    # A final G that is also the champion: best/ (the same step as the latest checkpoint).
+    assert discriminator_checkpoint(source("models:/m-best", final="models:/m-best")) == best
+    # An older champion (best/ has moved on) or a version logged by hand: no D is known.
+    with pytest.raises(UserError, match=r"^--best-of: models:/gan@champion was saved neither with run r1"):
+        load_discriminator(source("models:/m-older"))
+    # The records point at a checkpoint whose own G is another one: refused, not used.
+    with pytest.raises(UserError, match=r"^--best-of: the checkpoint .*epoch_0001 .* holds another generator"):
+        load_discriminator(source("models:/m-best"), GeneratorExport(g_final))
 
 
 # --- files -------------------------------------------------------------------------------

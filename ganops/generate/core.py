@@ -1,8 +1,9 @@
-"""One shard: G forward in batches, and best-of-K ranking by the run's discriminator.
+"""One shard: G forward in batches, and best-of-K ranking by the discriminator saved with G.
 
 ``g`` is the MLflow form of the generator (``GeneratorExport``: one float32 input, the class
-as an extra last column for conditional models); ``d`` is the run's ``Discriminator``
-(``d(x, y=None) -> logits``). Both must already be on ``device``.
+as an extra last column for conditional models); ``d`` is the ``Discriminator``
+(``d(x, y=None) -> logits``) from the checkpoint G came from. Both must already be on
+``device``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,36 @@ def generator_input(z: np.ndarray, labels: np.ndarray | None, info: ModelInfo) -
     return np.concatenate([z, np.asarray(labels, dtype=np.float32)[:, None]], axis=1)
 
 
+def _grid(n: int, batch_size: int, offset: int) -> Iterator[tuple[int, int, int]]:
+    """(j, pos, take): rows j..j+take-1 of an input whose row 0 is global row ``offset`` sit
+    at positions pos..pos+take-1 of one batch of the global grid (batch b holds global rows
+    b*batch_size .. (b+1)*batch_size-1).
+
+    Why a global grid: a network's output for one row does not depend on the other rows of
+    its batch, but it does depend on the batch's shape and on the row's place in it (on CPU,
+    a row at place 4 of a batch of 5 differs from the same row at place 0 by ~1e-6, enough
+    to flip a uint8 now and then). Feeding every batch at exactly ``batch_size`` rows, each
+    global row at place ``row % batch_size``, makes image i a function of (seed, i) and the
+    options whatever --num and --shard-size cut the work into. The cost: a shard whose
+    bounds are not multiples of ``batch_size`` pads its first and last batch.
+    """
+    j = 0
+    while j < n:
+        pos = (offset + j) % batch_size
+        take = min(batch_size - pos, n - j)
+        yield j, pos, take
+        j += take
+
+
+def _batch(rows: np.ndarray, pos: int, batch_size: int) -> np.ndarray:
+    """``rows`` at ``pos`` of a batch of exactly ``batch_size`` rows, the rest zeros."""
+    if pos == 0 and len(rows) == batch_size:
+        return np.ascontiguousarray(rows)
+    batch = np.zeros((batch_size, *rows.shape[1:]), dtype=rows.dtype)
+    batch[pos : pos + len(rows)] = rows
+    return batch
+
+
 def generate_images(
     g: nn.Module,
     z: np.ndarray,
@@ -82,11 +113,14 @@ def generate_images(
     info: ModelInfo,
     batch_size: int,
     device: torch.device,
+    offset: int = 0,
 ) -> np.ndarray:
     """uint8 [N, C, H, W]: ``g`` on ``z`` in batches of ``batch_size``, in eval mode.
 
-    Deterministic for the same inputs and batch size (on CPU; a GPU is as deterministic as
-    its kernels).
+    ``offset`` is the global row of ``z[0]`` (the image index; with best-of, the candidate
+    index): rows go through the batches of the global grid (see ``_grid``), so a row's
+    image is the same however the rows around it were cut (on CPU; a GPU is as
+    deterministic as its kernels).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
@@ -96,9 +130,9 @@ def generate_images(
         raise ValueError(f"the generator takes inputs of width {width}, not {x.shape[1]}: wrong ModelInfo?")
     out = np.empty((len(x), *info.image_shape), dtype=np.uint8)
     with torch.inference_mode(), _eval(g):
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(x[i : i + batch_size]).to(device)
-            out[i : i + batch_size] = to_uint8(g(batch).float().cpu().numpy())
+        for j, pos, take in _grid(len(x), batch_size, offset):
+            batch = torch.from_numpy(_batch(x[j : j + take], pos, batch_size)).to(device)
+            out[j : j + take] = to_uint8(g(batch)[pos : pos + take].float().cpu().numpy())
     return out
 
 
@@ -108,35 +142,25 @@ def score(
     labels: np.ndarray | None,
     batch_size: int,
     device: torch.device,
+    offset: int = 0,
 ) -> np.ndarray:
-    """float32 [N]: D's logits (higher: more real) on the images as D saw data, in [-1, 1]."""
+    """float32 [N]: D's logits (higher: more real) on the images as D saw data, in [-1, 1].
+
+    Batched on the global grid like ``generate_images`` (``offset``: the global row of
+    ``images_uint8[0]``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     out = np.empty(len(images_uint8), dtype=np.float32)
     with torch.inference_mode(), _eval(d):
-        for i in range(0, len(images_uint8), batch_size):
-            x = torch.from_numpy(images_uint8[i : i + batch_size]).to(device).float() / 127.5 - 1.0
-            y = None if labels is None else torch.from_numpy(np.asarray(labels[i : i + batch_size])).to(device)
-            out[i : i + batch_size] = d(x, y).float().reshape(-1).cpu().numpy()
+        for j, pos, take in _grid(len(images_uint8), batch_size, offset):
+            x = torch.from_numpy(_batch(images_uint8[j : j + take], pos, batch_size)).to(device).float() / 127.5 - 1.0
+            y = None
+            if labels is not None:
+                y = torch.from_numpy(_batch(np.asarray(labels[j : j + take], dtype=np.int64), pos, batch_size))
+                y = y.to(device)
+            out[j : j + take] = d(x, y).float().reshape(-1)[pos : pos + take].cpu().numpy()
     return out
-
-
-def best_of(scores: np.ndarray, candidate_labels: np.ndarray | None, labels: np.ndarray | None, n: int) -> np.ndarray:
-    """Candidate indices to keep, one per image slot, in candidate order.
-
-    Unconditional: the ``n`` highest-scoring candidates of the shard. Conditional: the same
-    within each class (a class with m images keeps its m best candidates), so every image
-    index keeps the class it would have without best-of and the classes stay balanced.
-    Ties go to the earlier candidate.
-    """
-    if candidate_labels is None or labels is None:
-        return np.sort(np.argsort(-scores, kind="stable")[:n])
-    keep = np.empty(n, dtype=np.int64)
-    for c in np.unique(labels):
-        slots = np.flatnonzero(labels == c)
-        cands = np.flatnonzero(candidate_labels == c)
-        keep[slots] = np.sort(cands[np.argsort(-scores[cands], kind="stable")[: len(slots)]])
-    return keep
 
 
 def generate_shard(
@@ -151,17 +175,33 @@ def generate_shard(
     z_all: np.ndarray | None = None,
     labels_all: np.ndarray | None = None,
 ) -> ShardResult:
-    """Images start..stop-1. With best_of K > 1: K candidates per image, D keeps the best."""
+    """Images start..stop-1. With best_of K > 1: K candidates per image, D keeps the best.
+
+    Image i keeps the best of its own K candidates (ties: the earlier one), never a pick
+    from the shard's pool: what it keeps depends on (seed, i) alone, and every candidate
+    carries the image's class, so a conditional image keeps its class. Candidates go
+    through G and D a batch at a time, so memory follows the batch, not K × the shard.
+    """
     k = opts.best_of
     if k > 1 and d is None:
         raise ValueError(f"best_of={k} needs the discriminator to rank candidates")
     z, cand_labels = shard_latents(opts, info, shard, start, stop, z_all, labels_all)
-    images = generate_images(g, z, cand_labels, info, opts.batch_size, device)
     if k == 1:
+        images = generate_images(g, z, cand_labels, info, opts.batch_size, device, offset=start)
         return ShardResult(shard, start, stop, images, cand_labels, z)
     assert d is not None
-    scores = score(d, images, cand_labels, opts.batch_size, device)
-    labels = cand_labels[::k] if cand_labels is not None else None  # candidates are image-major
-    keep = best_of(scores, cand_labels, labels, stop - start)
-    kept_labels = cand_labels[keep] if cand_labels is not None else None  # == labels: chosen per class
-    return ShardResult(shard, start, stop, images[keep], kept_labels, z[keep], scores[keep])
+    n, base = stop - start, start * k  # candidate c of image i is global row i*k + c
+    images = np.empty((n, *info.image_shape), dtype=np.uint8)
+    scores = np.empty(n, dtype=np.float32)
+    keep = np.empty(n, dtype=np.int64)
+    for j, _pos, take in _grid(n * k, opts.batch_size, base):
+        rows = slice(j, j + take)
+        labels = cand_labels[rows] if cand_labels is not None else None
+        cands = generate_images(g, z[rows], labels, info, opts.batch_size, device, offset=base + j)
+        cand_scores = score(d, cands, labels, opts.batch_size, device, offset=base + j)
+        for r in range(take):  # an image's candidates may span two batches: keep a running best
+            image, c = divmod(j + r, k)
+            if c == 0 or cand_scores[r] > scores[image]:
+                images[image], scores[image], keep[image] = cands[r], cand_scores[r], j + r
+    kept_labels = cand_labels[keep] if cand_labels is not None else None  # == each image's class
+    return ShardResult(shard, start, stop, images, kept_labels, z[keep], scores)

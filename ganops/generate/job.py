@@ -34,11 +34,14 @@ class GenerateResult:
 
 def check(
     source: Source, opts: GenerateOptions, out_uri: str
-) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
+) -> tuple[np.ndarray | None, np.ndarray | None, Any, Any]:
     """Every check that can fail, before any image is made.
 
-    Returns the latents and labels from --z, and the run's D when --best-of needs it.
+    Returns the latents and labels from --z, and with --best-of the generator and the
+    discriminator saved with it (None, None without).
     """
+    import math
+
     from ganops.generate import latents, writer
 
     info = source.info
@@ -52,8 +55,10 @@ def check(
                 f"--class: {opts.class_index} is out of range; the model has {info.num_classes} classes "
                 f"(0-{info.num_classes - 1})"
             )
-    if opts.truncation is not None and opts.truncation <= 0:
-        raise UserError(f"--truncation: must be > 0 (got {opts.truncation})")
+    if opts.seed < 0:
+        raise UserError(f"--seed: must be >= 0 (got {opts.seed})")
+    if opts.truncation is not None and not (opts.truncation > 0 and math.isfinite(opts.truncation)):
+        raise UserError(f"--truncation: must be > 0 and finite (got {opts.truncation})")
     if opts.best_of < 1:
         raise UserError(f"--best-of: must be >= 1 (got {opts.best_of})")
     if opts.z_file and opts.best_of > 1:
@@ -72,13 +77,16 @@ def check(
             raise UserError(f"--num: {opts.num} does not match the {len(z_all)} vectors in --z {opts.z_file}")
         if labels_all is not None and opts.class_index is not None:
             raise UserError("--class: the --z file carries its own class column")
-    d = load_discriminator(source) if opts.best_of > 1 else None  # must exist and load
+    g = d = None
+    if opts.best_of > 1:  # D must be the one saved with this G, exist and load
+        g = load_generator(source)
+        d = load_discriminator(source, g)
     out = storage.locate(out_uri)
     state = writer.existing_output(out)
     if state == "complete":
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
     storage.check_writable(out, field="--out")
-    return z_all, labels_all, d
+    return z_all, labels_all, g, d
 
 
 class _Progress:
@@ -111,14 +119,14 @@ class _Progress:
 
 def _local_shards(
     source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
-    z_all: np.ndarray | None, labels_all: np.ndarray | None, d: Any,
+    z_all: np.ndarray | None, labels_all: np.ndarray | None, g: Any, d: Any,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
     """Shards in this process; PNG encoding and uploads use every core through the pool."""
     import torch
 
     from ganops.generate import core, writer
 
-    g = load_generator(source)
+    g = g if g is not None else load_generator(source)
     device = torch.device("cpu")
     with writer.make_pool() as pool:
         for shard, (start, stop) in enumerate(ranges):
@@ -213,7 +221,7 @@ def generate(
 ) -> GenerateResult:
     from ganops.generate import latents, writer
 
-    z_all, labels_all, d = check(source, opts, out_uri)
+    z_all, labels_all, g, d = check(source, opts, out_uri)
     out = storage.locate(out_uri)
     run_id = _open_run(source, opts, out.uri, workers)
     t0 = time.time()
@@ -244,7 +252,7 @@ def generate(
             if workers > 1 and len(ranges) > 1:
                 stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
             else:
-                stream = _local_shards(source, opts, out, ranges, z_all, labels_all, d)
+                stream = _local_shards(source, opts, out, ranges, z_all, labels_all, g, d)
             records = []
             for record, first in stream:
                 records.append(record)

@@ -28,14 +28,14 @@ class GenerateOptions:
     class_index: int | None = None
     """Only this class (conditional models); None: classes cycle i % num_classes."""
     best_of: int = 1
-    """Generate best_of × the images of each shard and keep those D rates most real."""
+    """Make best_of candidates per image and keep the one D rates most real."""
     interpolate: int | None = None
     """Steps of each walk between consecutive seeds (writes a grid and a GIF)."""
     z_file: str | None = None
     """Latent vectors to use (.npy or .npz), one image each."""
     save_z: bool = False
     formats: tuple[str, ...] = ("png",)
-    shard_size: int = 1000
+    shard_size: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,6 +1,14 @@
 """What stands behind ``--run-id RUN`` or ``--model models:/NAME@ALIAS``: the logged
-generator, the training spec, the model's contract, and (for ``--best-of``) the run's
-discriminator from its latest checkpoint."""
+generator, the training spec, the model's contract, and (for ``--best-of``) the
+discriminator saved with that generator.
+
+Which checkpoint holds that discriminator: a job logs a generator (i) at the end of training,
+recorded as the run's ``ganops.model_uri`` next to ``ganops.checkpoint`` (the latest
+checkpoint), and (ii) at each new best FID that beats the champion, registered and recorded
+in the job's ``eval/best.json`` as ``model_uri`` next to ``checkpoint`` (``best/``). A
+generator found in neither place (a champion whose ``best/`` was since replaced, a version
+logged by hand) has no known D, and ``--best-of`` refuses it rather than rank with another
+checkpoint's D."""
 
 from __future__ import annotations
 
@@ -30,6 +38,13 @@ class Source:
     job: GANJob
     info: ModelInfo
     checkpoint: str | None
+    """The run's latest checkpoint when training finished (tag ``ganops.checkpoint``)."""
+    logged_model: str | None = None
+    """The MLflow logged model the generator is (``models:/m-…``), whatever URI named it."""
+    final_model: str | None = None
+    """The generator logged when training finished (tag ``ganops.model_uri``)."""
+    storage: str | None = None
+    """The job's storage root (tag ``ganops.storage``), where ``eval/best.json`` lives."""
 
     def run_tags(self, kind: str) -> dict[str, str]:
         """Tags of a run derived from this generator (``generate``, ``evaluate``): they link
@@ -56,8 +71,9 @@ def _client(uri: str) -> Any:
     return tracking_client(uri)
 
 
-def _run_for_model(client: Any, model: str) -> tuple[str, str]:
-    """models:/NAME@ALIAS or models:/NAME/VERSION → (model URI to load, training run id)."""
+def _run_for_model(client: Any, model: str) -> tuple[str, str, str | None]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION → (model URI to load, training run id,
+    the logged model behind the version)."""
     m = _MODEL_URI.match(model)
     if not m:
         raise UserError(f"--model: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {model!r}")
@@ -71,7 +87,8 @@ def _run_for_model(client: Any, model: str) -> tuple[str, str]:
         raise UserError(f"--model: {model} was not found in the registry ({str(e).splitlines()[0][:160]})") from None
     if not version.run_id:
         raise UserError(f"--model: {model} has no training run; ganops needs the run's spec")
-    return model, version.run_id
+    logged = f"models:/{version.model_id}" if getattr(version, "model_id", None) else version.source
+    return model, version.run_id, logged
 
 
 def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = None) -> Source:
@@ -82,9 +99,9 @@ def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = No
         raise UserError("give exactly one of --run-id and --model")
     check_reachable(tracking_uri)
     client = _client(tracking_uri)
-    model_uri = None
+    model_uri = logged = None
     if model:
-        model_uri, run_id = _run_for_model(client, model)
+        model_uri, run_id, logged = _run_for_model(client, model)
     assert run_id is not None
     try:
         run = client.get_run(run_id)
@@ -113,6 +130,9 @@ def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = No
         job=job,
         info=_model_info(model_uri, tracking_uri),
         checkpoint=tags.get("ganops.checkpoint"),
+        logged_model=logged or model_uri,
+        final_model=tags.get("ganops.model_uri"),
+        storage=tags.get("ganops.storage"),
     )
 
 
@@ -150,22 +170,68 @@ def load_generator(source: Source) -> Any:
         return mlflow.pytorch.load_model(source.model_uri, map_location="cpu")
 
 
-def load_discriminator(source: Source) -> Any:
-    """The run's D from its latest checkpoint (what ``--best-of`` ranks with)."""
+def discriminator_checkpoint(source: Source) -> str:
+    """The checkpoint saved with ``source``'s generator (see the module's docstring), or a
+    UserError naming --best-of when no checkpoint is recorded for it."""
+    from ganops import jobdir
+
+    g = source.logged_model
+    if g:
+        root = source.storage or source.job.spec.storage
+        try:
+            best = jobdir.JobDir(root, source.job.name).read_best()
+        except (UserError, OSError, ValueError):
+            best = None  # no readable best.json: only the final generator can be matched
+        if best and best.get("model_uri") == g and best.get("checkpoint"):
+            return str(best["checkpoint"])
+        if g == source.final_model and source.checkpoint:
+            return source.checkpoint
+    if g is not None and g == source.final_model:
+        raise UserError(f"--best-of: run {source.run_id} records no checkpoint to take its discriminator from")
+    raise UserError(
+        f"--best-of: {source.model_uri} was saved neither with run {source.run_id}'s final checkpoint nor with "
+        "its best/ checkpoint, so the discriminator trained with it is unknown (another checkpoint's would rank "
+        "with the wrong one); use the run's final generator (--run-id) or its latest champion, or drop --best-of"
+    )
+
+
+def load_discriminator(source: Source, generator: Any = None) -> Any:
+    """D from the checkpoint saved with the generator (what ``--best-of`` ranks with).
+
+    With ``generator`` (the loaded model), the checkpoint's own G must hold the same
+    weights: proof, beyond what MLflow records, that this D was trained with it.
+    """
     import torch
 
     from ganops import jobdir
     from ganops.nets import build_discriminator
 
-    if not source.checkpoint:
-        raise UserError(f"--best-of: run {source.run_id} records no checkpoint to take its discriminator from")
-    loc = storage.locate(source.checkpoint).child(jobdir.STATE_FILE)
+    checkpoint = discriminator_checkpoint(source)
+    loc = storage.locate(checkpoint).child(jobdir.STATE_FILE)
     try:
         raw = storage.read_bytes(loc)
     except (FileNotFoundError, OSError):
-        raise UserError(f"--best-of: the run's checkpoint {loc.uri} cannot be read (moved or deleted?)") from None
+        raise UserError(f"--best-of: the checkpoint {loc.uri} cannot be read (moved or deleted?)") from None
     state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    if generator is not None and _same_weights(generator, state["nets"]) is False:
+        raise UserError(
+            f"--best-of: the checkpoint {checkpoint} recorded for {source.model_uri} holds another generator, "
+            "so its discriminator was not trained with this one; drop --best-of"
+        )
     info = source.info
     d = build_discriminator(source.job.spec.model, info.image_shape, info.num_classes)
     d.load_state_dict(state["nets"]["d"])
     return d.eval()
+
+
+def _same_weights(generator: Any, nets: dict[str, Any]) -> bool | None:
+    """Whether the checkpoint's sampler (EMA G, else G) has the generator's weights; None
+    when the two name their tensors differently and cannot be compared."""
+    import torch
+
+    saved = nets.get("g_ema") or nets["g"]
+    mine = {k.removeprefix("g."): v for k, v in generator.state_dict().items()}  # GeneratorExport wraps G as .g
+    common = [k for k in saved if k in mine]
+    if not common:
+        return None
+    return all(torch.equal(saved[k], mine[k].detach().cpu()) for k in common)

@@ -23,7 +23,7 @@ class GenerateWorker:
         torch.set_num_threads(max(1, threads))
         self.source, self.opts = source, opts
         self.g = load_generator(source)
-        self.d = load_discriminator(source) if opts.best_of > 1 else None
+        self.d = load_discriminator(source, self.g) if opts.best_of > 1 else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.g.to(self.device)
         if self.d is not None:

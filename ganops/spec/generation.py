@@ -39,7 +39,7 @@ class GANGenerationSpec(_Strict):
     interpolate: PositiveInt | None = None
     z_file: str | None = None
     save_z: bool = False
-    shard_size: PositiveInt = 1000
+    shard_size: PositiveInt = 1024
     workers: PositiveInt = 1
     """Ray workers, each loading G once."""
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
