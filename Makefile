@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MNIST  ?= ../shared/datasets/mnist
-EPOCHS ?= 3
+EPOCHS ?= 10
 # etcd + kube-apiserver for the operator tests: built once (≈5 min), then cached.
 ENVTEST ?= ../shared/k8s-envtest/build.sh
 
