@@ -9,7 +9,7 @@ EPOCHS ?= 10
 # etcd + kube-apiserver for the operator tests: built once (≈5 min), then cached.
 ENVTEST ?= ../shared/k8s-envtest/build.sh
 
-.PHONY: setup mnist test bench clean
+.PHONY: setup mnist test test-learning bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ mnist: $(STAMP)
 # The API server is built before pytest starts, so that no test's time limit includes it.
 test: $(STAMP)
 	assets="$$(bash $(ENVTEST))" && KUBEBUILDER_ASSETS="$$(echo "$$assets" | tail -n 1)" $(PY) -m pytest
+
+# Every case of the learning tier (25-35 min on 2 CPUs); make test runs its default subset.
+test-learning: $(STAMP)
+	GANOPS_LEARNING=full $(PY) -m pytest tests/test_learning.py -s
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

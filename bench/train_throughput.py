@@ -4,10 +4,11 @@ Compared, on the same data, networks, initial weights, batch size and optimizer:
 
 (A) ganops:  ``RankBatches`` (world 1) feeding ``GANStep(..., ddp=False).train_batch`` —
     what each Ray Train worker runs per batch, minus DDP.
-(B) plain:   the loop of pytorch/examples' ``dcgan/main.py``: a ``DataLoader`` over a
+(B) plain:   the loop of pytorch/examples' ``dcgan/main.py`` (``tests/learning/plain.py``,
+    shared with the learning tests, in its textbook mode): a ``DataLoader`` over a
     ``TensorDataset`` of float images in [-1, 1] (shuffle, drop_last, no worker processes)
     and per batch D(real) backward, D(G(z).detach()) backward, D step, D(G(z)) backward,
-    G step, with ``nn.BCEWithLogitsLoss`` (our D returns logits).
+    G step, with BCE on logits (our D returns logits).
 
 Both sides are timed in one process, interleaved: after a warm-up of each, every round
 times N steps of A and N steps of B in alternating chunks (``--chunk`` steps of one side,
@@ -46,17 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ganops import data as gdata
 from ganops import spec as gspec
 from ganops.errors import UserError
-from ganops.nets import build_discriminator, build_generator
 from ganops.spec.models import GANJobSpec
 from ganops.train.batches import RankBatches
 from ganops.train.step import GANStep
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repo
+    sys.path.insert(0, str(REPO))
+from tests.learning.plain import PlainGAN  # noqa: E402 - needs the path above
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
 MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 # The official test split (10,000 images) is what the shared folder holds. Batch 128 is what
@@ -133,54 +136,28 @@ def ganops_side(
 def plain_side(
     spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep
 ) -> Callable[[], None]:
+    # The loop itself is shared with the learning tests and bench/quality.py; textbook=True
+    # is pytorch/examples as it stands (BCE with hard labels, no clipping), whatever the spec.
     num_classes = ds.info.num_classes if spec.model.conditional else None
-    netG = build_generator(spec.model, ds.info.shape, num_classes).to(device)  # noqa: N806 - dcgan's names
-    netD = build_discriminator(spec.model, ds.info.shape, num_classes).to(device)  # noqa: N806
-    # Identical starting weights on both sides.
-    netG.load_state_dict(step.g.state_dict())
-    netD.load_state_dict(step.d.state_dict())
-    t = spec.train
-    opt: Any = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.Adam
-    extra = {} if t.optimizer == "rmsprop" else {"betas": (t.betas[0], t.betas[1])}
-    optimizerG = opt(netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)  # noqa: N806
-    optimizerD = opt(netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)  # noqa: N806
-    criterion = nn.BCEWithLogitsLoss()
-
+    plain = PlainGAN(spec, ds.info.shape, num_classes, device, init=(step.g.state_dict(), step.d.state_dict()),
+                     textbook=True)  # fmt: skip
     images = torch.from_numpy(gdata.to_unit_range(ds.images))
     # Unlabelled data gets dummy labels so the DataLoader yields the same (x, y) pairs.
     labels = torch.zeros(len(images), dtype=torch.long) if ds.labels is None else torch.from_numpy(ds.labels)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(images, labels),
-        batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=0,
+        batch_size=spec.train.batch_size, shuffle=True, drop_last=True, num_workers=0,
     )  # fmt: skip
+
     def stream() -> Iterator[tuple[Tensor, Tensor]]:
         while True:
             yield from loader
 
     it = stream()
-    latent = spec.model.latent_dim
 
     def one() -> None:
         real_cpu, y_cpu = next(it)
-        real = real_cpu.to(device)
-        y = y_cpu.to(device) if num_classes is not None else None
-        b = real.size(0)
-        ones = torch.ones(b, device=device)
-        zeros = torch.zeros(b, device=device)
-        # (1) Update D: maximize log D(x) + log(1 - D(G(z)))
-        netD.zero_grad()
-        errD_real = criterion(netD(real, y), ones)  # noqa: N806
-        errD_real.backward()
-        noise = torch.randn(b, latent, device=device)
-        fake = netG(noise, y)
-        errD_fake = criterion(netD(fake.detach(), y), zeros)  # noqa: N806
-        errD_fake.backward()
-        optimizerD.step()
-        # (2) Update G: maximize log D(G(z))
-        netG.zero_grad()
-        errG = criterion(netD(fake, y), ones)  # noqa: N806
-        errG.backward()
-        optimizerG.step()
+        plain.train_batch(real_cpu.to(device), y_cpu.to(device) if num_classes is not None else None)
 
     return one
 

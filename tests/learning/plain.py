@@ -1,0 +1,130 @@
+"""The reference: pytorch/examples' dcgan loop, around ganops' own networks.
+
+One implementation for the benchmarks (``bench/train_throughput.py``, ``bench/quality.py``)
+and the learning tests. Per batch, as in ``dcgan/main.py``::
+
+    (1) Update D: D(real) backward, D(G(z).detach()) backward, D step
+    (2) Update G: D(G(z)) backward, G step
+
+D sees real and fake in *separate* forward passes, so BatchNorm in D always normalises
+one kind of image at a time. Nothing here comes from ``ganops.train`` or ``ganops.losses``:
+the objectives are written out below, so the reference cannot share a bug with the code
+it judges. ``textbook=True`` is the loop exactly as pytorch/examples has it (BCE with hard
+labels, no clipping), whatever the spec says; otherwise the spec's loss, one-sided label
+smoothing, gradient penalty and gradient clipping are followed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ganops.nets import build_discriminator, build_generator
+from ganops.spec.models import GANJobSpec
+
+
+class PlainGAN:
+    """G, D and their optimizers, trained one batch at a time the pytorch/examples way."""
+
+    def __init__(
+        self,
+        spec: GANJobSpec,
+        image_shape: tuple[int, int, int],
+        num_classes: int | None,
+        device: torch.device,
+        init: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
+        textbook: bool = False,
+    ) -> None:
+        t = spec.train
+        if not textbook and (t.d_steps != 1 or t.ema_decay is not None):
+            raise ValueError("the plain loop does one D step per G step and keeps no EMA of G")
+        self.spec, self.device, self.textbook = spec, device, textbook
+        self.loss = "bce" if textbook else t.loss
+        self.num_classes = num_classes if spec.model.conditional else None
+        self.latent_dim = spec.model.latent_dim
+        self.netG = build_generator(spec.model, image_shape, self.num_classes).to(device)  # noqa: N815 - dcgan's names
+        self.netD = build_discriminator(spec.model, image_shape, self.num_classes).to(device)  # noqa: N815
+        if init is not None:  # identical starting weights to the side it is compared with
+            self.netG.load_state_dict(init[0])
+            self.netD.load_state_dict(init[1])
+        opt: Any = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.Adam
+        # eps and rmsprop_alpha are newer spec fields: PyTorch's defaults where a spec lacks them.
+        extra: dict[str, Any] = {"eps": getattr(t, "eps", 1e-8)}
+        if t.optimizer == "rmsprop":
+            extra["alpha"] = getattr(t, "rmsprop_alpha", 0.99)
+        else:
+            extra["betas"] = (t.betas[0], t.betas[1])
+        self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)  # noqa: N815
+        self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)  # noqa: N815
+
+    # -- the objectives, one half of D's loss at a time ---------------------------------
+    def _d_real(self, logits: Tensor) -> Tensor:
+        smooth = 0.0 if self.textbook else self.spec.train.label_smoothing
+        if self.loss in ("bce", "minimax"):
+            return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 - smooth))
+        if self.loss == "hinge":
+            return F.relu(1.0 - logits).mean()
+        if self.loss == "lsgan":
+            return 0.5 * ((logits - (1.0 - smooth)) ** 2).mean()
+        return -logits.mean()  # wgan_gp
+
+    def _d_fake(self, logits: Tensor) -> Tensor:
+        if self.loss in ("bce", "minimax"):
+            return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+        if self.loss == "hinge":
+            return F.relu(1.0 + logits).mean()
+        if self.loss == "lsgan":
+            return 0.5 * (logits**2).mean()
+        return logits.mean()  # wgan_gp
+
+    def _g(self, logits: Tensor) -> Tensor:
+        if self.loss == "bce":  # non-saturating: maximize log D(G(z))
+            return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if self.loss == "minimax":  # minimize log(1 - D(G(z)))
+            return -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+        if self.loss == "lsgan":
+            return 0.5 * ((logits - 1.0) ** 2).mean()
+        return -logits.mean()  # hinge, wgan_gp
+
+    def _penalty(self, real: Tensor, fake: Tensor, y: Tensor | None) -> Tensor:
+        """WGAN-GP (Gulrajani et al. 2017): (||grad D(x^)|| - 1)^2 on real-fake interpolates."""
+        alpha = torch.rand(real.size(0), 1, 1, 1, device=self.device)
+        x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.netD(x_hat, y).sum(), x_hat, create_graph=True)
+        return self.spec.train.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+    def _clip(self, net: nn.Module) -> None:
+        t = self.spec.train
+        if self.textbook:
+            return
+        if t.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(net.parameters(), t.clip_grad_value)
+        elif t.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), t.clip_grad_norm)
+
+    # -- the loop body -------------------------------------------------------------------
+    def train_batch(self, real: Tensor, labels: Tensor | None) -> None:
+        netG, netD = self.netG, self.netD  # noqa: N806
+        y = labels if self.num_classes is not None else None
+        b = real.size(0)
+        # (1) Update D network: maximize log D(x) + log(1 - D(G(z)))
+        netD.zero_grad()
+        errD_real = self._d_real(netD(real, y))  # noqa: N806
+        errD_real.backward()
+        noise = torch.randn(b, self.latent_dim, device=self.device)
+        fake = netG(noise, y)
+        errD_fake = self._d_fake(netD(fake.detach(), y))  # noqa: N806
+        errD_fake.backward()
+        if self.loss == "wgan_gp" and not self.textbook:
+            self._penalty(real, fake.detach(), y).backward()
+        self._clip(netD)
+        self.optimizerD.step()
+        # (2) Update G network: maximize log D(G(z))
+        netG.zero_grad()
+        errG = self._g(netD(fake, y))  # noqa: N806
+        errG.backward()
+        self._clip(netG)
+        self.optimizerG.step()
