@@ -237,11 +237,6 @@ class GANStep:
         self.stats.reset()
         return out
 
-    @property
-    def pending_stats(self) -> bool:
-        """Whether steps ran since the last ``take_stats``."""
-        return self.stats.d_steps > 0
-
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
         return {
