@@ -49,9 +49,10 @@ docker info >/dev/null 2>&1 || die "docker is installed but its engine does not 
 
 # Versions come from the repository, so that the cluster runs what the tests check.
 RAY_VERSION="$(sed -n 's/^ray==\([0-9.]*\).*/\1/p' "$REPO/constraints.txt")"
-KUBERAY_VERSION="$(sed -n '/name: kuberay-operator/,/repository:/s/^ *version: *"\{0,1\}\([0-9.]*\)"\{0,1\}.*/\1/p' "$REPO/helm/ganops/Chart.yaml")"
+# The KubeRay chart version is the ganops chart's annotation ganops.io/kuberay-version.
+KUBERAY_VERSION="$(sed -n 's/^ *ganops\.io\/kuberay-version: *"\{0,1\}\([0-9.]*\)"\{0,1\}.*/\1/p' "$REPO/helm/ganops/Chart.yaml")"
 [[ -n "$RAY_VERSION" ]] || die "no ray==VERSION pin in constraints.txt"
-[[ -n "$KUBERAY_VERSION" ]] || die "no kuberay-operator version in helm/ganops/Chart.yaml"
+[[ -n "$KUBERAY_VERSION" ]] || die "no ganops.io/kuberay-version annotation in helm/ganops/Chart.yaml"
 CONTEXT="kind-$CLUSTER"
 KUBECTL=(kubectl --context "$CONTEXT")
 HELM=(helm --kube-context "$CONTEXT")
@@ -103,8 +104,6 @@ fi
 
 # --- ganops ---------------------------------------------------------------------------------
 log "installing ganops (helm/ganops, cluster/kind-values.yaml)"
-# Helm wants every declared dependency in charts/, the disabled kuberay-operator too.
-helm dependency build "$REPO/helm/ganops" >/dev/null
 # Helm installs crds/ only on the first install and never upgrades them; apply them always.
 "${KUBECTL[@]}" apply --server-side -f "$REPO/helm/ganops/crds/" >/dev/null
 "${HELM[@]}" upgrade --install ganops "$REPO/helm/ganops" --namespace "$NAMESPACE" \

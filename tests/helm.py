@@ -13,8 +13,7 @@ What ``render`` returns: every object the release would create, in Helm's instal
 the CRDs of ``crds/`` first (kind ``CustomResourceDefinition``; Helm installs them before
 anything else and never templates them), then the templates' objects by kind, then hook
 objects (annotation ``helm.sh/hook``; see ``is_hook``). NOTES.txt is not an object: ``notes``.
-The kuberay-operator dependency is not rendered unless ``helm dependency build`` has put it
-in ``charts/`` (see the chart README); the chart's own objects never depend on it.
+The chart has no dependencies (KubeRay is installed with its own chart: the chart README).
 """
 
 from __future__ import annotations
@@ -80,6 +79,27 @@ def render(
     order = {kind: i for i, kind in enumerate(_INSTALL_ORDER)}
     docs.sort(key=lambda d: (is_hook(d), order.get(d["kind"], len(order))))  # stable: file order within a kind
     return (crds(chart) if include_crds else []) + docs
+
+
+def lint(chart: Path, values: dict[str, Any] | None = None, *, kube_version: str = "v1.33.0") -> list[str]:
+    """What ``helm lint --strict CHART -n ganops`` complains about ([] when clean): warnings
+    and errors (strict fails on both), not the informational messages."""
+    import helm_python
+
+    report = helm_python.lint(chart, values or {}, strict=True, namespace="ganops", kube_version=kube_version)
+    return sorted({m["error"] for m in report["messages"] if m["severity"] >= 2} | set(report["errors"]))
+
+
+def install_dry_run(chart: Path, values: dict[str, Any] | None = None, *, release: str = "ganops",
+                    namespace: str = "ganops") -> list[dict[str, Any]]:  # fmt: skip
+    """The objects of ``helm install RELEASE CHART --dry-run`` (no cluster is contacted), hooks
+    and CRDs left out. Unlike ``render`` this loads the chart by path as the helm CLI does, and
+    so also fails where ``helm install`` does, e.g. on a dependency missing from ``charts/``."""
+    import helm_python
+
+    with helm_python.Config(namespace=namespace) as cfg:
+        rel = cfg.install(chart, release, values or {}, namespace=namespace, dry_run="client")
+    return _load(rel["manifest"])
 
 
 def render_file(values_file: Path, **kw: Any) -> list[dict[str, Any]]:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,56 +50,120 @@ def _pods(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def chart_with_dependency(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the chart as `helm dependency build` leaves it, with a stand-in for the
-    kuberay-operator chart (same name and version; the real one needs the internet)."""
-    import helm_python
+def _checkout_files() -> list[Path]:
+    """The chart's files as a fresh clone has them: those git tracks plus new ones it does not
+    ignore (so the test means the same before and after they are committed), less ones deleted
+    here. Not what a developer fetched or built into the directory (e.g. charts/*.tgz)."""
+    git = shutil.which("git")
+    inside = git and subprocess.run([git, "rev-parse", "--is-inside-work-tree"], cwd=helm.REPO,
+                                    capture_output=True, check=False)  # fmt: skip
+    if not git or not inside or inside.returncode != 0:
+        pytest.skip("needs a git checkout (the chart as a fresh clone has it)")
+    out = subprocess.run([git, "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", "helm/ganops"],
+                         cwd=helm.REPO, capture_output=True, check=True, text=True).stdout  # fmt: skip
+    return [helm.REPO / f for f in sorted(set(out.split("\0"))) if f and (helm.REPO / f).is_file()]
 
-    dst = tmp_path_factory.mktemp("chart") / "ganops"
-    shutil.copytree(helm.CHART, dst, ignore=shutil.ignore_patterns("*.tgz"))
-    (dep,) = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())["dependencies"]
-    sub = dst / "charts" / dep["name"]
-    (sub / "templates").mkdir(parents=True)
-    (sub / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": dep["name"], "version": dep["version"],
-                                                    "description": "stand-in", "icon": "https://ray.io/favicon.ico"}))  # fmt: skip
-    (sub / "values.yaml").write_text("image:\n  repository: quay.io/kuberay/operator\n  tag: v" + dep["version"] + "\n")
-    (sub / "templates" / "standin.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kuberay-operator-standin\ndata:\n"
-        "  image: {{ .Values.image.repository }}\n"
-    )
-    # Packaged, as `helm dependency build` leaves it: charts/kuberay-operator-<version>.tgz.
-    helm_python.package(sub, destination=dst / "charts")
-    shutil.rmtree(sub)
+
+@pytest.fixture(scope="module")
+def checkout_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart directory with exactly the files of a fresh clone (``_checkout_files``)."""
+    dst = tmp_path_factory.mktemp("checkout") / "ganops"
+    for src in _checkout_files():
+        target = dst / src.relative_to(helm.CHART)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
     return dst
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port the kernel just handed out and nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _offline(tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """A command prefix and an environment in which Helm reaches no network, as on an air-gapped
+    machine: every proxy variable points at a closed port (Go's HTTP client obeys them), Helm's
+    repositories, caches and kubeconfig are empty, and where the kernel allows it (user
+    namespaces) the process gets a network namespace of its own with no interfaces up. In a
+    child process: Go reads the environment once, when the Helm library loads."""
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith(("HELM_", "KUBECONFIG"))}
+    env.update({k: proxy for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")})
+    for name in ("home", "config", "cache", "data"):
+        (tmp / name).mkdir(parents=True)
+    env.update(HOME=str(tmp / "home"), HELM_CONFIG_HOME=str(tmp / "config"), HELM_CACHE_HOME=str(tmp / "cache"),
+               HELM_DATA_HOME=str(tmp / "data"), HELM_REPOSITORY_CONFIG=str(tmp / "config" / "repositories.yaml"),
+               HELM_REPOSITORY_CACHE=str(tmp / "cache" / "repository"), KUBECONFIG=str(tmp / "no-kubeconfig"))  # fmt: skip
+    unshare = shutil.which("unshare")
+    prefix = [unshare, "--net", "--map-root-user"] if unshare else []
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
+        prefix = []  # no user namespaces here (e.g. in some containers): the proxies alone
+    return prefix, env
+
+
+# What the offline child runs: `helm lint --strict` and `helm install --dry-run` from the chart
+# directory per values set, then `helm pull` of KubeRay's chart, which must fail (or the sandbox leaks).
+_OFFLINE_CHECKS = """
+import json, sys
+from pathlib import Path
+import helm_python
+from tests import helm
+chart, cases, pulled = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+out = {"lint": {}, "install": {}}
+for name, values in cases.items():
+    out["lint"][name] = {kube: helm.lint(chart, values, kube_version=kube) for kube in ("v1.28.0", "v1.33.0")}
+    try:
+        out["install"][name] = sorted(d["kind"] + "/" + d["metadata"]["name"] for d in helm.install_dry_run(chart, values))
+    except helm_python.HelmError as e:
+        out["install"][name] = "install failed: " + str(e)
+try:
+    helm_python.pull("kuberay-operator", version="1.5.1", repo_url="https://ray-project.github.io/kuberay-helm/",
+                     destination=pulled)
+    out["fetch"] = "fetched"
+except helm_python.HelmError as e:
+    out["fetch"] = str(e)
+print(json.dumps(out))
+"""
 
 
 # --- Helm: render and lint -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("values_file", ALL_VALUES, ids=_ids(ALL_VALUES))
-def test_every_values_file_lints_strictly_once_the_dependency_is_built(values_file: Path, chart_with_dependency: Path) -> None:
-    import helm_python
-
+def test_every_values_file_lints_strictly(values_file: Path) -> None:
     values = yaml.safe_load(values_file.read_text()) or {}
     for kube in ("v1.28.0", "v1.33.0"):
-        report = helm_python.lint(chart_with_dependency, values, strict=True, namespace="ganops", kube_version=kube)
-        problems = [m for m in report["messages"] if m["severity"] >= 2]
-        assert not problems and not report["errors"], (kube, report)
-        # Without the dependency fetched, the one complaint is the missing dependency itself.
-        report = helm_python.lint(helm.CHART, values, strict=True, namespace="ganops", kube_version=kube)
-        problems = [m["error"] for m in report["messages"] if m["severity"] >= 2]
-        assert problems == ["chart directory is missing these dependencies: kuberay-operator"], report
+        assert helm.lint(helm.CHART, values, kube_version=kube) == [], kube
 
 
-def test_lint_catches_a_broken_template(chart_with_dependency: Path, tmp_path: Path) -> None:
-    import helm_python
+def test_a_plain_checkout_lints_strictly_and_installs_with_no_network(checkout_chart: Path, tmp_path: Path) -> None:
+    """Air-gapped GPU clusters: a fresh clone's chart directory, with nothing fetched, passes
+    `helm lint --strict` and `helm install --dry-run` (which check that every declared
+    dependency is in charts/) with every values file, offline, and installs what it renders."""
+    cases = {"defaults": {}, **{p.name: yaml.safe_load(p.read_text()) or {} for p in ALL_VALUES}}
+    prefix, env = _offline(tmp_path / "env")
+    out = subprocess.run([*prefix, sys.executable, "-c", _OFFLINE_CHECKS, str(checkout_chart), json.dumps(cases), str(tmp_path)],
+                         cwd=helm.REPO, env=env, capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    # The sandbox holds: Helm's own fetch met the closed proxy or a network namespace with none.
+    assert "proxyconnect" in report["fetch"] or "network is unreachable" in report["fetch"], report["fetch"]
+    lint_problems = {name: lints for name, lints in report["lint"].items() if any(lints.values())}
+    install_failures = {name: got for name, got in report["install"].items() if isinstance(got, str)}
+    assert (lint_problems, install_failures) == ({}, {})
+    for name, values in cases.items():
+        rendered = [f"{d['kind']}/{d['metadata']['name']}" for d in helm.render(values, include_crds=False) if not helm.is_hook(d)]
+        assert report["install"][name] == sorted(rendered), name
 
+
+def test_lint_catches_a_broken_template(checkout_chart: Path, tmp_path: Path) -> None:
     broken = tmp_path / "ganops"
-    shutil.copytree(chart_with_dependency, broken)
-    (broken / "templates" / "broken.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.nope.name }}\n")
-    report = helm_python.lint(broken, {}, strict=True)
-    assert any("nil pointer" in m["error"] or "nope" in m["error"] for m in report["messages"]), report
+    shutil.copytree(checkout_chart, broken)
+    template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.nope.name }}\n"
+    (broken / "templates" / "broken.yaml").write_text(template)
+    problems = helm.lint(broken)
+    assert any("nil pointer" in e or "nope" in e for e in problems), problems
 
 
 @functools.cache
@@ -366,7 +434,8 @@ def test_mlflow_without_minio_keeps_artifacts_on_its_volume() -> None:
         ({"credentials": {"generate": True}}, "credentials.generate: generates S3 keys for the bundled MinIO only"),
         ({"minio": {"enabled": True}, "credentials": {"secretName": ""}}, "minio.enabled: the bundled MinIO takes its root user"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: required"),
-        ({"kuberay-operator": {"enabled": True}}, "run `helm dependency build helm/ganops`"),
+        ({"kuberay-operator": {"enabled": True}}, "no longer installs KubeRay; install the kuberay-operator chart on its own first"),
+        ({"kuberay-operator": {"enabled": False}}, "no longer installs KubeRay; install the kuberay-operator chart on its own first"),
         ({"watchNamespaces": "team-a"}, "watchNamespaces"),
     ],
 )
@@ -378,25 +447,32 @@ def test_bad_values_fail_the_install_naming_the_value(values: dict[str, Any], me
     assert message in str(err.value)
 
 
-# --- the kuberay-operator dependency ---------------------------------------------------------
+# --- KubeRay: installed with its own chart ---------------------------------------------------
 
 
-def test_kuberay_dependency_is_optional_and_off_by_default(chart_with_dependency: Path) -> None:
-    import helm_python
-
+def test_kuberay_is_no_dependency_and_one_version_is_installed_everywhere() -> None:
+    """KubeRay's chart is installed on its own (a dependency, even a disabled one, breaks a
+    plain checkout offline); the README, NOTES and cluster/bootstrap.sh all install the
+    version the chart names."""
     chart = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())
-    (dep,) = chart["dependencies"]
-    assert dep == {"name": "kuberay-operator", "version": dep["version"], "repository": "https://ray-project.github.io/kuberay-helm/",
-                   "condition": "kuberay-operator.enabled"}  # fmt: skip
-    assert yaml.safe_load((helm.CHART / "values.yaml").read_text())["kuberay-operator"] == {"enabled": False}
-    assert {d["name"]: d["status"] for d in helm_python.dependency_list(helm.CHART)} == {"kuberay-operator": "missing"}
-    assert {d["name"]: d["status"] for d in helm_python.dependency_list(chart_with_dependency)} == {"kuberay-operator": "ok"}
-    standin = [d["metadata"]["name"] for d in helm.render(chart=chart_with_dependency) if d["kind"] == "ConfigMap"]
-    assert standin == []
-    on = helm.render({"kuberay-operator": {"enabled": True}}, chart=chart_with_dependency)
-    assert [d["metadata"]["name"] for d in on if d["kind"] == "ConfigMap"] == ["kuberay-operator-standin"]
-    # Off, the chart renders the same with or without the dependency fetched.
-    assert helm.render(chart=chart_with_dependency, include_crds=False) == helm.render(include_crds=False)
+    assert "dependencies" not in chart and "kuberay-operator" not in yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    version = chart["annotations"]["ganops.io/kuberay-version"]
+    assert re.fullmatch(r"1\.\d+\.\d+", version), version
+    command = f"helm upgrade --install kuberay-operator kuberay/kuberay-operator --version {version}"
+    readme = (helm.CHART / "README.md").read_text().replace("\\\n ", "")
+    assert readme.count(command) == 2 and f"helm pull kuberay/kuberay-operator --version {version}" in readme
+    assert command in helm.notes() and "helm repo add kuberay https://ray-project.github.io/kuberay-helm/" in helm.notes()
+    # bootstrap.sh reads the version with sed; run its line on the chart.
+    bootstrap = (helm.REPO / "cluster" / "bootstrap.sh").read_text()
+    (line,) = [ln for ln in bootstrap.splitlines() if ln.startswith("KUBERAY_VERSION=")]
+    got = subprocess.run(["bash", "-c", f'{line}\necho "$KUBERAY_VERSION"'], env={**os.environ, "REPO": str(helm.REPO)},
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert got == version
+    assert 'kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION"' in bootstrap
+    assert "helm dependency" not in bootstrap
+    # Helm installs whatever sits in charts/, declared or not: an old `helm dependency build`'s
+    # kuberay-operator-*.tgz would now install KubeRay with ganops, unasked.
+    assert not list(helm.CHART.glob("charts/*")), "delete helm/ganops/charts/ (left by an old `helm dependency build`)"
 
 
 # --- values documentation and NOTES ------------------------------------------------------------
@@ -438,7 +514,7 @@ def test_values_named_in_the_issue_are_documented() -> None:
             node = node[part]  # raises if missing
     readme = (helm.CHART / "README.md").read_text()
     for key in ("watchNamespaces", "jobs.gpuResource", "mlflow.trackingUri", "s3.endpoint", "credentials.secretName",
-                "helm dependency build"):  # fmt: skip
+                "kuberay/kuberay-operator"):  # fmt: skip
         assert key in readme, key
 
 

@@ -157,10 +157,6 @@ Checks of combinations that no schema can express; rendered (as nothing) by the 
 that a bad combination fails `helm install` with a message naming the values.
 */}}
 {{- define "ganops.validate" -}}
-{{- $kuberay := index .Values "kuberay-operator" | default dict }}
-{{- if and $kuberay.enabled (hasKey . "Subcharts") (not (hasKey .Subcharts "kuberay-operator")) }}
-{{- fail "kuberay-operator.enabled: the kuberay-operator chart is not in helm/ganops/charts/; run `helm dependency build helm/ganops` (needs the internet once) or install KubeRay separately" }}
-{{- end }}
 {{- if and .Values.credentials.generate (not .Values.minio.enabled) }}
 {{- fail "credentials.generate: generates S3 keys for the bundled MinIO only (minio.enabled); for another S3 store create the Secret yourself (see the README)" }}
 {{- end }}
