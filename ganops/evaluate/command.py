@@ -38,11 +38,12 @@ def _err(msg: str) -> None:
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store of --storage).")  # fmt: skip
 @click.option("--storage", default="./runs", show_default=True, help="Storage root whose embedded MLflow store to use.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Record the scores as an MLflow evaluation run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def evaluate(
     run_id: str | None, model_uri: str | None, num_samples: int | None, metrics: str | None,
     inception_weights: str | None, inception_sha256: str | None, reference_split: str | None,
     data_root: str | None, batch_size: int | None, seed: int | None, device: str | None,
-    tracking_uri: str | None, storage: str, log: bool,
+    tracking_uri: str | None, storage: str, log: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Score a generator (--run-id or --model) with FID, KID, IS and precision/recall.
 
@@ -64,7 +65,7 @@ def evaluate(
     uri = tracking_uri or embedded_store(storage)[0]
     source = resolve(uri, run_id=run_id, model=model_uri)
     _err(f"generator: {source.describe()}")
-    result = run_evaluate(source, opts, log=log, echo=_err)
+    result = run_evaluate(source, opts, log=log, show_progress=not quiet, echo=_err)
     click.echo(table(result.scores))
     where = f"  MLflow run {result.evaluation_run_id}" if result.evaluation_run_id else ""
     _err(f"done in {result.elapsed_s:.1f}s{where}")

@@ -25,6 +25,7 @@ from ganops.evaluate import samples
 from ganops.evaluate.features import FeatureExtractor, Features
 from ganops.evaluate.scores import Scores, compute
 from ganops.evaluate.weights import SHA_FIELD, WEIGHTS_FIELD, load_inception
+from ganops.progress import ImageProgress
 from ganops.spec.models import GANJobSpec
 
 Gather = Callable[[Any], "list[Any] | None"]
@@ -91,13 +92,17 @@ class Evaluator:
         gather: Gather = _local_gather,
         broadcast: Broadcast = _local_broadcast,
         warn: Warn = print,
+        show_progress: bool = False,
     ) -> None:
+        """``show_progress``: a live line per phase on stderr (rank 0 only; ``ganops evaluate``).
+        Off by default: in training the workers' output goes to Ray's logs, not to a terminal."""
         if settings.num_samples < 2:
             raise UserError(f"eval.num_samples: must be at least 2 (got {settings.num_samples})")
         self.settings = settings
         self.device = device
         self.rank, self.world = rank, world
         self.gather, self.broadcast, self.warn = gather, broadcast, warn
+        self.show_progress = show_progress and rank == 0
         net, digest = load_inception(
             settings.weights, settings.sha256, field=settings.weights_field, sha_field=settings.sha_field
         )
@@ -128,7 +133,9 @@ class Evaluator:
                     f"{len(images)} image(s); the scores need at least 2"
                 )
             lo, hi = samples.share(len(images), self.rank, self.world)
-            parts = self.gather(self.extract(images[lo:hi]).pool3)
+            with self._progress("reference statistics", hi - lo) as progress:
+                mine = self.extract(images[lo:hi], on_batch=progress.add).pool3
+            parts = self.gather(mine)
             if self.rank == 0:
                 assert parts is not None
                 ref = refs.build(self.setup, np.concatenate(parts), available)
@@ -150,12 +157,21 @@ class Evaluator:
         s = self.settings
         z, labels = samples.latents(s.seed, s.num_samples, latent_dim, num_classes)
         lo, hi = samples.share(s.num_samples, self.rank, self.world)
-        mine = Features.concat([])
-        if hi > lo:
-            y = None if labels is None else labels[lo:hi]
-            mine = self.extract(samples.generate(fn, z[lo:hi], y, s.batch_size, device or self.device))
-        parts = self.gather(mine)
+        done: list[Features] = []
+        # One batch at a time through G and then Inception (the same batches as all at once,
+        # so the same features): the line counts scored images, and only a batch of images
+        # is held at a time.
+        with self._progress("scoring samples", hi - lo) as progress:
+            for i in range(lo, hi, s.batch_size):
+                j = min(i + s.batch_size, hi)
+                y = None if labels is None else labels[i:j]
+                done.append(self.extract(samples.generate(fn, z[i:j], y, s.batch_size, device or self.device)))
+                progress.add(j - i)
+        parts = self.gather(Features.concat(done))
         return Features.concat(parts) if parts is not None else None
+
+    def _progress(self, label: str, total: int) -> ImageProgress:
+        return ImageProgress(label, total, enabled=self.show_progress)
 
     def score(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,11 @@ class FeatureExtractor:
         self.batch_size = batch_size
 
     @torch.inference_mode()
-    def __call__(self, images_uint8: np.ndarray) -> Features:
-        """uint8 [n, C, H, W] (C = 1 or 3), the pixels as a PNG file would hold them."""
+    def __call__(self, images_uint8: np.ndarray, on_batch: Callable[[int], None] | None = None) -> Features:
+        """uint8 [n, C, H, W] (C = 1 or 3), the pixels as a PNG file would hold them.
+
+        ``on_batch(k)`` after each batch of k images: a progress line's count.
+        """
         n = len(images_uint8)
         pool3 = np.empty((n, FEATURE_DIM), dtype=np.float32)
         logits = np.empty((n, NUM_LOGITS), dtype=np.float32)
@@ -50,4 +54,6 @@ class FeatureExtractor:
             p, lg = self.net(x)
             pool3[i : i + len(batch)] = p.float().cpu().numpy()
             logits[i : i + len(batch)] = lg.float().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(batch))
         return Features(pool3, logits)

@@ -69,7 +69,10 @@ def check_options(opts: EvaluateOptions) -> None:
         raise UserError(f"--inception-sha256: expected 64 hex digits, got {sha!r}")
 
 
-def evaluate(source: Source, opts: EvaluateOptions, *, log: bool = True, echo: Echo = print) -> EvaluateResult:
+def evaluate(
+    source: Source, opts: EvaluateOptions, *, log: bool = True, show_progress: bool = True, echo: Echo = print
+) -> EvaluateResult:
+    """``show_progress``: live lines on stderr while the reference statistics and the samples are computed."""
     import torch
 
     from ganops.evaluate.evaluator import EvalSettings, Evaluator
@@ -103,7 +106,7 @@ def evaluate(source: Source, opts: EvaluateOptions, *, log: bool = True, echo: E
     device = _device(opts.device)
 
     t0 = time.time()
-    evaluator = Evaluator(spec, settings, device, warn=lambda m: echo(f"warning: {m}"))
+    evaluator = Evaluator(spec, settings, device, warn=lambda m: echo(f"warning: {m}"), show_progress=show_progress)
     g = load_generator(source)
     try:
         ref = evaluator.prepare_reference()

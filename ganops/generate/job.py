@@ -4,7 +4,6 @@ write the manifest last, and record the job as its own MLflow run."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from ganops import __version__, storage
 from ganops.errors import UserError
 from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator
+from ganops.progress import ImageProgress
 
 Echo = Callable[[str], None]
 
@@ -87,34 +87,6 @@ def check(
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
     storage.check_writable(out, field="--out")
     return z_all, labels_all, g, d
-
-
-class _Progress:
-    """'generated 12000/50000 (24%)  3100 img/s  ETA 12s' — redrawn on a TTY, every 10 s in logs."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.time()
-        self._last = 0.0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.time()
-        if not self.tty and now - self._last < 10 and self.done < self.total:
-            return
-        self._last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate else 0
-        line = f"generated {self.done}/{self.total} ({100 * self.done // self.total}%)  {rate:.0f} img/s  ETA {eta:.0f}s"
-        sys.stderr.write(("\r\033[K" if self.tty else "") + line + ("" if self.tty else "\n"))
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
 
 
 def _local_shards(
@@ -248,18 +220,19 @@ def generate(
             count, n_shards = manifest["count"], 0
         else:
             ranges = latents.shard_ranges(opts.num, opts.shard_size)
-            progress = _Progress(opts.num, show_progress)
             if workers > 1 and len(ranges) > 1:
                 stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
             else:
                 stream = _local_shards(source, opts, out, ranges, z_all, labels_all, g, d)
             records = []
-            for record, first in stream:
-                records.append(record)
-                if first is not None:
-                    preview = first
-                progress.add(record["count"])
-            progress.close()
+            # Counted here, in the driver, as each shard comes back written (from this process
+            # or any Ray worker): one line for the whole job, wherever its shards are made.
+            with ImageProgress("generating", opts.num, enabled=show_progress) as progress:
+                for record, first in stream:
+                    records.append(record)
+                    if first is not None:
+                        preview = first
+                    progress.add(record["count"])
             records.sort(key=lambda r: r["shard"])
             count, n_shards = sum(r["count"] for r in records), len(records)
             manifest.update({"kind": "samples", "count": count, "shards": records})

@@ -10,16 +10,11 @@ from typing import Any
 
 import ray
 
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+from ganops.progress import LiveLine, duration
 
 
 def format_line(p: dict[str, Any], eta_s: float | None) -> str:
-    eta = f"  ETA {_duration(eta_s)}" if eta_s is not None else ""
+    eta = f"  ETA {duration(eta_s)}" if eta_s is not None else ""
     if "d_x" in p:  # probabilities (bce, minimax)
         outputs = f"D(x) {p['d_x']:.2f}  D(G(z)) {p['d_g_z']:.2f}"
     else:  # raw critic scores (hinge, wgan_gp, lsgan): no probabilities
@@ -31,7 +26,8 @@ def format_line(p: dict[str, Any], eta_s: float | None) -> str:
 
 
 class ProgressDisplay:
-    """Polls the control actor in a thread; redraws one line on a TTY, prints lines otherwise.
+    """Polls the control actor in a thread; the line itself is a ``LiveLine`` (redrawn on a
+    TTY, a line every 10 s at most in logs, and the last one).
 
     Warnings from the workers (whose own output stays in Ray's logs) are printed too,
     with or without the progress line.
@@ -50,17 +46,16 @@ class ProgressDisplay:
         self.interval_s = interval_s
         self.show_line = show_line
         self.echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
-        self.tty = sys.stderr.isatty() and show_line
+        self.line = LiveLine(redraw_s=0.0)  # a TTY redraw per poll (interval_s) is already few
+        self.tty = self.line.tty and show_line
         self._warnings_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ganops-progress")
         self._last_step = -1
-        self._last_print = 0.0
         # The rate is measured from the first report, not from submit: Ray's start-up
         # (tens of seconds here) would otherwise inflate the first ETAs.
         self._first: tuple[int, float] | None = None
         self.last: dict[str, Any] = {}
-        self._unprinted = False  # logs only: the newest report has not been printed
 
     def __enter__(self) -> ProgressDisplay:
         self._thread.start()
@@ -69,9 +64,7 @@ class ProgressDisplay:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if self.tty and self._last_step >= 0:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self.line.close()
 
     def _eta(self, step: int) -> float | None:
         now = time.time()
@@ -88,8 +81,7 @@ class ProgressDisplay:
         new = ray.get(self.control.warnings.remote(self._warnings_seen), timeout=5)
         self._warnings_seen += len(new)
         for message in new:
-            if self.tty and self._last_step >= 0:
-                sys.stderr.write("\r\033[K")
+            self.line.clear()
             self.echo(f"warning: {message}")
 
     def _run(self) -> None:
@@ -107,17 +99,12 @@ class ProgressDisplay:
             self._show(p, final)
 
     def _show(self, p: dict[str, Any], final: bool = False) -> None:
-        if not p or (p.get("step") == self._last_step and not (final and self._unprinted)):
+        if not p:
+            return
+        if p.get("step") == self._last_step:
+            if final:
+                self.line.flush()  # logs: the newest report, held back by the 10 s throttle
             return
         self.last = p
         self._last_step = p["step"]
-        line = format_line(p, self._eta(p["step"]))
-        if self.tty:
-            sys.stderr.write("\r\033[K" + line)
-            sys.stderr.flush()
-        elif time.time() - self._last_print >= 10 or final:  # logs: a line every 10 s at most, and the last
-            print(line, file=sys.stderr, flush=True)
-            self._last_print = time.time()
-            self._unprinted = False
-            return
-        self._unprinted = True
+        self.line.show(format_line(p, self._eta(p["step"])), final)
