@@ -70,6 +70,29 @@ def preflight(job: GANJob) -> gdata.ImageInfo:
     return info
 
 
+def preflight_eval_weights(job: GANJob, *, address: str | None, echo: Callable[[str], None] = print) -> None:
+    """With evaluation on and no ``spec.eval.inception_weights``: make sure the workers can fetch them.
+
+    Here, on the driver, so that an offline machine fails before any worker starts, with
+    the file to put where. Without ``address`` every worker runs on this machine: download
+    now, into the cache they will read (under its lock, once). With ``address`` (a cluster
+    joined, the remote driver of ``--target ray``/``k8s``) the workers may be on other
+    machines with their own caches, where each downloads once under its own lock when it
+    loads the network; here only the URL is tried (or a cached copy found), as a full
+    download on a head node that evaluates nothing would be wasted. Not in ``preflight``:
+    ``validate`` and ``--dry-run`` must not download 90 MB.
+    """
+    ev = job.spec.eval
+    if ev.every_epochs is None or ev.inception_weights:
+        return
+    from ganops.evaluate import fetch
+
+    if address:
+        fetch.check_reachable(ev.inception_sha256, field=f"spec.{fetch.WEIGHTS_FIELD}")
+    else:
+        fetch.ensure(ev.inception_sha256, field=f"spec.{fetch.WEIGHTS_FIELD}", notify=echo)
+
+
 def submit(
     job: GANJob,
     *,
@@ -80,6 +103,7 @@ def submit(
 ) -> RunResult:
     """Train ``job`` on Ray: the embedded local Ray, or the cluster at ``address``."""
     info = preflight(job)
+    preflight_eval_weights(job, address=address, echo=echo)
     from ganops.train.launch import run
 
     return run(job, info, address=address, restart=restart, show_progress=show_progress, echo=echo)

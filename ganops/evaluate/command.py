@@ -22,7 +22,8 @@ def _err(msg: str) -> None:
               help="Comma-separated: fid,kid,is,pr. [default: the run's spec.eval.metrics]")  # fmt: skip
 @click.option("--inception-weights", metavar="PATH|S3", default=None,
               help="pt_inception-2015-12-05-6726825d.pth, local or s3://. "
-                   "[default: the run's spec.eval.inception_weights]")  # fmt: skip
+                   "[default: the run's spec.eval.inception_weights, else the published file, downloaded once into "
+                   "$GANOPS_CACHE]")  # fmt: skip
 @click.option("--inception-sha256", metavar="HEX", default=None,
               help="Expected sha256 of the weights. [default: the pinned pytorch-fid file's]")  # fmt: skip
 @click.option("--reference-split", type=click.Choice(["train", "test"]), default=None,

@@ -87,11 +87,7 @@ def evaluate(
     from_flag = opts.inception_weights is not None
     weights = opts.inception_weights if from_flag else spec.eval.inception_weights
     sha = opts.inception_sha256 or (None if from_flag else spec.eval.inception_sha256)
-    if not weights:
-        raise UserError(
-            f"--inception-weights: required: run {source.run_id}'s spec has no {WEIGHTS_FIELD} "
-            "(the FID Inception weights pt_inception-2015-12-05-6726825d.pth; see the README)"
-        )
+    # Neither given: load_inception fetches the published file once into $GANOPS_CACHE.
     weights_field = (
         "--inception-weights" if from_flag else f"{WEIGHTS_FIELD} (run {source.run_id}; or --inception-weights)"
     )

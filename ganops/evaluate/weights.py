@@ -3,7 +3,8 @@
 FID values are only comparable when every run uses the same network, bit for bit, so the
 file is pinned: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (the TensorFlow FID
 graph of 2015-12-05 ported to PyTorch), whose sha256 starts with the 8 hex digits in its
-name, as torch.hub's naming convention has it.
+name, as torch.hub's naming convention has it. With no path given, the file is downloaded
+once per machine into ``$GANOPS_CACHE/fid/`` (``ganops.evaluate.fetch``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def read_weights(
     """The file's bytes and sha256, after checking it against ``expected_sha256`` (default: pinned)."""
     expected = (expected_sha256 or PINNED_SHA256).lower()
     if not uri:
-        raise UserError(f"{field}: required: the FID Inception weights {WEIGHTS_FILE} (download: {WEIGHTS_URL})")
+        from ganops.evaluate import fetch  # imports this module: not at the top
+
+        # Checked against ``expected`` by the fetch, and once more below like any other file.
+        uri = str(fetch.ensure(expected, field=field))
     if "://" in uri and not storage.is_s3(uri):
         raise UserError(f"{field}: unsupported scheme in {uri!r} (use a local path or s3://bucket/key)")
     try:

@@ -215,7 +215,8 @@ class EvalSpec(_Strict):
     metrics: list[Literal["fid", "kid", "is", "pr"]] = Field(default_factory=lambda: list(METRICS))
     """Which scores: Fréchet and kernel Inception distance, Inception score, precision/recall."""
     inception_weights: str | None = None
-    """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI."""
+    """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI (unset: the
+    published file, downloaded once per machine into $GANOPS_CACHE)."""
     inception_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     """Expected sha256 of `inception_weights` (default: the pinned pytorch-fid file's); other
     weights give scores that cannot be compared with anyone else's."""
@@ -329,11 +330,6 @@ class GANJobSpec(_Strict):
             raise ValueError(
                 f"train.batch_size: {self.train.batch_size} is not divisible by scaling.num_workers={workers} "
                 "(the batch is global: each worker gets batch_size / num_workers)"
-            )
-        if self.eval.every_epochs is not None and not self.eval.inception_weights:
-            raise ValueError(
-                "eval.inception_weights: required with eval.every_epochs (the FID Inception weights, "
-                "pt_inception-2015-12-05-6726825d.pth; see the README)"
             )
         if self.train.loss == "wgan_gp" and batchnorm_critic(self.model, static_image_size(self.data)):
             raise ValueError(
