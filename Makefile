@@ -9,7 +9,13 @@ EPOCHS ?= 10
 # etcd + kube-apiserver for the operator tests: built once (≈5 min), then cached.
 ENVTEST ?= ../shared/k8s-envtest/build.sh
 
-.PHONY: setup mnist test test-learning bench clean
+# Headless Chromium and its driver for the MLflow run-page test (tests/test_mlflow_ui.py):
+# Debian's packages, installed once when missing (as root, else through sudo).
+BROWSER := $(VENV)/.browser
+# Where that test keeps its screenshots of the run page.
+export GANOPS_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
+
+.PHONY: setup browser mnist test test-learning bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +26,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+$(BROWSER): $(STAMP)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver; \
+	fi
+	touch $(BROWSER)
+
+browser: $(BROWSER)
+
 # The main job, sized for a 2-core CPU with no internet: the local MNIST test split, 3 epochs.
 mnist: $(STAMP)
 	$(VENV)/bin/ganops submit jobs/mnist_dcgan.yaml \
 	  --set spec.data.root=$(MNIST) --set spec.data.split=test --set spec.train.epochs=$(EPOCHS)
 
 # The API server is built before pytest starts, so that no test's time limit includes it.
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	assets="$$(bash $(ENVTEST))" && KUBEBUILDER_ASSETS="$$(echo "$$assets" | tail -n 1)" $(PY) -m pytest
 
 # Every case of the learning tier (25-35 min on 2 CPUs); make test runs its default subset.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -38,6 +39,9 @@ Warn = Callable[[str], None]
 def _quiet_mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # A new embedded store announces its table creation and migrations at INFO on every first
+    # run; that is MLflow's business, not the user's (errors still show).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 @contextmanager
@@ -264,6 +268,34 @@ def close_run(ref: RunRef, status: str) -> None:
     _client(ref.tracking_uri).set_terminated(ref.run_id, status=status)
 
 
+# -- the run's page: description and the artifacts it shows (see ganops.run_note) --------
+
+
+def run_tags(ref: RunRef) -> dict[str, str]:
+    return dict(_client(ref.tracking_uri).get_run(ref.run_id).data.tags)
+
+
+def list_artifacts(ref: RunRef, folder: str) -> list[str]:
+    return [a.path for a in _client(ref.tracking_uri).list_artifacts(ref.run_id, folder)]
+
+
+def log_artifact_bytes(ref: RunRef, data: bytes, artifact_file: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / Path(artifact_file).name
+        local.write_bytes(data)
+        parent = str(Path(artifact_file).parent)
+        _client(ref.tracking_uri).log_artifact(ref.run_id, str(local), None if parent == "." else parent)
+
+
+def set_note(ref: RunRef, markdown: str) -> None:
+    """The run's description in the MLflow UI (the ``mlflow.note.content`` tag)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    _client(ref.tracking_uri).set_tag(ref.run_id, MLFLOW_RUN_NOTE, markdown)
+
+
 def ui_address_hint(ref: RunRef, storage_root: str) -> str:
     """Where to look at the run: its page on a server, or the command that serves the local store."""
     if ref.tracking_uri.startswith(("http://", "https://")):
@@ -436,7 +468,15 @@ def log_generator(
     Returns the model URI, or None when every attempt failed (the checkpoint still holds G).
     """
     info = _log_generator(tracking_uri, run_id, generator, register_as, warn, attempts)
-    return info.model_uri if info is not None else None
+    if info is None:
+        return None
+    if register_as and info.registered_model_version is not None:
+        # The run's description names the version; MLflow keeps it only on the model's side.
+        try:
+            _client(tracking_uri).set_tag(run_id, REGISTERED_TAG, str(info.registered_model_version))
+        except Exception as e:  # noqa: BLE001 - the model is registered; only the tag is missing
+            warn(f"could not tag run {run_id} with its registered version ({str(e).splitlines()[0][:200]})")
+    return info.model_uri
 
 
 def _log_generator(
@@ -489,6 +529,7 @@ def _log_generator(
 # -- the registered model's champion: the version with the best FID -----------------------
 
 CHAMPION = "champion"
+REGISTERED_TAG = "ganops.registered_version"  # the version the final generator was registered as
 FID_TAG = "ganops.eval.fid"
 SETUP_TAG = "ganops.eval.setup"
 STEP_TAG = "ganops.eval.step"

@@ -339,7 +339,8 @@ def test_a_job_runs_to_success_with_its_mlflow_run_and_checkpoint(ray_head: Head
     assert info.metadata["ganops.job"] == jobs.short and info.metadata["ganops.kind"] == "train"
     env_vars = (info.runtime_env or {}).get("env_vars", {})
     assert set(env_vars) <= {"RAY_JOB_STOP_WAIT_TIME_S", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                             "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE"}
+                             "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE",
+                             "GANOPS_INCEPTION_URL", "GANOPS_TIMINGS"}
     everything = json.dumps(info.model_dump(), default=str)
     assert LEAK not in everything and ray_head.token not in everything
 

@@ -120,7 +120,9 @@ def test_sample_grids_are_images_keyed_by_step_and_the_gif_and_spec_are_artifact
     images = [a.path for a in mlflow_client.list_artifacts(run_id, "images")]
     steps = sorted({int(p.split("+step+")[1].split("+")[0]) for p in images if p.endswith(".png")})
     assert steps == [8, 16, 24]  # one grid per epoch, at the step it was drawn
-    assert [a.path for a in mlflow_client.list_artifacts(run_id, "samples")] == ["samples/training.gif"]
+    # The GIF, and the last grid that the run's description shows.
+    assert [a.path for a in mlflow_client.list_artifacts(run_id, "samples")] == [
+        "samples/final_grid.png", "samples/training.gif"]  # fmt: skip
     spec_text = Path(mlflow_client.download_artifacts(run_id, "spec.yaml")).read_text()
     assert spec_text == dump(tracked["resumed_job"])
     # The server proxies artifacts into the S3 bucket behind it.
@@ -280,3 +282,12 @@ def test_a_run_on_kubernetes_is_tagged_with_its_ganjob(tmp_path: Path, mnist_roo
     assert (tags["ganops.k8s_uid"], tags["ganops.k8s_namespace"]) == ("5a1b-uid", "team-a")
     monkeypatch.delenv("GANOPS_K8S_UID")
     assert "ganops.k8s_uid" not in tracking._tags(job, 1)
+
+
+def test_the_run_description_follows_a_resumed_job_to_its_end(tracked, mlflow_client) -> None:
+    run = mlflow_client.get_run(tracked["second"].mlflow_run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("### mnist-dcgan: finished, 3/3 epochs\n")
+    assert f"`s3://{tracked['bucket']}/team/mnist-dcgan/checkpoints/epoch_0003`" in note
+    assert f"`{run.data.tags['ganops.model_uri']}`, registered as `{REGISTERED}` version" in note
+    assert "on 2 workers" in note and "![samples after epoch 3](get-artifact?path=samples%2Ffinal_grid.png" in note

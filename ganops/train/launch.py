@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +24,16 @@ from ganops.data import ImageInfo
 from ganops.errors import ResourceError, UserError
 from ganops.spec import dump
 from ganops.spec.models import GANJob
+from ganops.timings import mark
 
 Echo = Callable[[str], None]
 
 # Ray's own chatter (usage stats, dashboards) is off for an embedded run on a laptop.
 _EMBEDDED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
+# Only when ganops starts the Ray itself. Ray Train's controller notices that the workers
+# have finished when it next polls them, every 2 s by default: a short run then waits 1 s on
+# average for fit() to return. A few workers on one machine can be polled 4 times a second.
+_LOCAL_ONLY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 @dataclass
@@ -54,7 +60,7 @@ class RunResult:
 # environment (an instance role, a Kubernetes Secret), never through Ray.
 WORKER_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE",
+    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE", "GANOPS_INCEPTION_URL", "GANOPS_TIMINGS",
 )  # fmt: skip
 
 
@@ -133,6 +139,8 @@ def _init_ray(address: str | None) -> bool:
     # Worker output stays in Ray's log files: a failure reaches the user through the
     # exception fit() raises, without every rank's traceback printed twice before it.
     # address="local": always a new Ray, never one that `ray start` left on this machine.
+    for k, v in _LOCAL_ONLY_ENV.items():  # before ray.init: its processes inherit the environment
+        os.environ.setdefault(k, v)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     return True
 
@@ -226,6 +234,7 @@ def run(
     echo: Echo = print,
 ) -> RunResult:
     t0 = time.time()
+    mark("driver.submit")  # the command's imports, spec load and pre-flight are behind us
     spec = job.spec
     jd = jobdir.JobDir(spec.storage, job.name)
     archived = None
@@ -253,11 +262,16 @@ def run(
         echo(f"resuming {job.name} from {latest.name} ({where}) → {spec.train.epochs} epochs")
     storage.write_bytes(jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
 
-    from ganops import tracking
+    from ganops import run_note, tracking
 
-    run_ref = tracking.open_run(job, jd, warn=lambda m: echo(f"warning: {m}"))
-    verb = "continuing" if run_ref.resumed else "logging to"
-    echo(f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})")
+    def note_warn(message: str) -> None:
+        echo(f"warning: {message}")
+
+    def open_tracking() -> tracking.RunRef:
+        ref = tracking.open_run(job, jd, warn=note_warn)
+        run_note.update(ref, job, jd, info, "RUNNING", note_warn)  # the run's page says what is training
+        mark("driver.mlflow_open")
+        return ref
 
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -267,9 +281,22 @@ def run(
     from ganops.train.loop import train_loop_per_worker
     from ganops.train.progress import ProgressDisplay
 
-    embedded = _init_ray(address)
-    resources = default_resources(job, embedded)
-    check_resources(job, resources)
+    mark("driver.imports")
+    # Opening the MLflow run (importing mlflow, creating a new store's tables, logging the
+    # params) and starting Ray take seconds each and need nothing from each other, so the
+    # run opens on a thread while Ray starts (see bench/first_run.py for what it saves).
+    # Ray's and torch's imports are done before the thread starts: two threads importing the
+    # same large packages at once is where Python's import locks can raise a deadlock error.
+    # The run is open before any worker starts: an unreachable server still fails the submit.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganops-mlflow-open") as pool:
+        opening = pool.submit(open_tracking)
+        embedded = _init_ray(address)
+        mark("driver.ray_init")
+        resources = default_resources(job, embedded)
+        check_resources(job, resources)
+        run_ref = opening.result()
+    verb = "continuing" if run_ref.resumed else "logging to"
+    echo(f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})")
 
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
     control = JobControl.options(name=control_name).remote()
@@ -300,6 +327,7 @@ def run(
         with _ctrl_c_stops(control, echo):
             with ProgressDisplay(control, total_steps, show_line=show_progress, echo=echo):
                 _fit_off_main_thread(trainer)
+        mark("driver.fit")
         latest_after = jd.latest_checkpoint()
         stopped = latest_after is not None and latest_after.epoch < spec.train.epochs
         # KILLED marks a run stopped early: the next submit resumes it and sets it RUNNING.
@@ -314,10 +342,13 @@ def run(
         raise
     finally:
         ray.kill(control)
+        # The description tells how the run ended: written before the run is marked ended.
+        run_note.update(run_ref, job, jd, info, status, note_warn)
         try:
             tracking.close_run(run_ref, status)
         except Exception as e:  # noqa: BLE001 - never mask the run's own outcome
             echo(f"warning: could not mark MLflow run {run_ref.run_id} {status}: {e}")
+        mark("driver.mlflow_close")
     result = _result(jd, job, latest_after, latest, archived, stopped, t0)
     result.mlflow_run_id = run_ref.run_id
     result.tracking_uri = tracking.redact(run_ref.tracking_uri)

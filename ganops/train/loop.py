@@ -32,6 +32,7 @@ from ganops import data as gdata
 from ganops import jobdir, storage
 from ganops.spec import dump, validate
 from ganops.spec.models import GANJob
+from ganops.timings import mark
 from ganops.train import samples
 from ganops.train.batches import RankBatches
 from ganops.train.step import GANStep
@@ -73,6 +74,7 @@ class Worker:
 
         torch.manual_seed(rank_seed(self.spec.train.seed, 0))  # same initial weights everywhere
         self.data = gdata.load(self.spec.data)
+        mark(f"rank{self.rank}.data")
         info = self.data.info
         self.step = GANStep(
             self.spec,
@@ -82,6 +84,12 @@ class Worker:
             ddp=self.world > 1,
             noise_seed=rank_seed(self.spec.train.seed, self.rank, salt=1),
         )
+        if self.tracker is not None:
+            # Only a worker has the networks built: the run's description reads this tag.
+            from ganops.run_note import NETWORKS_TAG, networks_summary
+
+            sizes = [sum(p.numel() for p in net.parameters()) for net in (self.step.g, self.step.d)]
+            self.tracker.set_tag(NETWORKS_TAG, networks_summary(self.step.g.config, *sizes))
         torch.manual_seed(rank_seed(self.spec.train.seed, self.rank, salt=2))  # dropout differs per rank
         self.fixed_z, self.fixed_y, self.grid_cols = self._fixed_noise(info.num_classes)
         self.pos = Position()
@@ -160,6 +168,7 @@ class Worker:
                     break
             if stop:
                 break
+            mark(f"rank{self.rank}.epoch{self.pos.epoch + 1}")
             # Curves get a point at every epoch end too, however short the epoch.
             if steps_since_log:
                 now = time.perf_counter()
@@ -169,14 +178,17 @@ class Worker:
             self.pos.batch = 0
             epoch_time = time.perf_counter() - t_epoch
             self._end_of_epoch(epoch_time)
+        mark(f"rank{self.rank}.trained")
         if stop and steps_since_log:  # and where the run stopped
             self._log_progress(time.perf_counter() - t_log, steps_since_log)
         if stop:
             self._save_and_report(self._metrics(), final=True)
         if self.rank == 0 and spec.samples.gif and not stop:
             self._write_gif()
+            mark("rank0.gif")
         if self.rank == 0 and not stop:
             self._log_model()
+            mark("rank0.model")
 
     def finish(self) -> None:
         """Flush rank 0's MLflow writes (retried through short outages)."""
@@ -516,8 +528,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
     for key, value in (config.get("env") or {}).items():
         os.environ.setdefault(key, value)
+    rank = ray.train.get_context().get_world_rank()
+    mark(f"rank{rank}.start")
     worker = Worker(config)
+    mark(f"rank{rank}.ready")
     try:
         worker.run()
     finally:
         worker.finish()
+        mark(f"rank{rank}.done")
