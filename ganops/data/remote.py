@@ -53,7 +53,7 @@ def local_root(root: str) -> str:
             f"GANOPS_CACHE: cannot create {dest.parent} ({e.strerror or e}); set GANOPS_CACHE to a writable directory"
         ) from None
     listing = [asdict(o) for o in objects]
-    with _locked(dest.parent / f"{dest.name}.lock"):
+    with file_lock(dest.parent / f"{dest.name}.lock"):
         if _marker(dest) == {"source": src.uri, "objects": listing}:
             return str(dest)
         _remove_leftovers(dest)
@@ -86,8 +86,12 @@ def _marker(dest: Path) -> object:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # flock, not a lock object: the callers are separate processes (Ray workers, the driver).
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (the cache's downloads take it).
+
+    flock, not a lock object: the callers are separate processes (Ray workers, the driver).
+    The kernel drops it when its holder dies, so a killed download never blocks the next.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -12,18 +12,16 @@ No torch here: the CLI's pre-flight calls this module.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.client
 import logging
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from ganops.data.remote import cache_dir
+from ganops.data.remote import cache_dir, file_lock
 from ganops.errors import UserError
 from ganops.evaluate.weights import PINNED_SHA256, WEIGHTS_FIELD, WEIGHTS_FILE, WEIGHTS_URL
 
@@ -86,7 +84,7 @@ def ensure(expected_sha256: str | None = None, *, field: str | None = None, noti
         raise UserError(
             f"GANOPS_CACHE: cannot create {dest.parent} ({e.strerror or e}); set GANOPS_CACHE to a writable directory"
         ) from None
-    with _locked(dest.parent / f"{dest.name}.lock"):
+    with file_lock(dest.parent / f"{dest.name}.lock"):
         found = file_sha256(dest)  # another process may have finished while we waited
         if found == expected:
             return dest
@@ -115,18 +113,6 @@ def check_reachable(expected_sha256: str | None = None, *, field: str | None = N
             r.read(1)
     except (OSError, http.client.HTTPException) as e:
         raise _offline(url, dest, expected, field, e, stale=None) from None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # flock, not a threading lock: the callers are separate processes (Ray workers, the driver).
-    # The kernel drops it when its holder dies, so a killed download never blocks the next.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def _remove_partials(dest: Path) -> None:
