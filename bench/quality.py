@@ -139,7 +139,9 @@ def _report(title: str, verdicts: dict[str, Verdict], extra: dict[str, str]) -> 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    job = runs.load_spec(args.job, *args.sets)
+    # The training steps are compared: both sides sample their raw G (the job's EMA is off
+    # unless --set turns it back on; the plain loop keeps none).
+    job = runs.load_spec(args.job, "spec.train.ema_decay=null", *args.sets)
     spec = job.spec
     if spec.data.dataset not in ("mnist", "cifar10", "svhn", "fashion_mnist"):
         raise UserError(f"spec.data.dataset: {spec.data.dataset}: quality is measured on MNIST, shaped as "

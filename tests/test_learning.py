@@ -73,7 +73,8 @@ LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
 # at a quarter of its widths, D at half): ten cases, each trained twice (ganops and plain),
 # fit the budget only so; what is tested is the objective and D's normalisation, not widths.
 LOSS_JOB = "mnist_dcgan"
-LOSS_SETS = ["spec.model.g_widths=[64,32,16]", "spec.model.d_widths=[32,64]"]
+# The EMA of G (the shipped job samples one) is off: the raw G of both loops is compared.
+LOSS_SETS = ["spec.model.g_widths=[64,32,16]", "spec.model.d_widths=[32,64]", "spec.train.ema_decay=null"]
 # At 300 steps an unbroken run could still cover only 6 classes (lsgan, d_norm none), and
 # WGAN-GP (one critic step per G step, the job's Adam) left noise only after ~450 steps
 # (FD 511 at 450, 283 with 9 classes at 600; the plain loop alike).
