@@ -46,14 +46,8 @@ def local_root(root: str) -> str:
     if not objects:
         raise UserError(f"{FIELD}: no files under {src.uri} (is the prefix right? upload the dataset's files there)")
     dest = _cache_path(src.uri)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"GANOPS_CACHE: cannot create {dest.parent} ({e.strerror or e}); set GANOPS_CACHE to a writable directory"
-        ) from None
     listing = [asdict(o) for o in objects]
-    with file_lock(dest.parent / f"{dest.name}.lock"):
+    with cache_lock(dest):
         if _marker(dest) == {"source": src.uri, "objects": listing}:
             return str(dest)
         _remove_leftovers(dest)
@@ -83,6 +77,19 @@ def _marker(dest: Path) -> object:
         return json.loads((dest / MARKER).read_text())
     except (OSError, ValueError):
         return None  # no copy yet, or one that was never completed
+
+
+@contextmanager
+def cache_lock(dest: Path) -> Iterator[None]:
+    """Hold the lock of the cache entry ``dest`` (creating its directory): one process fills it."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"GANOPS_CACHE: cannot create {dest.parent} ({e.strerror or e}); set GANOPS_CACHE to a writable directory"
+        ) from None
+    with file_lock(dest.parent / f"{dest.name}.lock"):
+        yield
 
 
 @contextmanager

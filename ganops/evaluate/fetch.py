@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ganops.data.remote import cache_dir, file_lock
+from ganops.data.remote import cache_dir, cache_lock
 from ganops.errors import UserError
 from ganops.evaluate.weights import PINNED_SHA256, WEIGHTS_FIELD, WEIGHTS_FILE, WEIGHTS_URL
 
@@ -78,13 +78,7 @@ def ensure(expected_sha256: str | None = None, *, field: str | None = None, noti
     # Fast path without the lock: the file only ever appears complete (os.replace).
     if file_sha256(dest) == expected:
         return dest
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(
-            f"GANOPS_CACHE: cannot create {dest.parent} ({e.strerror or e}); set GANOPS_CACHE to a writable directory"
-        ) from None
-    with file_lock(dest.parent / f"{dest.name}.lock"):
+    with cache_lock(dest):
         found = file_sha256(dest)  # another process may have finished while we waited
         if found == expected:
             return dest
