@@ -89,6 +89,9 @@ def test_enums_list_the_valid_choices() -> None:
     for arch in ARCHS:
         assert arch in got["spec.model.arch"]
     assert "wgan_gp" in got["spec.train.loss"]
+    # float16 would need loss scaling; only bfloat16 autocast is offered.
+    got = problems(minimal(train={"precision": "fp16"}))
+    assert "bf16" in got["spec.train.precision"] and "fp32" in got["spec.train.precision"]
 
 
 def test_registries_in_the_spec_match_the_worker_side_registries() -> None:

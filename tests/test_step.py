@@ -46,6 +46,40 @@ def test_batchnorm_d_scores_real_and_fake_each_with_their_own_statistics() -> No
     assert int(bn.num_batches_tracked) == 3
 
 
+def test_bf16_runs_the_forwards_in_bfloat16_and_keeps_float32_weights_and_state() -> None:
+    torch.manual_seed(0)
+    step = GANStep(small_job("spec.train.precision=bf16").spec, (3, 32, 32), None, torch.device("cpu"))
+    dtypes: list[torch.dtype] = []
+    for net in (step.g, step.d):
+        conv = next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
+        conv.register_forward_hook(lambda _m, _inp, out: dtypes.append(out.dtype))
+    batches, zs = data(2)
+    for real in batches:
+        step.train_batch(real, None)
+    # G in the D step, D on real and fake, D in the G step: every conv ran in bfloat16...
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    # ...while the weights, the optimizer state and the statistics stay float32.
+    state = step.state_dict()
+    tensors = [*state["g"].values(), *state["d"].values()]  # type: ignore[union-attr]
+    tensors += [t for s in state["opt_d"]["state"].values() for t in s.values() if t.dim() > 0]  # type: ignore[index]
+    assert {t.dtype for t in tensors if t.is_floating_point()} == {torch.float32}
+    stats = step.take_stats()
+    assert all(v == v and abs(v) < 1e3 for v in stats.values()), stats  # finite
+    # And sampling (grids, evaluation, export) is plain float32 outside autocast.
+    assert step.sampler(torch.randn(2, 100)).dtype == torch.float32
+
+
+def test_bf16_with_sync_batchnorm_trains_on_two_ranks(tmp_path: Path) -> None:
+    # The cross-rank BatchNorm keeps its statistics in float32 under bfloat16 autocast
+    # (it failed on its float32 running buffers before).
+    batches, zs = data(2)
+    job = small_job("spec.scaling.sync_batchnorm=true", "spec.train.precision=bf16")
+    out = train(job, batches, zs, world=2, tmp=tmp_path)
+    for net in ("g", "d"):
+        for k, v in out[net].items():
+            assert v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all(), k
+
+
 def test_one_all_reduce_per_d_step_and_none_for_d_in_the_g_step(tmp_path: Path) -> None:
     batches, zs = data(3)
     out = train(small_job(), batches, zs, world=2, tmp=tmp_path)

@@ -50,6 +50,9 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         sync = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not sync:
             return super().forward(x)
+        # Statistics in float32 whatever the input (bfloat16 under autocast): sums of squares
+        # in bfloat16 lose the variance, and the running buffers are float32.
+        dtype, x = x.dtype, x.float()
         c = x.size(1)
         dims = [0, *range(2, x.dim())]
         count = x.new_full((1,), x.numel() // c)
@@ -70,7 +73,7 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def _swap(net: nn.Module, old: tuple[type[nn.Module], ...], make: Callable[[nn.Module], type[nn.Module]]) -> nn.Module:

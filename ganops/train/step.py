@@ -14,6 +14,7 @@ The DDP details follow from having two networks:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -135,6 +136,13 @@ class GANStep:
         self.noise.manual_seed(noise_seed)
         self.stats = StepStats(torch.zeros(len(self.stat_names), device=device))
         self._batches = 0
+        self._bf16 = spec.train.precision == "bf16"
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        """Forward passes only: PyTorch advises against running backward under autocast."""
+        if not self._bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # -- sampling ---------------------------------------------------------------------
     def sample_z(self, n: int) -> Tensor:
@@ -164,21 +172,22 @@ class GANStep:
         n = real.size(0)
         y = labels if self.num_classes is not None else None
         z = self.sample_z(n)
-        if keep_fake:
-            fake = self.g_train(z, y)
-        else:
-            with torch.no_grad():
-                fake = self.g(z, y)
-        parts = [real, fake.detach()]
-        interp = None
-        if self.loss.gradient_penalty:
-            interp = interpolates(real, fake.detach(), self.noise)
-            parts.append(interp)
-        logits = self.d_train(parts, [y] * len(parts) if y is not None else None)
-        real_logits, fake_logits = logits[:n], logits[n : 2 * n]
-        loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
-        if interp is not None:
-            loss = loss + self.train_spec.gp_weight * gradient_penalty(logits[2 * n :], interp)
+        with self._autocast():
+            if keep_fake:
+                fake = self.g_train(z, y)
+            else:
+                with torch.no_grad():
+                    fake = self.g(z, y)
+            parts = [real, fake.detach()]
+            interp = None
+            if self.loss.gradient_penalty:
+                interp = interpolates(real, fake.detach(), self.noise)
+                parts.append(interp)
+            logits = self.d_train(parts, [y] * len(parts) if y is not None else None).float()
+            real_logits, fake_logits = logits[:n], logits[n : 2 * n]
+            loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
+            if interp is not None:
+                loss = loss + self.train_spec.gp_weight * gradient_penalty(logits[2 * n :], interp)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(list(self.d.parameters()))
@@ -198,7 +207,8 @@ class GANStep:
         y = labels if self.num_classes is not None else None
         self.d.requires_grad_(False)
         try:
-            loss = self.loss.g_loss(self.d(fake, y))
+            with self._autocast():
+                loss = self.loss.g_loss(self.d(fake, y).float())
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:

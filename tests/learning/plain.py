@@ -11,11 +11,15 @@ one kind of image at a time. Nothing here comes from ``ganops.train`` or ``ganop
 the objectives are written out below, so the reference cannot share a bug with the code
 it judges. ``textbook=True`` is the loop exactly as pytorch/examples has it (BCE with hard
 labels, no clipping), whatever the spec says; otherwise the spec's loss, one-sided label
-smoothing, gradient penalty and gradient clipping are followed.
+smoothing, gradient penalty and gradient clipping are followed. In every mode
+``spec.train.precision: bf16`` runs the forward passes under bfloat16 autocast (the
+standard AMP recipe: backward outside it, float32 weights), so a bf16 job is compared
+with the same arithmetic.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -61,6 +65,13 @@ class PlainGAN:
             extra["betas"] = (t.betas[0], t.betas[1])
         self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)  # noqa: N815
         self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)  # noqa: N815
+        self.bf16 = getattr(t, "precision", "fp32") == "bf16"
+
+    def _fwd(self, net: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
+        """One forward pass, under bfloat16 autocast for a bf16 spec; float32 out."""
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with ctx:
+            return net(x, y).float()
 
     # -- the objectives, one half of D's loss at a time ---------------------------------
     def _d_real(self, logits: Tensor) -> Tensor:
@@ -95,7 +106,7 @@ class PlainGAN:
         """WGAN-GP (Gulrajani et al. 2017): (||grad D(x^)|| - 1)^2 on real-fake interpolates."""
         alpha = torch.rand(real.size(0), 1, 1, 1, device=self.device)
         x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.netD(x_hat, y).sum(), x_hat, create_graph=True)
+        (grad,) = torch.autograd.grad(self._fwd(self.netD, x_hat, y).sum(), x_hat, create_graph=True)
         return self.spec.train.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
     def _clip(self, net: nn.Module) -> None:
@@ -114,11 +125,11 @@ class PlainGAN:
         b = real.size(0)
         # (1) Update D network: maximize log D(x) + log(1 - D(G(z)))
         netD.zero_grad()
-        errD_real = self._d_real(netD(real, y))  # noqa: N806
+        errD_real = self._d_real(self._fwd(netD, real, y))  # noqa: N806
         errD_real.backward()
         noise = torch.randn(b, self.latent_dim, device=self.device)
-        fake = netG(noise, y)
-        errD_fake = self._d_fake(netD(fake.detach(), y))  # noqa: N806
+        fake = self._fwd(netG, noise, y)
+        errD_fake = self._d_fake(self._fwd(netD, fake.detach(), y))  # noqa: N806
         errD_fake.backward()
         if self.loss == "wgan_gp" and not self.textbook:
             self._penalty(real, fake.detach(), y).backward()
@@ -126,7 +137,7 @@ class PlainGAN:
         self.optimizerD.step()
         # (2) Update G network: maximize log D(G(z))
         netG.zero_grad()
-        errG = self._g(netD(fake, y))  # noqa: N806
+        errG = self._g(self._fwd(netD, fake, y))  # noqa: N806
         errG.backward()
         self._clip(netG)
         self.optimizerG.step()
