@@ -15,7 +15,7 @@ BROWSER := $(VENV)/.browser
 # Where that test keeps its screenshots of the run page.
 export GANOPS_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: setup browser mnist test test-learning bench clean
+.PHONY: setup browser mnist test test-fast lint test-learning bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ mnist: $(STAMP)
 # The API server is built before pytest starts, so that no test's time limit includes it.
 test: $(STAMP) $(BROWSER)
 	assets="$$(bash $(ENVTEST))" && KUBEBUILDER_ASSETS="$$(echo "$$assets" | tail -n 1)" $(PY) -m pytest
+
+# The pure tier: no Ray, no servers, no API server, no browser (tests not marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
+
+# Style and structure: ruff's checks and formatter, then the layer contracts in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ganops tests bench
+	$(VENV)/bin/ruff format --check ganops tests bench
+	$(VENV)/bin/lint-imports
 
 # Every case of the learning tier (25-35 min on 2 CPUs); make test runs its default subset.
 test-learning: $(STAMP)

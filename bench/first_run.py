@@ -55,7 +55,7 @@ DEFAULT_SETS = [
     "spec.train.epochs=1",
 ]
 TIMINGS_ENV = "GANOPS_TIMINGS"  # ganops.timings.ENV; not imported: (B) must not load ganops on its driver
-# How ganops starts an embedded Ray (ganops.train.launch._EMBEDDED_ENV / _init_ray): side B
+# How ganops starts an embedded Ray (ganops.rayinit: _EMBEDDED_ENV, init_ray): side B
 # starts it the same way, so Ray's own start-up cost is equal on both sides.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
 

@@ -56,9 +56,9 @@ from ganops import storage
 from ganops.errors import UserError
 from ganops.generate import core, latents, writer
 from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.images import to_uint8
 from ganops.nets import build_generator, resolve_config
 from ganops.nets.export import GeneratorExport
-from ganops.train.samples import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"

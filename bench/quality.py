@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sides(spec: Any, seed: int) -> dict[str, Any]:  # noqa: ANN401 - GANJobSpec
+def _sides(spec: Any, seed: int) -> dict[str, Any]:
     from ganops.train.step import GANStep
 
     shape = runs.image_shape(spec)
@@ -83,11 +83,11 @@ def _sides(spec: Any, seed: int) -> dict[str, Any]:  # noqa: ANN401 - GANJobSpec
     return {"ganops": step, "plain": plain}
 
 
-def _generator(side: Any) -> torch.nn.Module:  # noqa: ANN401
+def _generator(side: Any) -> torch.nn.Module:
     return side.sampler if hasattr(side, "sampler") else side.netG
 
 
-def equal_steps(spec: Any, steps: int, seed: int) -> tuple[dict[str, Any], dict[str, float]]:  # noqa: ANN401
+def equal_steps(spec: Any, steps: int, seed: int) -> tuple[dict[str, Any], dict[str, float]]:
     sides = _sides(spec, seed)
     secs = {"ganops": 0.0, "plain": 0.0}
     train, _ = mnist()
@@ -102,7 +102,7 @@ def equal_steps(spec: Any, steps: int, seed: int) -> tuple[dict[str, Any], dict[
     return sides, secs
 
 
-def equal_time(spec: Any, seconds: float, seed: int) -> tuple[dict[str, Any], dict[str, int]]:  # noqa: ANN401
+def equal_time(spec: Any, seconds: float, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
     """Each side trains for ``seconds`` of its own clock; returns the sides and their step counts.
 
     The sides take turns in slices of ~1 s each, so both see the same machine load.

@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repo
     sys.path.insert(0, str(REPO))
 from tests.learning.plain import PlainGAN  # noqa: E402 - needs the path above
+
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
 MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
 # The official test split (10,000 images) is what the shared folder holds. Batch 128 is what

@@ -6,6 +6,7 @@ Imports no torch, Ray or MLflow at module level so that ``ganops --help`` and
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,13 @@ def _set_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """FloatRange lets nan through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number (got {value})")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,11 +109,12 @@ def submit(
     writing a checkpoint. With --target ray or k8s the job runs on the cluster and this
     command returns once it is accepted: follow it with `ganops logs -f NAME`.
     """
-    from ganops.client import load_job, load_job_text, preflight, submit as sdk_submit
+    from ganops.client import load_job, load_job_text, preflight
+    from ganops.client import submit as sdk_submit
     from ganops.spec import dump
 
     if spec_b64:
-        from ganops.targets.entrypoint import decode_spec
+        from ganops.entrypoint import decode_spec
 
         job = load_job_text(decode_spec(spec_b64), "--spec-b64", list(overrides))
     elif spec_file:
@@ -146,7 +155,7 @@ def _submit_remote(
             obj = custom_object(job, namespace)
             click.echo(_dump(obj, output or "yaml"), nl=False)
         else:
-            from ganops.targets.entrypoint import train_command
+            from ganops.entrypoint import train_command
 
             click.echo(_dump({"entrypoint": train_command(job, restart=restart), "spec": job.to_dict()},
                              output or "yaml"), nl=False)  # fmt: skip
@@ -244,7 +253,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
 @click.option("--save-z", is_flag=True, help="Store the latent vector of every image with it.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Ray workers (1: in this process).")  # fmt: skip
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, callback=_finite)
 @click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Images per shard (a multiple of --batch-size wastes no G rows).")  # fmt: skip
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
@@ -270,6 +279,10 @@ def generate(
     interrupted job never looks complete), and records the job as its own MLflow run.
     With --target ray or k8s it runs as a job on the cluster (a GANGeneration on k8s).
     """
+    if num is not None and num < 1:  # before `num or 64` below could make 0 mean 64
+        raise UserError(f"--num: must be a positive number of images (got {num})", field="--num")
+    if not out.strip():  # '' would resolve to the current directory
+        raise UserError("--out: must not be empty (a directory or s3://bucket/prefix)", field="--out")
     if target != "local":
         from ganops.spec.generation import GANGeneration
         from ganops.spec.loader import validate_model
@@ -295,7 +308,7 @@ def generate(
 
                 click.echo(_dump(custom_object(gen, namespace), "yaml"), nl=False)
             else:
-                from ganops.targets.entrypoint import generate_command
+                from ganops.entrypoint import generate_command
 
                 click.echo(generate_command(gen.spec.to_args()))
             _err("dry run: nothing submitted")
@@ -336,16 +349,10 @@ def generate(
 
 def _count_z(path: str) -> int:
     """--num defaults to the number of vectors in --z."""
-    import io
-
-    import numpy as np
-
-    from ganops import storage
+    from ganops.generate.latents import count_z
 
     try:
-        data = np.load(io.BytesIO(storage.read_bytes(storage.locate(path))))
-        z = data["z"] if hasattr(data, "files") else data
-        return int(len(z))
+        return count_z(path)  # checks the shape: a 0-D array has no len()
     except FileNotFoundError:
         raise UserError(f"--z: no such file {path}") from None
     except (OSError, ValueError, KeyError) as e:
@@ -389,10 +396,10 @@ def operator_run(namespaces: tuple[str, ...], all_namespaces: bool, liveness: st
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")
     from ganops.k8s import operator as op
-    from ganops.k8s.render import Defaults
 
-    op.STATE.defaults = Defaults.from_env()  # a bad GANOPS_* value fails here, not per job
-    op.run(list(namespaces), all_namespaces, liveness, kubeconfig)
+    # A bad GANOPS_* value fails here, not per job.
+    config = op.OperatorConfig.from_env(namespaces=namespaces, all_namespaces=all_namespaces, kubeconfig=kubeconfig)
+    op.run(config, liveness=liveness)
 
 
 @operator.command()
@@ -406,7 +413,8 @@ def render(spec_file: str, overrides: tuple[str, ...], namespace: str) -> None:
     """
     from ganops.client import load_job
     from ganops.k8s.objects import custom_object
-    from ganops.k8s.render import Defaults, render as render_rayjob
+    from ganops.k8s.render import Defaults
+    from ganops.k8s.render import render as render_rayjob
 
     job = load_job(spec_file, list(overrides), resolve_paths=False)
     obj = custom_object(job, namespace)

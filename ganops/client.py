@@ -40,7 +40,8 @@ def load_job_text(text: str, source: str, overrides: list[str] | None = None) ->
 def _resolve_paths(job: GANJob) -> GANJob:
     spec = job.spec
     if spec.data.root and "://" not in spec.data.root:
-        spec.data.root = str(Path(spec.data.root).expanduser().resolve())
+        spec.data.root = str(gdata.expand_user(spec.data.root, "spec.data.root").resolve())
+    gdata.expand_user(spec.storage, "spec.storage")  # `~nosuchuser`: a UserError, not a RuntimeError
     spec.storage = storage.resolve(spec.storage)
     return job
 

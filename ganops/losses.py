@@ -45,7 +45,7 @@ def _minimax_g(fake: Tensor) -> Tensor:
     return -F.softplus(fake).mean()
 
 
-def _hinge_d(real: Tensor, fake: Tensor, smoothing: float) -> Tensor:
+def _hinge_d(real: Tensor, fake: Tensor, _smoothing: float) -> Tensor:  # smoothing: bce/minimax/lsgan only
     return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
 
@@ -53,7 +53,7 @@ def _hinge_g(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
-def _wgan_d(real: Tensor, fake: Tensor, smoothing: float) -> Tensor:
+def _wgan_d(real: Tensor, fake: Tensor, _smoothing: float) -> Tensor:
     return fake.mean() - real.mean()
 
 

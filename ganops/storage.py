@@ -180,6 +180,23 @@ def move_dir(src: Location, dst: Location) -> None:
     src.fs.delete_dir(src.path)
 
 
+def replace_dir_from_local(local: str, fs: pafs.FileSystem, dest: str, *, last: str | None = None) -> None:
+    """Copy the files of the local directory ``local`` into ``dest`` on ``fs`` (e.g. Ray
+    Train's storage filesystem), ``last`` after all others: a marker written last means
+    the files before it are complete. A directory already at ``dest`` is a leftover of an
+    interrupted write (it never got its marker) and is deleted first."""
+    if fs.get_file_info(dest).type != pafs.FileType.NotFound:
+        fs.delete_dir(dest)
+    fs.create_dir(dest, recursive=True)
+    for name in sorted(os.listdir(local), key=lambda n: n == last):
+        pafs.copy_files(
+            os.path.join(local, name),
+            posixpath.join(dest, name),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+
+
 def check_writable(loc: Location, *, field: str = STORAGE_FIELD) -> None:
     """Fail before any worker starts if ``loc`` cannot be written, saying what to fix."""
     if is_s3(loc.uri):

@@ -41,7 +41,7 @@ def mnist_job(storage: Path | str, mnist_root: Path, *overrides: str, job: str =
     return client.load_job(JOBS / f"{job}.yaml", base + list(overrides))
 
 
-def run(job: GANJob, **kw: object):  # noqa: ANN201 - RunResult, imported lazily by the SDK
+def run(job: GANJob, **kw: object):
     """Submit in-process on the session's Ray, quietly."""
     from ganops import client
 
@@ -114,7 +114,7 @@ def mlflow_server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     home = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server}
-    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
          "--artifacts-destination", "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port),

@@ -40,7 +40,7 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], batches: l
         for name, net in (("d", step.d_train), ("g", step.g_train)):
 
             # No annotations: DDP checks them at run time, and this module's are strings.
-            def hook(state, bucket, name=name):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+            def hook(state, bucket, name=name):  # type: ignore[no-untyped-def]
                 reductions[name] += 1
                 fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
                 return fut.then(lambda f: f.value()[0] / world)

@@ -9,11 +9,11 @@ enforced exactly as for that ServiceAccount in a cluster.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ class KubeAPI:
             ns = doc["metadata"].get("namespace") if res.namespaced else None
             try:
                 res.create(body=doc, namespace=ns)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if getattr(e, "status", None) != 409:
                     raise
                 cur = res.get(name=doc["metadata"]["name"], namespace=ns)
@@ -119,7 +119,7 @@ class KubeAPI:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    ctx = ssl._create_unverified_context()  # noqa: SLF001 - the test server's self-signed cert
+    ctx = ssl._create_unverified_context()
     deadline = time.time() + timeout
     while True:
         try:
@@ -147,7 +147,7 @@ def start(home: Path | None = None) -> KubeAPI:
          "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
          "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
          "--unsafe-no-fsync"],
-        stdout=open(etcd_log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(etcd_log, "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     # Service-account signing keys (v1.20 requires an issuer and a signing key).
     key = home / "sa.key"
@@ -180,7 +180,7 @@ def start(home: Path | None = None) -> KubeAPI:
          "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
          "--enable-priority-and-fairness=false",
          "--v=1"],
-        stdout=open(api_log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(api_log, "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     kube = KubeAPI(url=f"https://127.0.0.1:{api_port}", home=home, procs=[etcd, api])
     try:

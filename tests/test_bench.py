@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 
-def _load(name: str):  # noqa: ANN202 - a script module
+def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -389,6 +389,39 @@ def test_missing_root_directory_names_the_field(tmp_path: Path) -> None:
         data.probe(spec("svhn", tmp_path / "nowhere"))
 
 
+def test_data_errors_about_a_spec_field_carry_it(tmp_path: Path, mnist_root: Path) -> None:
+    # Code that reacts to the field (evaluate's --data-root hint) reads it, not the message.
+    cases = [
+        (spec("svhn", tmp_path / "nowhere"), "spec.data.root"),
+        (spec("svhn", tmp_path, split="test"), "spec.data.root"),  # the split's files are missing
+        (spec("mnist", mnist_root, split="test", num_classes=5), "spec.data.num_classes"),
+    ]
+    for s, field in cases:
+        with pytest.raises(UserError) as e:
+            data.probe(s)
+        assert e.value.field == field, str(e.value)
+    with pytest.raises(UserError) as e:
+        data.get("imagenet")
+    assert e.value.field == "spec.data.dataset"
+
+
+def test_a_root_for_an_unknown_user_or_with_a_nul_is_a_user_error_naming_the_field() -> None:
+    # Path.expanduser raises RuntimeError for an unknown user; os.stat ValueError for a NUL.
+    for root, why in (("~nosuchuser-ganops/mnist", "no user 'nosuchuser-ganops'"), ("a\0b", "NUL")):
+        with pytest.raises(UserError, match=f"spec.data.root: .*{why}") as e:
+            data.root_dir(DataSpec.model_construct(dataset="mnist", root=root))
+        assert e.value.field == "spec.data.root"
+    assert data.expand_user("~/x", "f") == Path.home() / "x"
+
+
+def test_the_fake_dataset_refuses_a_size_it_cannot_hold() -> None:
+    # model_construct skips the spec's own bound: the reader checks before allocating.
+    huge = DataSpec.model_construct(dataset="fake", limit=10**12, image_size=None, channels=None, num_classes=None)
+    with pytest.raises(UserError, match="spec.data.limit: .* GiB") as e:
+        data.probe(huge)
+    assert e.value.field == "spec.data.limit"
+
+
 def test_missing_files_list_the_expected_names_in_the_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         data.probe(spec("svhn", tmp_path, split="test"))

@@ -90,7 +90,7 @@ def _record(trained: dict, step: int) -> dict:
     return json.loads(path.read_text())
 
 
-def _client(uri: str):  # noqa: ANN202
+def _client(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(uri)
@@ -178,7 +178,7 @@ def test_the_champion_alias_moves_only_when_the_fid_improves(tmp_path: Path) -> 
     g = build_generator(ModelSpec(arch="mlp", latent_dim=8, g_widths=[16]), (1, 8, 8), None)
     warnings: list[str] = []
 
-    def promote(fid: float, setup: str = "setup-a", step: int = 1):  # noqa: ANN202
+    def promote(fid: float, setup: str = "setup-a", step: int = 1):
         return promote_if_better(uri, run_id, g, "alias-test", fid, setup, step, warnings.append)
 
     assert champion_fid(uri, "alias-test", "setup-a") is None

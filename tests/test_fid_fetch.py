@@ -36,7 +36,7 @@ class WeightsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 with server.lock:
                     server.gets.append(self.path)
                 data = server.files.get(self.path.lstrip("/"))

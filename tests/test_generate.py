@@ -58,7 +58,8 @@ def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempP
     import torch
 
     from ganops.nets import build_generator
-    from ganops.tracking import _client, log_generator, promote_if_better
+    from ganops.tracking import log_generator, promote_if_better
+    from ganops.tracking import mlflow_client as _client
 
     storage = tmp_path_factory.mktemp("gen-champion")
     run_id, uri = _train(storage, mnist_root, "mnist_dcgan", "spec.train.epochs=2", "spec.checkpoint.keep=2",
@@ -95,7 +96,7 @@ def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempP
             "champion_version": promo.version, "stray_version": str(stray_version)}  # fmt: skip
 
 
-def _gen(source: Source, out: Path | str, **kw: object):  # noqa: ANN202
+def _gen(source: Source, out: Path | str, **kw: object):
     workers = kw.pop("workers", 1)
     opts = GenerateOptions(**{"num": 40, "batch_size": 16, "shard_size": 16, **kw})
     return generate(source, opts, str(out), workers=workers, show_progress=False, echo=lambda _m: None)
@@ -187,7 +188,7 @@ def test_the_first_images_of_a_longer_run_are_the_images_of_a_shorter_one_whatev
     assert _pngs(tmp_path / "threes") == ten
 
 
-def _discriminator_of(checkpoint: str, source: Source):  # noqa: ANN202
+def _discriminator_of(checkpoint: str, source: Source):
     import torch
 
     from ganops.nets import build_discriminator

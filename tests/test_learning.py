@@ -31,7 +31,12 @@ import torch
 from tests.learning import runs
 from tests.learning.data import Digits, mnist, write_folder
 from tests.learning.fixtures import (  # noqa: F401 - fixtures
-    MIN_CLASSES, ceiling, check, failures, judge, results_table,
+    MIN_CLASSES,
+    ceiling,
+    check,
+    failures,
+    judge,
+    results_table,
 )  # fmt: skip
 from tests.learning.judge import Judge
 from tests.learning.plain import PlainGAN
@@ -155,7 +160,7 @@ def mnist_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_folder(tmp_path_factory.mktemp("mnist-folder"), train)
 
 
-def _plain_reference(job_spec, steps: int, judge: Judge) -> object:  # noqa: ANN001
+def _plain_reference(job_spec, steps: int, judge: Judge) -> object:
     """The plain loop on the job's networks with the workers' initial weights, same steps and global batch."""
     from ganops.train.loop import rank_seed
     from ganops.train.step import GANStep
@@ -186,7 +191,7 @@ def test_the_job_submitted_to_two_ray_workers_learns_mnist_digits(
     epochs = -(-steps // per_epoch)
     data = (
         # 32 px RGB jobs read the digits through the folder reader, as their real data path would.
-        [f"spec.data.dataset=folder", f"spec.data.root={mnist_folder}", "spec.data.image_size=32",
+        ["spec.data.dataset=folder", f"spec.data.root={mnist_folder}", "spec.data.image_size=32",
          "spec.data.channels=3"]
         if runs.image_shape(runs.load_spec(job).spec) == (3, 32, 32)
         else [f"spec.data.limit={len(train)}"]

@@ -95,7 +95,7 @@ def test_the_description_is_written_when_a_run_opens_and_again_when_it_ends(mnis
     from mlflow import MlflowClient
 
     from ganops import jobdir, storage, tracking
-    from ganops.train.samples import grid, png_bytes
+    from ganops.images import grid, png_bytes
 
     job = mnist_job(tmp_path / "runs", mnist_root, "spec.train.epochs=4")
     jd = jobdir.JobDir(job.spec.storage, job.name)

@@ -77,6 +77,62 @@ def test_unknown_keys_are_rejected_with_a_did_you_mean() -> None:
     assert got["spec.sampels"] == "unknown field (did you mean 'samples'?)"
 
 
+def test_a_generation_spec_typo_gets_suggestions_from_its_own_fields() -> None:
+    from ganops.spec.generation import GANGeneration
+    from ganops.spec.loader import validate_model
+
+    doc = {"metadata": {"name": "g"}, "spec": {"run_id": "r", "out": "o", "nmu": 3, "gpus_per_wroker": 1}}
+    with pytest.raises(SpecError) as e:
+        validate_model(GANGeneration, doc)
+    got = dict(e.value.problems)
+    assert got["spec.nmu"] == "unknown field (did you mean 'num'?)"  # not GANJob's spec fields
+    assert got["spec.gpus_per_wroker"] == "unknown field (did you mean 'gpus_per_worker'?)"
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "good"),
+    [("worker_cpu", "16Gi", "500m"), ("head_cpu", "1.5Mi", "1.5"), ("worker_memory", "500m", "16Gi"),
+     ("head_memory", "2cpu", "512Mi")],
+)  # fmt: skip
+def test_cpu_and_memory_quantities_are_each_checked_as_their_kind(field: str, bad: str, good: str) -> None:
+    # `worker_cpu: 16Gi` used to pass validate and fail in the operator.
+    got = problems(minimal(cluster={field: bad}))
+    assert "quantity" in got[f"spec.cluster.{field}"] and bad in got[f"spec.cluster.{field}"]
+    assert getattr(validate(minimal(cluster={field: good})).spec.cluster, field) == good
+    assert "more than zero" in problems(minimal(cluster={field: 0}))[f"spec.cluster.{field}"]
+
+
+def test_numeric_quantities_read_as_yaml_numbers_become_strings() -> None:
+    c = validate(minimal(cluster={"worker_cpu": 4, "head_cpu": 0.5, "worker_memory": 17179869184})).spec.cluster
+    assert (c.worker_cpu, c.head_cpu, c.worker_memory) == ("4", "0.5", "17179869184")
+
+
+def test_user_errors_carry_their_field_and_spec_errors_all_of_theirs() -> None:
+    assert UserError("--out: must not be empty", field="--out").field == "--out"
+    assert UserError("plain").field is None
+    with pytest.raises(SpecError) as e:
+        validate(minimal(train={"lr": 0, "epochs": -1}))
+    assert set(e.value.fields) == {"spec.train.lr", "spec.train.epochs"}
+    assert e.value.field == e.value.fields[0]
+
+
+def test_a_model_validators_field_comes_from_the_error_not_its_text() -> None:
+    got = problems(minimal(train={"batch_size": 100}, scaling={"num_workers": 3}))
+    assert got["spec.train.batch_size"].startswith("100 is not divisible")
+    doc = minimal()
+    doc["spec"]["data"] = {"dataset": "mnist"}
+    assert problems(doc)["spec.data.root"].startswith("required for dataset 'mnist'")
+
+
+def test_user_errors_keep_their_field_through_pickling() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(UserError("--out: x", field="--out")))
+    assert (type(err), str(err), err.field) == (UserError, "--out: x", "--out")
+    spec_err = pickle.loads(pickle.dumps(SpecError([("spec.train.lr", "must be > 0")], "f.yaml")))
+    assert spec_err.problems == [("spec.train.lr", "must be > 0")] and spec_err.field == "spec.train.lr"
+
+
 def test_errors_name_the_field_path_and_the_constraint() -> None:
     got = problems(minimal(train={"lr": 0, "epochs": -1}, scaling={"num_workers": "two"}))
     assert got["spec.train.lr"] == "must be > 0"

@@ -19,7 +19,7 @@ SMALL = [
 ]  # fmt: skip
 
 
-def small_job(*overrides: str):  # noqa: ANN201
+def small_job(*overrides: str):
     return client.load_job(JOBS / "cifar_dcgan.yaml", SMALL + list(overrides))
 
 

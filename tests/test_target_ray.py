@@ -87,7 +87,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--disable-usage-stats",
            *[a for k, v in ports.items() for a in (f"--{k}", str(v))]]  # fmt: skip
     log_path = temp / "head.log"
-    log = open(log_path, "w")  # noqa: SIM115 - open for the head's lifetime
+    log = open(log_path, "w")
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     proc = subprocess.Popen(cmd, env=_head_env(token, url), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = Head(url, f"127.0.0.1:{ports['port']}", token, temp, proc.pid)
@@ -175,7 +175,7 @@ def ganops_proc(args: list[str], home: Path, **env: str) -> subprocess.Completed
     )
 
 
-def target(head: Head):  # noqa: ANN201 - RayJobsTarget
+def target(head: Head):
     from ganops.targets.ray_jobs import RayJobsTarget
 
     with _authed(head):

@@ -142,7 +142,7 @@ def test_conditional_grids_lay_classes_out_in_rows(ray_cluster: None, mnist_root
 DETERMINISM = ("spec.scaling.num_workers=1", "spec.data.limit=1024", "spec.train.seed=7")
 
 
-def _final_state(result) -> dict:  # noqa: ANN001
+def _final_state(result) -> dict:
     assert result.epochs_done == 3
     return load_state(result.latest_checkpoint)
 

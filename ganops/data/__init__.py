@@ -25,7 +25,9 @@ from ganops.errors import UserError
 if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
 
-__all__ = ["DATASETS", "ArrayDataset", "ImageInfo", "Reader", "get", "load", "probe", "to_unit_range"]
+__all__ = [
+    "DATASETS", "ArrayDataset", "ImageInfo", "Reader", "expand_user", "get", "load", "probe", "to_unit_range",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ def get(name: str) -> Reader:
     try:
         return DATASETS[name]
     except KeyError:
-        raise UserError(f"spec.data.dataset: unknown dataset '{name}'; valid: {', '.join(DATASETS)}") from None
+        raise UserError(
+            f"spec.data.dataset: unknown dataset {name[:80]!r}; valid: {', '.join(DATASETS)}", field="spec.data.dataset"
+        ) from None
 
 
 def probe(spec: DataSpec) -> ImageInfo:
@@ -138,7 +142,8 @@ def _local_copy(spec: DataSpec) -> Iterator[DataSpec]:
     if spec.download:
         raise UserError(
             f"spec.data.download: true fetches the official files into a local root, not into {spec.root}; "
-            "upload the files there yourself and set download: false"
+            "upload the files there yourself and set download: false",
+            field="spec.data.download",
         )
     from ganops.data.remote import local_root  # boto3 only for S3 roots
 
@@ -146,9 +151,11 @@ def _local_copy(spec: DataSpec) -> Iterator[DataSpec]:
     try:
         yield spec.model_copy(update={"root": local})
     except UserError as e:
+        # The message names the cache directory, which means nothing to the user: name the
+        # S3 location instead, keeping what the error is about (its field).
         if type(e) is not UserError or local not in str(e):
             raise
-        raise UserError(str(e).replace(local, spec.root.rstrip("/"))) from None
+        raise UserError(str(e).replace(local, spec.root.rstrip("/")), field=e.field) from None
 
 
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
@@ -162,27 +169,50 @@ def _check_num_classes(spec: DataSpec, info: ImageInfo) -> None:
         has = f"{info.num_classes} classes" if info.num_classes else "no labels"
         raise UserError(
             f"spec.data.num_classes: {spec.num_classes}, but the {spec.dataset} data has {has} "
-            "(num_classes is only for the fake dataset; leave it unset)"
+            "(num_classes is only for the fake dataset; leave it unset)",
+            field="spec.data.num_classes",
         )
 
 
 # --- helpers shared by the readers -------------------------------------------------------
 
 
+ROOT_FIELD = "spec.data.root"
+
+
 def root_dir(spec: DataSpec, *, create: bool = False) -> Path:
     """``spec.root`` as a directory that exists (created when ``create``, for downloads)."""
     if not spec.root:
-        raise UserError(f"spec.data.root: required for dataset '{spec.dataset}' (the directory holding its files)")
-    root = Path(spec.root).expanduser()
+        raise UserError(
+            f"spec.data.root: required for dataset '{spec.dataset}' (the directory holding its files)",
+            field=ROOT_FIELD,
+        )
+    root = expand_user(spec.root, ROOT_FIELD)
     if create:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"spec.data.root: cannot create {root} ({e.strerror or e})") from None
+            raise UserError(f"spec.data.root: cannot create {root} ({e.strerror or e})", field=ROOT_FIELD) from None
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
-        raise UserError(f"spec.data.root: {root} {what}")
+        raise UserError(f"spec.data.root: {root} {what}", field=ROOT_FIELD)
     return root
+
+
+def expand_user(path: str, field: str) -> Path:
+    """``path`` with ``~`` / ``~user`` expanded; the path is checked as a string first.
+
+    ``Path.expanduser`` raises RuntimeError for an unknown user and ``os.stat`` ValueError
+    for a NUL byte: both become a ``UserError`` naming ``field``.
+    """
+    shown = path if len(path) <= 80 else path[:77] + "..."
+    if "\0" in path:
+        raise UserError(f"{field}: {shown!r} contains a NUL byte", field=field)
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = path[1:].split("/", 1)[0]
+        raise UserError(f"{field}: {shown}: no user {user[:40]!r} to expand '~{user[:40]}' for", field=field) from None
 
 
 def limited(spec: DataSpec, n: int) -> int:

@@ -104,7 +104,7 @@ def _files(spec: DataSpec) -> list[Path]:
         spec,
         find,
         expected=lambda split: [*BATCHES[split], META],
-        remotes=lambda split: [Remote(TARBALL, (URL,), MD5)],
+        remotes=lambda _split: [Remote(TARBALL, (URL,), MD5)],
         layout_note=f" (in {DIR}/ or directly in root), or {TARBALL}",
     )
 

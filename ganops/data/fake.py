@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ganops.data import ArrayDataset, ImageInfo
-from ganops.spec.models import FAKE_IMAGE_SIZE
+from ganops.errors import UserError
+from ganops.spec.models import FAKE_CHANNELS, FAKE_IMAGE_SIZE, FAKE_MAX_BYTES, FAKE_NUM_IMAGES
 
 if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
 
-NUM_IMAGES = 2048
+# Defaults live with the spec, which bounds the dataset's size without importing numpy.
+NUM_IMAGES = FAKE_NUM_IMAGES
 IMAGE_SIZE = FAKE_IMAGE_SIZE
-CHANNELS = 3
+CHANNELS = FAKE_CHANNELS
 SEED = 0
 
 
@@ -25,6 +27,13 @@ def probe(spec: DataSpec) -> ImageInfo:
     n = spec.limit if spec.limit is not None else NUM_IMAGES
     size = spec.image_size or IMAGE_SIZE
     k = spec.num_classes
+    # The spec validator bounds this too; a DataSpec built with model_construct skips it.
+    channels = spec.channels or CHANNELS
+    if n * channels * size * size > FAKE_MAX_BYTES:
+        raise UserError(
+            f"spec.data.limit: the fake dataset would be {n} images of {size}x{size}, over {FAKE_MAX_BYTES >> 30} GiB",
+            field="spec.data.limit",
+        )
     return ImageInfo((spec.channels or CHANNELS, size, size), k, n, [str(i) for i in range(k)] if k else None)
 
 

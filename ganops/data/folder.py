@@ -86,7 +86,6 @@ def list_images(spec: DataSpec) -> Listing:
     raise UserError(f"{d}: no {'/'.join(s[1:].upper() for s in SUFFIXES)} images here or in its sub-folders")
 
 
-
 def read_image(path: Path, mode: str, size: int) -> np.ndarray:
     """One image as (C, size, size) uint8: centre square crop, LANCZOS resize, mode."""
     try:
@@ -113,7 +112,10 @@ def _split_dir(root: Path, split: str) -> Path:
     if split in subdirs:
         return root / split
     (other,) = subdirs
-    raise UserError(f"spec.data.root: {root} has a {other}/ folder but no {split}/: set spec.data.split={other}")
+    raise UserError(
+        f"spec.data.root: {root} has a {other}/ folder but no {split}/: set spec.data.split={other}",
+        field="spec.data.split",
+    )
 
 
 def _images_below(d: Path) -> list[Path]:

@@ -44,7 +44,9 @@ def local_root(root: str) -> str:
     src = storage.locate(root)
     objects = storage.list_tree(src, field=FIELD)
     if not objects:
-        raise UserError(f"{FIELD}: no files under {src.uri} (is the prefix right? upload the dataset's files there)")
+        raise UserError(
+            f"{FIELD}: no files under {src.uri} (is the prefix right? upload the dataset's files there)", field=FIELD
+        )
     dest = _cache_path(src.uri)
     listing = [asdict(o) for o in objects]
     with cache_lock(dest):
@@ -68,7 +70,7 @@ def _cache_path(uri: str) -> Path:
     parts = [p for p in prefix.split("/") if p]
     # The prefix becomes directories under the cache; ".." would climb out of it.
     if any(p in (".", "..") for p in parts):
-        raise UserError(f"{FIELD}: {uri!r} has '.' or '..' in its prefix")
+        raise UserError(f"{FIELD}: {uri!r} has '.' or '..' in its prefix", field=FIELD)
     return cache_dir().joinpath("datasets", bucket, *parts)
 
 

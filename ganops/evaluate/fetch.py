@@ -121,7 +121,7 @@ def _download(url: str, dest: Path, expected: str, *, field: str, stale: str | N
     h = hashlib.sha256()
     try:
         try:
-            f = open(part, "wb")  # noqa: SIM115 - closed below, after the rename decision
+            f = open(part, "wb")
         except OSError as e:
             raise UserError(f"GANOPS_CACHE: cannot write {part} ({e.strerror or e})") from None
         with f:

@@ -9,7 +9,6 @@ training run, like a generation job.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,9 +106,9 @@ def evaluate(
     try:
         ref = evaluator.prepare_reference()
     except UserError as e:
-        if opts.data_root is None and "spec.data." in str(e):
+        if opts.data_root is None and (e.field or "").startswith("spec.data."):
             hint = f"from run {source.run_id}'s spec; --data-root says where the files are here"
-            raise UserError(f"{e} ({hint})") from None
+            raise UserError(f"{e} ({hint})", field=e.field) from None
         raise
     assert ref is not None
     how = "read from the cache" if ref.cached else "computed"
@@ -144,37 +143,24 @@ def _device(name: str | None) -> Any:
 
 def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> str:
     """The evaluation's own MLflow run: options as params, scores as metrics, the record as an artifact."""
-    import os
-    import tempfile
+    from ganops.tracking import aside
 
-    from mlflow.entities import Metric, Param
-
-    from ganops.tracking import _client
-
-    client = _client(source.tracking_uri)
-    tags = source.run_tags("evaluate")
-    run_id = client.create_run(source.experiment_id, run_name=f"{source.job.name}-evaluate", tags=tags).info.run_id
+    ref = scores.record["reference"]
+    params = {
+        "model_uri": source.model_uri, "num_samples": settings.num_samples, "metrics": ",".join(settings.metrics),
+        "seed": settings.seed, "inception_sha256": scores.record.get("inception_sha256"),
+        "reference.dataset": ref["dataset"], "reference.split": ref["split"],
+        "reference.num_images": ref["num_images"], "reference.key": ref["key"],
+    }  # fmt: skip
+    uri = source.tracking_uri
+    run_id = aside.open_run(uri, source.experiment_id, f"{source.job.name}-evaluate", source.run_tags("evaluate"), params)
     status = "FAILED"
     try:
-        ref = scores.record["reference"]
-        params = {
-            "model_uri": source.model_uri, "num_samples": settings.num_samples, "metrics": ",".join(settings.metrics),
-            "seed": settings.seed, "inception_sha256": scores.record.get("inception_sha256"),
-            "reference.dataset": ref["dataset"], "reference.split": ref["split"],
-            "reference.num_images": ref["num_images"], "reference.key": ref["key"],
-        }  # fmt: skip
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in scores.mlflow_metrics().items()]
-        metrics.append(Metric("eval/time_s", elapsed, now, 0))
-        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "scores.json")
-            with open(path, "w") as f:
-                json.dump(scores.record, f, indent=1, sort_keys=True)
-            client.log_artifact(run_id, path)
+        aside.log_metrics(uri, run_id, {**scores.mlflow_metrics(), "eval/time_s": elapsed})
+        aside.log_files(uri, run_id, {"scores.json": aside.json_bytes(scores.record)})
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status=status)
+        aside.close_run(uri, run_id, status)
     return run_id
 
 

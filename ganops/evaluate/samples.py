@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ganops.train.samples import to_uint8
+from ganops.images import to_uint8
 
 # Mixed into the seed so that evaluation noise never coincides with a training stream.
 _EVAL_STREAM = 0x4556414C  # "EVAL"

@@ -18,7 +18,7 @@ from torch import nn
 
 from ganops.generate.latents import shard_latents
 from ganops.generate.options import GenerateOptions, ModelInfo
-from ganops.train.samples import to_uint8
+from ganops.images import to_uint8
 
 
 @dataclass

@@ -116,9 +116,9 @@ def _ray_shards(
     import ray
 
     from ganops.generate.worker import GenerateWorker
-    from ganops.train.launch import _init_ray, worker_env
+    from ganops.rayinit import init_ray, worker_env
 
-    embedded = _init_ray(address)
+    embedded = init_ray(address)
     cpus = max(1, (os.cpu_count() or 1) // workers) if embedded else 1
     actor_cls = ray.remote(GenerateWorker).options(num_cpus=cpus, num_gpus=gpus_per_worker)
     z_ref = ray.put((z_all, labels_all)) if z_all is not None else None
@@ -150,8 +150,8 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
     """Walks between seeds: a grid (one row per walk) and a GIF that moves along every walk."""
     import torch
 
+    from ganops import images as imaging
     from ganops.generate import core, latents, writer
-    from ganops.train import samples
 
     g = load_generator(source)
     walks = latents.interpolation_latents(opts, source.info)
@@ -162,11 +162,11 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
         g, z.reshape(n_walks * steps, -1), flat_labels, source.info, opts.batch_size, torch.device("cpu")
     )
     files: dict[str, str] = {}
-    tile = samples.grid(images, ncols=steps)
-    files["interpolation.png"] = _put(out, "interpolation.png", samples.png_bytes(tile))
+    tile = imaging.grid(images, ncols=steps)
+    files["interpolation.png"] = _put(out, "interpolation.png", imaging.png_bytes(tile))
     per_step = images.reshape(n_walks, steps, *images.shape[1:]).transpose(1, 0, 2, 3, 4)
-    frames = [samples.png_bytes(samples.grid(per_step[t], ncols=min(n_walks, 8))) for t in range(steps)]
-    files["interpolation.gif"] = _put(out, "interpolation.gif", samples.gif_bytes(frames, frame_ms=120, hold_last_ms=600))
+    frames = [imaging.png_bytes(imaging.grid(per_step[t], ncols=min(n_walks, 8))) for t in range(steps)]
+    files["interpolation.gif"] = _put(out, "interpolation.gif", imaging.gif_bytes(frames, frame_ms=120, hold_last_ms=600))
     if opts.save_z:
         ((data, _),) = writer.npy_file(z)
         files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", data)
@@ -255,46 +255,24 @@ def generate(
 
 
 def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int) -> str:
-    from mlflow.entities import Param
+    from ganops.tracking import aside
 
-    from ganops.tracking import _client
-
-    client = _client(source.tracking_uri)
     tags = {**source.run_tags("generate"), "ganops.output": out_uri}
-    name = f"{source.job.name}-generate"
-    run_id = client.create_run(source.experiment_id, run_name=name, tags=tags).info.run_id
-    params = {k: str(v) for k, v in opts.to_dict().items()}
-    params.update({"out": out_uri, "workers": str(workers), "model_uri": source.model_uri})
-    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-    return run_id
+    params: dict[str, Any] = {**opts.to_dict(), "out": out_uri, "workers": workers, "model_uri": source.model_uri}
+    return aside.open_run(source.tracking_uri, source.experiment_id, f"{source.job.name}-generate", tags, params)
 
 
 def _close_run(
     source: Source, run_id: str, status: str, out: storage.Location, manifest: dict[str, Any] | None, elapsed: float
 ) -> None:
-    from ganops.tracking import _client
+    from ganops.tracking import aside
 
-    client = _client(source.tracking_uri)
+    uri = source.tracking_uri
     if status == "FINISHED" and manifest is not None:
-        import json
-        import tempfile
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
         count = manifest["count"]
-        client.log_batch(
-            run_id,
-            metrics=[Metric("images", count, now, 0), Metric("images_per_s", count / max(elapsed, 1e-9), now, 0)],
-        )
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "manifest.json")
-            with open(path, "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True, default=str)
-            client.log_artifact(run_id, path)
-            if manifest.get("preview"):
-                preview = os.path.join(d, "preview.png")
-                with open(preview, "wb") as f:
-                    f.write(storage.read_bytes(out.child(manifest["preview"])))
-                client.log_artifact(run_id, preview)
-    client.set_terminated(run_id, status=status)
+        aside.log_metrics(uri, run_id, {"images": count, "images_per_s": count / max(elapsed, 1e-9)})
+        files = {"manifest.json": aside.json_bytes(manifest)}
+        if manifest.get("preview"):
+            files["preview.png"] = storage.read_bytes(out.child(manifest["preview"]))
+        aside.log_files(uri, run_id, files)
+    aside.close_run(uri, run_id, status)

@@ -124,6 +124,44 @@ def shard_latents(
     return z, labels
 
 
+def read_z_file(path: str, latent_dim: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The arrays of a --z file, checked to be a non-empty 2-D array of numbers (z as
+    stored, labels unchecked). ``latent_dim`` only words the messages."""
+    if not path or "\0" in path:
+        raise UserError(f"--z: {path[:80]!r} is not a file name", field="--z")
+    loc = storage.locate(path)
+    if not storage.exists(loc):
+        raise UserError(f"--z: no such file {path}", field="--z")
+    try:
+        loaded = np.load(io.BytesIO(storage.read_bytes(loc)), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"--z: cannot read {path} as .npy or .npz ({str(e)[:200]})", field="--z") from None
+    labels: np.ndarray | None = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "z" not in loaded.files:
+                names = ", ".join(loaded.files)[:200] or "none"
+                raise UserError(f"--z: {path} has no array named 'z' (it has: {names})", field="--z")
+            z = loaded["z"]
+            labels = loaded["labels"] if "labels" in loaded.files else None
+    else:
+        z = loaded
+    if z.dtype.kind not in "fiu":
+        raise UserError(f"--z: {path} holds {z.dtype} values; expected floats", field="--z")
+    if z.ndim != 2:
+        # A 0-D array has no len(): say what it is rather than fail counting it.
+        want = f"[N, {latent_dim}]" if latent_dim else "[N, latent_dim]"
+        raise UserError(f"--z: {path} is {z.ndim}-D with shape {z.shape}; expected {want}", field="--z")
+    if len(z) == 0:
+        raise UserError(f"--z: {path} holds no vectors", field="--z")
+    return z, labels
+
+
+def count_z(path: str) -> int:
+    """How many vectors a --z file holds (--num defaults to it)."""
+    return len(read_z_file(path)[0])
+
+
 def load_z_file(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
     """Latents from --z: ``.npy`` [N, latent_dim] or ``.npz`` with ``z`` and optional ``labels``.
 
@@ -131,28 +169,7 @@ def load_z_file(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | No
     (the MLflow model's own input). Local paths and s3:// alike. Returns (z float32,
     labels int64 or None).
     """
-    loc = storage.locate(path)
-    if not storage.exists(loc):
-        raise UserError(f"--z: no such file {path}")
-    try:
-        loaded = np.load(io.BytesIO(storage.read_bytes(loc)), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"--z: cannot read {path} as .npy or .npz ({e})") from None
-    labels: np.ndarray | None = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            if "z" not in loaded.files:
-                raise UserError(f"--z: {path} has no array named 'z' (it has: {', '.join(loaded.files) or 'none'})")
-            z = loaded["z"]
-            labels = loaded["labels"] if "labels" in loaded.files else None
-    else:
-        z = loaded
-    if z.dtype.kind not in "fiu":
-        raise UserError(f"--z: {path} holds {z.dtype} values; expected floats")
-    if z.ndim != 2:
-        raise UserError(f"--z: {path} is {z.ndim}-D with shape {z.shape}; expected [N, {info.latent_dim}]")
-    if len(z) == 0:
-        raise UserError(f"--z: {path} holds no vectors")
+    z, labels = read_z_file(path, info.latent_dim)
     width, d = z.shape[1], info.latent_dim
     if info.num_classes and width == d + 1:
         if labels is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ganops.errors import UserError
 
 FORMATS = ("png", "npz")
 
@@ -36,6 +39,20 @@ class GenerateOptions:
     save_z: bool = False
     formats: tuple[str, ...] = ("png",)
     shard_size: int = 1024
+
+    def __post_init__(self) -> None:
+        # Checked here, where every caller (the CLI, the SDK, a remote driver) builds its
+        # options, so that `--num 0` is refused before a model is looked up.
+        if not isinstance(self.num, int) or self.num < 1:
+            raise UserError(f"--num: must be a positive number of images (got {str(self.num)[:80]})", field="--num")
+        for flag, value, least in (("--batch-size", self.batch_size, 1), ("--best-of", self.best_of, 1),
+                                   ("--shard-size", self.shard_size, 1), ("--seed", self.seed, 0)):  # fmt: skip
+            if not isinstance(value, int) or value < least:
+                raise UserError(f"{flag}: must be >= {least} (got {str(value)[:80]})", field=flag)
+        if self.truncation is not None and not (self.truncation > 0 and math.isfinite(self.truncation)):
+            raise UserError(f"--truncation: must be > 0 and finite (got {self.truncation})", field="--truncation")
+        if self.z_file is not None and (not self.z_file.strip() or "\0" in self.z_file):
+            raise UserError(f"--z: {self.z_file[:80]!r} is not a file name", field="--z")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

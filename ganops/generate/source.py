@@ -13,7 +13,6 @@ checkpoint's D."""
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from ganops.errors import UserError
 from ganops.generate.options import ModelInfo
 from ganops.spec import validate
 from ganops.spec.models import GANJob
+from ganops.tracking import CHECKPOINT_TAG
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -66,9 +66,9 @@ class Source:
 
 
 def _client(uri: str) -> Any:
-    from ganops.tracking import _client as tracking_client
+    from ganops.tracking import mlflow_client
 
-    return tracking_client(uri)
+    return mlflow_client(uri)
 
 
 def _run_for_model(client: Any, model: str) -> tuple[str, str, str | None]:
@@ -129,7 +129,7 @@ def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = No
         experiment_id=run.info.experiment_id,
         job=job,
         info=_model_info(model_uri, tracking_uri),
-        checkpoint=tags.get("ganops.checkpoint"),
+        checkpoint=tags.get(CHECKPOINT_TAG),
         logged_model=logged or model_uri,
         final_model=tags.get("ganops.model_uri"),
         storage=tags.get("ganops.storage"),
@@ -137,15 +137,9 @@ def resolve(tracking_uri: str, run_id: str | None = None, model: str | None = No
 
 
 def _model_info(model_uri: str, tracking_uri: str) -> ModelInfo:
-    import mlflow
+    from ganops.tracking import aside
 
-    from ganops.tracking import scoped_tracking_uri
-
-    try:
-        with scoped_tracking_uri(tracking_uri):
-            meta = mlflow.models.get_model_info(model_uri).metadata or {}
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read the model {model_uri} ({str(e).splitlines()[0][:160]})") from None
+    meta = aside.model_metadata(tracking_uri, model_uri)
     if "ganops_latent_dim" not in meta:
         raise UserError(f"{model_uri} was not logged by ganops (no ganops metadata)")
     return ModelInfo(
@@ -161,13 +155,9 @@ def load_generator(source: Source) -> Any:
     MLflow 3 stores it as a torch.export program ("pt2"): loading runs no pickled code and
     needs no ganops install, and the graph is fixed in eval mode, as it was exported.
     """
-    import mlflow
+    from ganops.tracking import aside
 
-    from ganops.tracking import scoped_tracking_uri
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    with scoped_tracking_uri(source.tracking_uri):
-        return mlflow.pytorch.load_model(source.model_uri, map_location="cpu")
+    return aside.load_pytorch_model(source.tracking_uri, source.model_uri)
 
 
 def discriminator_checkpoint(source: Source) -> str:

@@ -11,7 +11,6 @@ from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator
 
 
-
 class GenerateWorker:
     def __init__(
         self, source: Source, opts: GenerateOptions, out_uri: str, z: Any, env: dict[str, str], threads: int
@@ -35,7 +34,6 @@ class GenerateWorker:
             z = ray.get(z)
         self.z_all, self.labels_all = z if z is not None else (None, None)
         from ganops import storage
-
         from ganops.generate import writer
 
         self.out = storage.locate(out_uri)

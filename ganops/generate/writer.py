@@ -58,7 +58,7 @@ import numpy as np
 
 from ganops import storage
 from ganops.generate.options import FORMATS
-from ganops.train.samples import grid, png_bytes
+from ganops.images import grid, png_bytes
 
 if TYPE_CHECKING:
     # Only for the annotation: this module imports no torch, so a process pool's workers
@@ -153,7 +153,7 @@ def _write_chunk(
             storage.write_bytes(out.child(name), data, durable=False)
     else:
         with ThreadPoolExecutor(min(writers, len(names)), thread_name_prefix="ganops-write") as io_pool:
-            writes = [io_pool.submit(storage.write_bytes, out.child(n), d, False) for n, (d, _) in zip(names, encoded)]
+            writes = [io_pool.submit(storage.write_bytes, out.child(n), d, False) for n, (d, _) in zip(names, encoded, strict=True)]
             for f in writes:
                 f.result()
     return [sha for _, sha in encoded]

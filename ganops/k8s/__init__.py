@@ -2,6 +2,9 @@
 
 GROUP = "ganops.io"
 VERSION = "v1alpha1"
+# kind -> plural of the custom resources ganops defines: the one list the CLI, the
+# operator and its RBAC agree on.
+PLURALS = {"GANJob": "ganjobs", "GANGeneration": "gangenerations"}
 # Labels on everything the operator creates: what selects the RayJobs it mirrors.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "ganops"}
 JOB_LABEL = "ganops.io/job"

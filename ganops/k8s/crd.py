@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from ganops.k8s import GROUP, VERSION
+from ganops.k8s import GROUP, PLURALS, VERSION
 from ganops.k8s.status import JobObjectStatus
 from ganops.spec.generation import GANGenerationSpec
 from ganops.spec.models import GANJobSpec
@@ -105,9 +105,9 @@ _GENERATE_COLUMNS = [
 ]
 
 KINDS = {
-    "GANJob": _Kind(kind="GANJob", plural="ganjobs", singular="ganjob", short_names=["gj"],
+    "GANJob": _Kind(kind="GANJob", plural=PLURALS["GANJob"], singular="ganjob", short_names=["gj"],
                     spec_model=GANJobSpec, columns=_TRAIN_COLUMNS),
-    "GANGeneration": _Kind(kind="GANGeneration", plural="gangenerations", singular="gangeneration",
+    "GANGeneration": _Kind(kind="GANGeneration", plural=PLURALS["GANGeneration"], singular="gangeneration",
                            short_names=["ggen"], spec_model=GANGenerationSpec, columns=_GENERATE_COLUMNS),
 }  # fmt: skip
 

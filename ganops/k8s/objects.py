@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ganops.entrypoint import without_nulls
 from ganops.k8s import GROUP, VERSION
-from ganops.targets.entrypoint import without_nulls
 
 
 def custom_object(job: Any, namespace: str | None = None) -> dict[str, Any]:

@@ -9,59 +9,118 @@
 
 An invalid spec is a permanent error with the reason in ``status.message``; API errors
 that may pass (5xx, 429, connection resets) are retried with back-off.
+
+Nothing here is set at import: an operator is an ``OperatorConfig`` (frozen), the
+handlers ``register(registry, config)`` adds to a ``kopf.OperatorRegistry`` of its own,
+and the ``kopf.OperatorSettings`` of ``operator_settings(config)``. ``run`` (the CLI)
+and ``InProcess`` (tests, embedding) put the three together, so two operators with
+different configurations can run in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from ganops.errors import SpecError
-from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, VERSION
-from ganops.k8s.client import api_error, configuration
+from ganops.errors import SpecError, UserError
+from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, PLURALS, VERSION
+from ganops.k8s.client import api_client, api_error, configuration
 from ganops.k8s.render import Defaults, render
-from ganops.k8s.status import phase_of
-from ganops.targets.base import CANCELLED, FAILED, PENDING, RUNNING, TERMINAL
+from ganops.k8s.status import CONDITION_OF_PHASE, condition, now, phase_of
+from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, TERMINAL
 
-PLURALS = {"GANJob": "ganjobs", "GANGeneration": "gangenerations"}
-POLL_S = float(os.environ.get("GANOPS_OPERATOR_POLL_S", "30"))
+POLL_ENV = "GANOPS_OPERATOR_POLL_S"
+DEFAULT_POLL_S = 30.0
 log = logging.getLogger("ganops.operator")
 
 
-@dataclass
-class _State:
-    """What the handlers share: set once at start-up (``configure``)."""
+# --- configuration ----------------------------------------------------------------------
 
-    kubeconfig: str | None = None
-    defaults: Defaults | None = None
-    api: Any = None
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What one operator watches, how it connects, and what it fills into RayJobs."""
+
+    namespaces: tuple[str, ...] = ()
+    """The namespaces watched (empty with ``all_namespaces``)."""
     all_namespaces: bool = False
-    namespaces: list[str] = field(default_factory=list)
-    poller_stop: threading.Event | None = None
+    kubeconfig: str | None = None
+    """The kube config file; None: in-cluster, else $KUBECONFIG or ~/.kube/config."""
+    defaults: Defaults = field(default_factory=Defaults)
+    """What a spec's ``cluster`` section leaves unset (the chart's GANOPS_* values)."""
+    poll_s: float = DEFAULT_POLL_S
+    """Seconds between MLflow polls."""
+
+    def __post_init__(self) -> None:
+        if bool(self.namespaces) == self.all_namespaces:
+            raise UserError("the operator watches named namespaces or all namespaces: give exactly one")
+        if not self.poll_s > 0:
+            raise UserError(f"{POLL_ENV}: must be a positive number of seconds, not {self.poll_s}")
+
+    @classmethod
+    def from_env(cls, *, namespaces: Collection[str] = (), all_namespaces: bool = False,
+                 kubeconfig: str | None = None, environ: Mapping[str, str] | None = None) -> OperatorConfig:  # fmt: skip
+        """The Deployment's way: the flags, plus GANOPS_* from the environment, read now.
+
+        A bad value fails here, at start-up, rather than once per job.
+        """
+        env = os.environ if environ is None else environ
+        return cls(
+            namespaces=tuple(namespaces), all_namespaces=all_namespaces, kubeconfig=kubeconfig,
+            defaults=Defaults.from_env(env), poll_s=_poll_seconds(env),
+        )  # fmt: skip
 
 
-STATE = _State()
+def _poll_seconds(env: Mapping[str, str]) -> float:
+    raw = env.get(POLL_ENV) or ""
+    if not raw:
+        return DEFAULT_POLL_S
+    try:
+        return float(raw)
+    except ValueError:
+        raise UserError(f"{POLL_ENV}: not a number of seconds ({raw[:40]!r})") from None
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """kopf's settings for this operator."""
+    settings = kopf.OperatorSettings()
+    # kopf's bookkeeping under an annotation prefix of its own: kopf ignores changes to
+    # annotations under its prefix, and ganops.io/cancel-requested must be seen. No
+    # handler needs a finalizer: deletion is Kubernetes' garbage collection of the owned
+    # RayJob, so nothing blocks a delete while the operator is down.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ganops.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.ganops.io", key="last-handled-configuration"
+    )
+    # Watching named namespaces needs no cluster-wide reads: without this, kopf lists
+    # namespaces and CRDs at the cluster scope, which the namespaced Role does not grant.
+    settings.scanning.disabled = not config.all_namespaces
+    settings.posting.level = logging.INFO
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    settings.watching.server_timeout = 300
+    return settings
 
 
-def _condition(type_: str, status: str, reason: str, message: str) -> dict[str, str]:
-    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": _now()}
+@dataclass(frozen=True)
+class _Context:
+    """What the handlers of one operator share: its configuration and its API connection."""
+
+    config: OperatorConfig
+    custom: Any  # kubernetes.client.CustomObjectsApi
 
 
-def _custom() -> Any:
+def _context(config: OperatorConfig) -> _Context:
     from kubernetes import client
 
-    return client.CustomObjectsApi(STATE.api)
+    # Built before kopf starts, so an unusable kube config is a UserError, not a crash loop.
+    return _Context(config=config, custom=client.CustomObjectsApi(api_client(config.kubeconfig)))
 
 
 def _retryable(e: Exception) -> Exception:
@@ -74,35 +133,39 @@ def _retryable(e: Exception) -> Exception:
     return kopf.PermanentError(f"Kubernetes API: {api_error(e)}")
 
 
-# --- start-up ---------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------------
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    from kubernetes import client
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """Add the operator's handlers for ``config`` to ``registry``.
 
-    STATE.api = client.ApiClient(configuration(STATE.kubeconfig))
-    STATE.defaults = STATE.defaults or Defaults.from_env()
-    # kopf's bookkeeping under an annotation prefix of its own: kopf ignores changes to
-    # annotations under its prefix, and ganops.io/cancel-requested must be seen. No
-    # handler needs a finalizer: deletion is Kubernetes' garbage collection of the owned
-    # RayJob, so nothing blocks a delete while the operator is down.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ganops.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kopf.ganops.io", key="last-handled-configuration"
-    )
-    # Watching named namespaces needs no cluster-wide reads: without this, kopf lists
-    # namespaces and CRDs at the cluster scope, which the namespaced Role does not grant.
-    settings.scanning.disabled = not STATE.all_namespaces
-    settings.posting.level = logging.INFO
-    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    settings.watching.server_timeout = 300
+    Handler ids are given explicitly: kopf keys its progress annotations on them, and
+    they stay what they were when the handlers were module-level functions.
+    """
+    ctx = _context(config)
+    _register_login(registry, config)
+    for plural in PLURALS.values():
+        _register_owner_handlers(registry, ctx, plural)
+    _register_rayjob_mirror(registry, ctx)
+    _register_mlflow_poller(registry, ctx)
 
 
-@kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
-    """The same connection as the rest of ganops: in-cluster, else the kube config."""
-    cfg = configuration(STATE.kubeconfig)
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A registry holding this operator's handlers and nothing else (not kopf's default one)."""
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    return registry
+
+
+def _register_login(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    @kopf.on.login(registry=registry, id="login")
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """The same connection as the rest of ganops: in-cluster, else the kube config."""
+        return connection_info(configuration(config.kubeconfig))
+
+
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """kopf's view of a ``kubernetes.client.Configuration``."""
     # The kubernetes client keeps the token as "Bearer …" under a key that differs by
     # version ("authorization", "BearerToken").
     keys = cfg.api_key or {}
@@ -118,90 +181,127 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+def _register_owner_handlers(registry: kopf.OperatorRegistry, ctx: _Context, plural: str) -> None:
+    """create / resume / cancel of one kind (GANJob or GANGeneration)."""
+
+    @kopf.on.resume(GROUP, VERSION, plural, id="created", registry=registry)
+    @kopf.on.create(GROUP, VERSION, plural, id="created", registry=registry)
+    def created(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
+        if CANCEL_ANNOTATION in body["metadata"].get("annotations", {}):
+            return
+        ensure_rayjob(ctx, body, patch, name, namespace)
+
+    cancel_set = {CANCEL_ANNOTATION: kopf.PRESENT}
+
+    @kopf.on.update(GROUP, VERSION, plural, id="cancelled", annotations=cancel_set, registry=registry)
+    @kopf.on.create(GROUP, VERSION, plural, id="cancelled", annotations=cancel_set, registry=registry)
+    def cancelled(body: kopf.Body, patch: kopf.Patch, namespace: str, **_: Any) -> None:
+        cancel(ctx, body, patch, namespace)
+
+
+def _register_rayjob_mirror(registry: kopf.OperatorRegistry, ctx: _Context) -> None:
+    @kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY, id="rayjob_changed", registry=registry)
+    def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        mirror_rayjob(ctx, event, body, namespace)
+
+
+def _register_mlflow_poller(registry: kopf.OperatorRegistry, ctx: _Context) -> None:
+    """A thread of its own rather than a kopf timer: kopf puts a finalizer on every object
+    with a timer, and a finalizer blocks `kubectl delete` whenever the operator is down."""
+    stop = threading.Event()
+
+    @kopf.on.startup(registry=registry, id="start_mlflow_poller")
+    def start_mlflow_poller(**_: Any) -> None:
+        stop.clear()
+        threading.Thread(target=_poll_forever, args=(ctx, stop), name="ganops-mlflow-poll", daemon=True).start()
+
+    @kopf.on.cleanup(registry=registry, id="stop_mlflow_poller")
+    def stop_mlflow_poller(**_: Any) -> None:
+        stop.set()
+
+
 # --- GANJob / GANGeneration ------------------------------------------------------------
 
 
-def _ensure_rayjob(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str) -> None:
+def ensure_rayjob(ctx: _Context, body: kopf.Body, patch: kopf.Patch, name: str, namespace: str) -> None:
+    """Create the RayJob of ``body`` unless it exists (or the job is over)."""
     status = body.get("status") or {}
     if status.get("phase") in TERMINAL:
         return
-    assert STATE.defaults is not None
     try:
-        rayjob = render(body, STATE.defaults)
+        rayjob = render(body, ctx.config.defaults)
     except SpecError as e:
         message = f"invalid spec: {e}"
         patch.status.update(
-            phase=FAILED, message=message, completionTime=_now(),
-            conditions=[_condition("Failed", "True", "InvalidSpec", message)],
+            phase=FAILED, message=message, completionTime=now(),
+            conditions=[condition("Failed", "True", "InvalidSpec", message)],
         )  # fmt: skip
         raise kopf.PermanentError(message) from None
     from kubernetes.client.exceptions import ApiException
 
     try:
-        _custom().create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob)
+        ctx.custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob)
     except ApiException as e:
         if e.status != 409:
             if e.status == 422:
                 message = f"KubeRay refused the RayJob: {api_error(e)}"
-                patch.status.update(phase=FAILED, message=message, completionTime=_now())
+                patch.status.update(phase=FAILED, message=message, completionTime=now())
                 raise kopf.PermanentError(message) from None
             raise _retryable(e) from None
-        existing = _custom().get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
-        owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
-        if body["metadata"]["uid"] not in owners:
-            if _owner(existing) is None:
-                message = f"a RayJob named {name} already exists in {namespace} and ganops does not manage it"
-                patch.status.update(phase=FAILED, message=message, completionTime=_now())
-                raise kopf.PermanentError(message) from None
-            # Left by an earlier object of the same name (deleted, or replaced by a new
-            # submit) that garbage collection has not reached yet: remove it, then retry.
-            try:
-                _custom().delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
-            except ApiException as e2:
-                if e2.status != 404:
-                    raise _retryable(e2) from None
-            raise kopf.TemporaryError(f"removed RayJob {name} of an earlier {body['kind']} {name}; recreating", delay=1)
+        _adopt_or_replace(ctx, body, patch, name, namespace)
     if status.get("phase") is None:
         patch.status.update(
             phase=PENDING, rayJobName=name, message="RayJob created; waiting for its Ray cluster",
             observedGeneration=body["metadata"].get("generation"),
-            conditions=[_condition("Submitted", "True", "RayJobCreated", f"RayJob {name} created")],
+            conditions=[condition("Submitted", "True", "RayJobCreated", f"RayJob {name} created")],
         )  # fmt: skip
 
 
-for _plural in PLURALS.values():
+def _adopt_or_replace(ctx: _Context, body: kopf.Body, patch: kopf.Patch, name: str, namespace: str) -> None:
+    """A RayJob of this name exists: ours (nothing to do), a stale one of ours, or a stranger's."""
+    from kubernetes.client.exceptions import ApiException
 
-    @kopf.on.resume(GROUP, VERSION, _plural)
-    @kopf.on.create(GROUP, VERSION, _plural)
-    def created(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
-        if CANCEL_ANNOTATION in body["metadata"].get("annotations", {}):
-            return
-        _ensure_rayjob(body, patch, name, namespace)
+    existing = ctx.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+    owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
+    if body["metadata"]["uid"] in owners:
+        return
+    if _owner(existing) is None:
+        message = f"a RayJob named {name} already exists in {namespace} and ganops does not manage it"
+        patch.status.update(phase=FAILED, message=message, completionTime=now())
+        raise kopf.PermanentError(message) from None
+    # Left by an earlier object of the same name (deleted, or replaced by a new submit)
+    # that garbage collection has not reached yet: remove it, then retry.
+    try:
+        ctx.custom.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+    except ApiException as e:
+        if e.status != 404:
+            raise _retryable(e) from None
+    raise kopf.TemporaryError(f"removed RayJob {name} of an earlier {body['kind']} {name}; recreating", delay=1)
 
-    @kopf.on.update(GROUP, VERSION, _plural, annotations={CANCEL_ANNOTATION: kopf.PRESENT})
-    @kopf.on.create(GROUP, VERSION, _plural, annotations={CANCEL_ANNOTATION: kopf.PRESENT})
-    def cancelled(body: kopf.Body, patch: kopf.Patch, name: str, namespace: str, **_: Any) -> None:
-        status = body.get("status") or {}
-        if status.get("phase") in TERMINAL:
-            return
-        from kubernetes.client.exceptions import ApiException
 
-        rayjob = status.get("rayJobName")
-        if rayjob:
-            try:
-                # Suspending stops the Ray job and deletes its cluster; the RayJob stays as a record.
-                _custom().patch_namespaced_custom_object(
-                    "ray.io", "v1", namespace, "rayjobs", rayjob, {"spec": {"suspend": True}}
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise _retryable(e) from None
-        who = body["metadata"]["annotations"][CANCEL_ANNOTATION]
-        message = f"cancelled ({who}); checkpoints are kept: submit the spec again to resume"
-        patch.status.update(
-            phase=CANCELLED, message=message, completionTime=_now(),
-            conditions=[*status.get("conditions", []), _condition("Cancelled", "True", "CancelRequested", message)],
-        )  # fmt: skip
+def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str) -> None:
+    """Suspend the RayJob (stops the Ray job, deletes its cluster) and say so in the status."""
+    status = body.get("status") or {}
+    if status.get("phase") in TERMINAL:
+        return
+    from kubernetes.client.exceptions import ApiException
+
+    rayjob = status.get("rayJobName")
+    if rayjob:
+        try:
+            # The RayJob stays as a record of the run.
+            ctx.custom.patch_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", rayjob, {"spec": {"suspend": True}}
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise _retryable(e) from None
+    who = body["metadata"]["annotations"][CANCEL_ANNOTATION]
+    message = f"cancelled ({who}); checkpoints are kept: submit the spec again to resume"
+    patch.status.update(
+        phase=CANCELLED, message=message, completionTime=now(),
+        conditions=[*status.get("conditions", []), condition("Cancelled", "True", "CancelRequested", message)],
+    )  # fmt: skip
 
 
 # --- RayJob → owner status ----------------------------------------------------------------
@@ -217,15 +317,18 @@ def _owner(body: Any) -> tuple[str, str, str] | None:
 
 def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dict[str, Any]) -> dict[str, Any]:
     """The owner's status patch for a RayJob event (``current``: the owner's status now)."""
+    rs = rayjob.get("status") or {}
     if current.get("phase") == CANCELLED or (rayjob.get("spec") or {}).get("suspend"):
         # Suspension is our cancel: the RayJob's later states (Suspending, Suspended) add nothing.
-        rs = rayjob.get("status") or {}
-        return {"phase": CANCELLED, "jobStatus": rs.get("jobStatus"), "jobDeploymentStatus": rs.get("jobDeploymentStatus")}
+        return {
+            "phase": CANCELLED,
+            "jobStatus": rs.get("jobStatus"),
+            "jobDeploymentStatus": rs.get("jobDeploymentStatus"),
+        }
     if event_type == "DELETED":
         if current.get("phase") in TERMINAL:
             return {}
-        return {"phase": FAILED, "message": "its RayJob was deleted", "completionTime": _now()}
-    rs = rayjob.get("status") or {}
+        return {"phase": FAILED, "message": "its RayJob was deleted", "completionTime": now()}
     phase = phase_of(rs)
     patch: dict[str, Any] = {
         "phase": phase,
@@ -240,18 +343,19 @@ def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dic
     if rs.get("message"):
         patch["message"] = rs["message"]
     elif phase == RUNNING:
-        patch["message"] = "training" if rayjob["metadata"].get("labels", {}).get("ganops.io/kind") == "train" else "running"
-    if phase != current.get("phase"):
-        kind = {"Running": "Running", "Succeeded": "Complete", "Failed": "Failed"}.get(phase)
-        if kind:
-            reason = rs.get("jobDeploymentStatus") or rs.get("jobStatus") or phase
-            patch["conditions"] = [*current.get("conditions", []),
-                                   _condition(kind, "True", str(reason), patch.get("message") or phase)]  # fmt: skip
+        patch["message"] = (
+            "training" if rayjob["metadata"].get("labels", {}).get("ganops.io/kind") == "train" else "running"
+        )
+    kind = CONDITION_OF_PHASE.get(phase)
+    if kind and phase != current.get("phase"):
+        reason = rs.get("jobDeploymentStatus") or rs.get("jobStatus") or phase
+        patch["conditions"] = [*current.get("conditions", []),
+                               condition(kind, "True", str(reason), patch.get("message") or phase)]  # fmt: skip
     return patch
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels=MANAGED_BY)
-def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+def mirror_rayjob(ctx: _Context, event: dict[str, Any], body: kopf.Body, namespace: str) -> None:
+    """Write what a RayJob event means into its owner's status."""
     owner = _owner(body)
     if owner is None:
         return
@@ -263,7 +367,7 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
     # kopf does not retry event handlers, so a conflict is retried here.
     for _attempt in range(5):
         try:
-            current = _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            current = ctx.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         except ApiException as e:
             if e.status == 404:  # the owner is gone; garbage collection takes the RayJob
                 return
@@ -275,7 +379,7 @@ def rayjob_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: 
             return
         guarded = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}, "status": patch}
         try:
-            _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, guarded)
+            ctx.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, guarded)
             return
         except ApiException as e:
             if e.status == 404:
@@ -295,39 +399,26 @@ def _needs_mlflow(status: dict[str, Any]) -> bool:
 
 def mlflow_status(uid: str, tracking_uri: str) -> dict[str, Any]:
     """The run the trainer tagged with this object's uid, and its latest checkpoint."""
-    from mlflow.tracking import MlflowClient
+    from ganops.tracking.lookup import run_of_k8s_object
 
-    client = MlflowClient(tracking_uri)
-    runs = client.search_runs(
-        experiment_ids=[e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`ganops.k8s_uid` = '{uid}'", max_results=1, order_by=["attributes.start_time DESC"],
-    )  # fmt: skip
-    if not runs:
-        return {}
-    run = runs[0]
-    out = {"mlflowRunId": run.info.run_id}
-    if run.data.tags.get("ganops.checkpoint"):
-        out["latestCheckpoint"] = run.data.tags["ganops.checkpoint"]
-    return out
+    return run_of_k8s_object(tracking_uri, uid)
 
 
-def poll_mlflow_once() -> None:
-    """Fill mlflowRunId / latestCheckpoint of the GANJobs that need them.
+def _watched_ganjobs(ctx: _Context) -> list[dict[str, Any]]:
+    custom, config = ctx.custom, ctx.config
+    if config.all_namespaces:
+        return custom.list_cluster_custom_object(GROUP, VERSION, PLURALS["GANJob"])["items"]
+    return [o for ns in config.namespaces
+            for o in custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURALS["GANJob"])["items"]]  # fmt: skip
 
-    A loop of its own rather than a kopf timer: kopf puts a finalizer on every object with
-    a timer, and a finalizer blocks `kubectl delete` whenever the operator is down.
-    """
-    assert STATE.defaults is not None
-    custom = _custom()
-    if STATE.all_namespaces:
-        items = custom.list_cluster_custom_object(GROUP, VERSION, "ganjobs")["items"]
-    else:
-        items = [o for ns in STATE.namespaces for o in custom.list_namespaced_custom_object(GROUP, VERSION, ns, "ganjobs")["items"]]
-    for obj in items:
+
+def poll_mlflow_once(ctx: _Context) -> None:
+    """Fill mlflowRunId / latestCheckpoint of the GANJobs that need them."""
+    for obj in _watched_ganjobs(ctx):
         status = obj.get("status") or {}
         if not _needs_mlflow(status):
             continue
-        uri = (obj["spec"].get("tracking") or {}).get("uri") or STATE.defaults.env.get("MLFLOW_TRACKING_URI")
+        uri = (obj["spec"].get("tracking") or {}).get("uri") or ctx.config.defaults.env.get("MLFLOW_TRACKING_URI")
         if not uri or "://" not in uri or uri.startswith(("file:", "sqlite:")):
             continue  # a store only the pods can see: nothing to read from here
         try:
@@ -338,56 +429,41 @@ def poll_mlflow_once() -> None:
         changed = {k: v for k, v in found.items() if status.get(k) != v}
         if changed:
             meta = obj["metadata"]
-            custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], "ganjobs", meta["name"], {"status": changed}
+            ctx.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURALS["GANJob"], meta["name"], {"status": changed}
             )
 
 
-def _poll_forever(stop: threading.Event) -> None:
-    while not stop.wait(POLL_S):
+def _poll_forever(ctx: _Context, stop: threading.Event) -> None:
+    while not stop.wait(ctx.config.poll_s):
         try:
-            poll_mlflow_once()
+            poll_mlflow_once(ctx)
         except Exception as e:  # noqa: BLE001 - the next round may succeed
             log.warning("MLflow status poll: %s", e)
-
-
-@kopf.on.startup()
-def start_mlflow_poller(**_: Any) -> None:
-    STATE.poller_stop = threading.Event()
-    threading.Thread(target=_poll_forever, args=(STATE.poller_stop,), name="ganops-mlflow-poll", daemon=True).start()
-
-
-@kopf.on.cleanup()
-def stop_mlflow_poller(**_: Any) -> None:
-    if STATE.poller_stop is not None:
-        STATE.poller_stop.set()
 
 
 # --- running -------------------------------------------------------------------------------
 
 
-def run(namespaces: list[str], all_namespaces: bool, liveness: str | None, kubeconfig: str | None = None) -> None:
+def _operator_kwargs(config: OperatorConfig) -> dict[str, Any]:
+    """What ``kopf.run`` and ``kopf.operator`` take for ``config``."""
+    return {
+        "registry": build_registry(config), "settings": operator_settings(config), "standalone": True,
+        "clusterwide": config.all_namespaces, "namespaces": list(config.namespaces),
+    }  # fmt: skip
+
+
+def run(config: OperatorConfig, liveness: str | None = None) -> None:
     """``ganops operator run``: block until SIGINT/SIGTERM."""
-    STATE.kubeconfig = kubeconfig
-    STATE.all_namespaces = all_namespaces
-    STATE.namespaces = list(namespaces)
-    kopf.run(
-        standalone=True, clusterwide=all_namespaces, namespaces=namespaces or [],
-        liveness_endpoint=liveness,
-    )  # fmt: skip
+    kopf.run(liveness_endpoint=liveness, **_operator_kwargs(config))
 
 
 class InProcess:
     """The operator on a thread of this process (tests; embedding)."""
 
-    def __init__(self, namespaces: list[str], kubeconfig: str, defaults: Defaults,
-                 all_namespaces: bool = False) -> None:  # fmt: skip
-        self.namespaces = namespaces
-        self.all_namespaces = all_namespaces
-        STATE.kubeconfig = kubeconfig
-        STATE.defaults = defaults
-        STATE.all_namespaces = all_namespaces
-        STATE.namespaces = list(namespaces)
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self._kwargs = _operator_kwargs(config)  # here: a bad kube config fails the caller
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ganops-operator", daemon=True)
@@ -395,11 +471,8 @@ class InProcess:
 
     def _main(self) -> None:
         try:
-            asyncio.run(kopf.operator(
-                standalone=True, clusterwide=self.all_namespaces, namespaces=self.namespaces,
-                ready_flag=self._ready, stop_flag=self._stop,
-            ))  # fmt: skip
-        except BaseException as e:  # noqa: BLE001 - reported to the test
+            asyncio.run(kopf.operator(ready_flag=self._ready, stop_flag=self._stop, **self._kwargs))
+        except BaseException as e:  # noqa: BLE001 - reported to the caller
             self.error = e
             self._ready.set()
 

@@ -4,9 +4,11 @@ must equal (tests/test_helm.py) and that the operator is tested under on a real 
 
 from __future__ import annotations
 
+from ganops.k8s import PLURALS
+
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
 
-_KINDS = ("ganjobs", "gangenerations")
+_KINDS = tuple(PLURALS.values())
 
 NAMESPACED: frozenset[Rule] = frozenset({
     # kopf lists and watches the jobs, and patches its bookkeeping annotations onto them;

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganops import __version__
+from ganops.entrypoint import generate_command, train_command
 from ganops.errors import SpecError, UserError
 from ganops.k8s import GROUP, JOB_LABEL, KIND_LABEL, MANAGED_BY, RESTART_ANNOTATION, VERSION
 from ganops.spec.generation import GANGeneration
 from ganops.spec.models import ClusterSpec, GANJob
-from ganops.targets.entrypoint import generate_command, train_command
 
 RAY_VERSION = "2.60.0"
 # KubeRay names the RayCluster and the submitter Job after the RayJob and adds suffixes;

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ganops.targets.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
 
 
 class Condition(BaseModel):
@@ -59,3 +60,18 @@ def phase_of(rayjob_status: dict[str, object]) -> str:
     if mapped is not None:
         return mapped
     return _JOB_STATUS.get(job, PENDING)
+
+
+# The condition a phase adds when an owner enters it (Pending adds none: "Submitted"
+# comes with the RayJob's creation; "Cancelled" with the cancel request).
+CONDITION_OF_PHASE = {RUNNING: "Running", SUCCEEDED: "Complete", FAILED: "Failed"}
+
+
+def now() -> str:
+    """A timestamp as Kubernetes writes them (RFC 3339, UTC, whole seconds)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(type_: str, status: str, reason: str, message: str, at: str | None = None) -> dict[str, str]:
+    """One entry of ``status.conditions`` (see ``Condition``)."""
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": at or now()}

@@ -14,7 +14,14 @@ from __future__ import annotations
 from torch import nn
 
 from ganops.nets.common import (
-    Arch, Defaults, ModelSpecError, NetConfig, activation, d_stack, dropout, same_conv,
+    Arch,
+    Defaults,
+    ModelSpecError,
+    NetConfig,
+    activation,
+    d_stack,
+    dropout,
+    same_conv,
 )  # fmt: skip
 
 RESOLUTIONS = (28, 32, 64)
@@ -64,7 +71,7 @@ def generator(cfg: NetConfig) -> nn.Module:
     ]
     outs = (*widths[1:], c)
     flat = len(widths) - ups
-    for i, (cin, cout) in enumerate(zip(widths, outs)):
+    for i, (cin, cout) in enumerate(zip(widths, outs, strict=True)):
         last = i == len(widths) - 1
         layers.append(_up(cin, cout, k, 1 if i < flat else 2, bias=last))
         if not last:

@@ -14,7 +14,14 @@ from __future__ import annotations
 from torch import nn
 
 from ganops.nets.common import (
-    Arch, Defaults, ModelSpecError, NetConfig, activation, d_stack, dropout, same_conv,
+    Arch,
+    Defaults,
+    ModelSpecError,
+    NetConfig,
+    activation,
+    d_stack,
+    dropout,
+    same_conv,
 )  # fmt: skip
 
 RESOLUTIONS = (28, 32, 64)
@@ -30,7 +37,7 @@ _DEFAULTS = Defaults(
 )
 
 
-def defaults(resolution: int) -> Defaults:
+def defaults(_resolution: int) -> Defaults:
     return _DEFAULTS  # only the start size depends on the resolution
 
 
@@ -51,7 +58,7 @@ def generator(cfg: NetConfig) -> nn.Module:
         *dropout(cfg.g_dropout),
     ]
     outs = (*widths[1:], c)
-    for i, (cin, cout) in enumerate(zip(widths, outs)):
+    for i, (cin, cout) in enumerate(zip(widths, outs, strict=True)):
         last = i == len(widths) - 1
         if i < UPSAMPLINGS:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))

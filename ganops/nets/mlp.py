@@ -22,7 +22,7 @@ _DEFAULTS = Defaults(
 )
 
 
-def defaults(resolution: int) -> Defaults:
+def defaults(_resolution: int) -> Defaults:
     return _DEFAULTS  # the same net at every size: only the first/last layer's width changes
 
 

@@ -11,13 +11,24 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ganops.spec.models import API_VERSION, ClusterSpec, Metadata, PositiveInt, _Resource, _Strict
+from ganops.errors import FieldValueError
+from ganops.spec.models import (
+    API_VERSION,
+    ClusterSpec,
+    Metadata,
+    PathStr,
+    PositiveInt,
+    RequiredPath,
+    Seed,
+    _Resource,
+    _Strict,
+)
 
 GENERATION_KIND = "GANGeneration"
 
 
 class GenerationTracking(_Strict):
-    uri: str | None = None
+    uri: PathStr | None = None
     """MLflow tracking URI (default: the cluster's, i.e. the operator's MLFLOW_TRACKING_URI)."""
 
 
@@ -26,18 +37,18 @@ class GANGenerationSpec(_Strict):
     """The training run whose generator to use."""
     model: str | None = None
     """Or a registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."""
-    out: str
+    out: RequiredPath
     """Output: s3://bucket/prefix (or a path every node shares); must not hold a finished job."""
     num: PositiveInt = 64
     """Images to make (with `interpolate`: walks)."""
     format: Literal["png", "npz", "both"] = "png"
-    seed: int = 0
+    seed: Seed = 0
     batch_size: PositiveInt = 256
     truncation: Annotated[float, Field(gt=0)] | None = None
     class_index: Annotated[int, Field(ge=0)] | None = None
     best_of: PositiveInt = 1
     interpolate: PositiveInt | None = None
-    z_file: str | None = None
+    z_file: PathStr | None = None
     save_z: bool = False
     shard_size: PositiveInt = 1024
     workers: PositiveInt = 1
@@ -49,7 +60,7 @@ class GANGenerationSpec(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> GANGenerationSpec:
         if (self.run_id is None) == (self.model is None):
-            raise ValueError("run_id: set exactly one of run_id and model")
+            raise FieldValueError("run_id", "set exactly one of run_id and model")
         return self
 
     def to_args(self) -> list[str]:

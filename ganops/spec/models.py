@@ -8,10 +8,13 @@ constraints live on the fields so that errors name the exact path
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from ganops.errors import FieldValueError, clip
 
 API_VERSION = "ganops.io/v1alpha1"
 KIND = "GANJob"
@@ -24,15 +27,50 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake")
 OPTIMIZERS = ("adam", "rmsprop")
 
 # metadata.name becomes a directory, an MLflow tag and a Kubernetes object name, so it
-# follows the strictest of those: an RFC 1123 label.
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# follows the strictest of those: an RFC 1123 label. Matched with fullmatch: `$` would
+# also match before a final newline.
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
+# torch.manual_seed takes [-2**63, 2**64 - 1] and numpy's SeedSequence any integer >= 0;
+# the seed also feeds torch generators as seed + epoch. Non-negative and within a signed
+# 64-bit integer satisfies all of them.
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+# Longest path or URI accepted (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
+
+
+def _path_string(v: str) -> str:
+    # Checked as a string, before anything touches the file system: os.stat and friends
+    # raise ValueError (a traceback) on a NUL byte, and a control character is never meant.
+    bad = next((c for c in v if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        what = "a NUL byte" if bad == "\0" else f"the control character {bad!r}"
+        raise ValueError(f"must not contain {what}")
+    return v
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+# A local path or a URI (s3://..., sqlite:///...). Empty is left to each field: `--set
+# spec.data.root=` clears an optional one.
+PathStr = Annotated[str, Field(max_length=MAX_PATH_CHARS), AfterValidator(_path_string)]
+RequiredPath = Annotated[PathStr, AfterValidator(_not_blank)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `lr: .inf` or `nan` must be refused here, not train NaNs.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class Metadata(_Strict):
@@ -44,7 +82,7 @@ class Metadata(_Strict):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(
                 "must be lowercase letters, digits and '-', start and end with a letter or digit "
                 "(it names a directory and a Kubernetes object)"
@@ -52,33 +90,63 @@ class Metadata(_Strict):
         return v
 
 
+# The fake dataset's defaults (ganops.data.fake uses these) and the most memory it may take.
+FAKE_IMAGE_SIZE = 32
+FAKE_NUM_IMAGES = 2048
+FAKE_CHANNELS = 3
+FAKE_MAX_BYTES = 1 << 30
+# Far beyond any GAN here, but small enough that a typo cannot ask for terabytes.
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 100_000
+
+
 class DataSpec(_Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake"]
     """Which reader to use."""
-    root: str | None = None
+    root: PathStr | None = None
     """Directory holding the dataset's official files (required for all but `fake`)."""
     split: Literal["train", "test"] = "train"
     """Which official split to read."""
     download: bool = False
     """Fetch the official files into `root` when they are missing (needs internet)."""
-    image_size: PositiveInt | None = None
+    image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | None = None
     """Resize folder images to this square size (folder only; others have a fixed size)."""
     channels: Literal[1, 3] | None = None
     """1 (grey) or 3 (RGB) for folder and fake data; fixed for the named datasets."""
     limit: PositiveInt | None = None
     """Use only the first N images (quick runs, smoke tests)."""
-    num_classes: PositiveInt | None = None
+    num_classes: Annotated[int, Field(gt=0, le=MAX_CLASSES)] | None = None
     """Classes of the fake dataset (others know their own)."""
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataSpec:
         if self.dataset != "fake" and not self.root:
-            raise ValueError(f"root: required for dataset '{self.dataset}' (the directory holding its files)")
+            raise FieldValueError("root", f"required for dataset '{self.dataset}' (the directory holding its files)")
         if self.dataset not in ("folder", "fake") and self.image_size is not None:
-            raise ValueError(f"image_size: only for 'folder' and 'fake' datasets ('{self.dataset}' has a fixed size)")
+            raise FieldValueError(
+                "image_size", f"only for 'folder' and 'fake' datasets ('{self.dataset}' has a fixed size)"
+            )
         if self.dataset not in ("folder", "fake") and self.channels is not None:
-            raise ValueError(f"channels: only for 'folder' and 'fake' datasets ('{self.dataset}' has fixed channels)")
+            raise FieldValueError(
+                "channels", f"only for 'folder' and 'fake' datasets ('{self.dataset}' has fixed channels)"
+            )
+        if self.dataset == "fake":
+            self._fake_fits()
         return self
+
+    def _fake_fits(self) -> None:
+        # The fake dataset is made in memory on every worker: `limit: 10**12` would ask
+        # for terabytes. Bound its size up front rather than fail in numpy.
+        n = self.limit if self.limit is not None else FAKE_NUM_IMAGES
+        size = self.image_size or FAKE_IMAGE_SIZE
+        nbytes = n * (self.channels or FAKE_CHANNELS) * size * size
+        if nbytes > FAKE_MAX_BYTES:
+            field = "limit" if self.limit is not None else "image_size"
+            raise FieldValueError(
+                field,
+                f"the fake dataset would be {n} images of {size}x{size} ({nbytes / 2**30:.3g} GiB); "
+                f"it is made in memory and may be at most {FAKE_MAX_BYTES // 2**30} GiB",
+            )
 
 
 class ModelSpec(_Strict):
@@ -148,15 +216,15 @@ class TrainSpec(_Strict):
     checkpoints stay float32). Faster where the hardware has bfloat16 units (recent GPUs;
     CPUs with AVX512-BF16 or AMX: 1.5x per step measured here); float16 is not offered
     because it needs loss scaling."""
-    seed: int = 0
-    """Seed for weights, data order and noise; each rank derives its own."""
+    seed: Seed = 0
+    """Seed for weights, data order and noise; each rank derives its own (0 to 2**63 - 1)."""
     log_every_steps: PositiveInt = 50
     """Report progress and metrics every N steps (rank 0, batched)."""
 
     @model_validator(mode="after")
     def _clip_once(self) -> TrainSpec:
         if self.clip_grad_value is not None and self.clip_grad_norm is not None:
-            raise ValueError("clip_grad_value: set at most one of clip_grad_value and clip_grad_norm")
+            raise FieldValueError("clip_grad_value", "set at most one of clip_grad_value and clip_grad_norm")
         return self
 
     @property
@@ -201,7 +269,7 @@ class SamplesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: str | None = None
+    uri: PathStr | None = None
     """MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite store under the storage root)."""
     experiment: str | None = None
     """MLflow experiment (default: 'ganops')."""
@@ -219,7 +287,7 @@ class EvalSpec(_Strict):
     """Generated (and reference) images per evaluation; the literature uses 50000 for FID."""
     metrics: list[Literal["fid", "kid", "is", "pr"]] = Field(default_factory=lambda: list(METRICS))
     """Which scores: Fréchet and kernel Inception distance, Inception score, precision/recall."""
-    inception_weights: str | None = None
+    inception_weights: PathStr | None = None
     """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI (unset: the
     published file, downloaded once per machine into $GANOPS_CACHE)."""
     inception_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
@@ -242,7 +310,6 @@ class EvalSpec(_Strict):
 
 # The image size of each dataset with a fixed one; `fake` defaults to 32 (ganops.data.fake).
 FIXED_IMAGE_SIZES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn": 32}
-FAKE_IMAGE_SIZE = 32
 
 
 def static_image_size(data: DataSpec) -> int | None:
@@ -265,12 +332,40 @@ def batchnorm_critic(model: ModelSpec, image_size: int | None) -> bool:
     return model.arch == "dcgan" and image_size is not None and image_size != 28
 
 
-# A Kubernetes resource quantity: "4", "500m", "16Gi", "1.5".
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-# YAML reads `4` as a number; a quantity is a string to Kubernetes (and in the CRD).
-Quantity = Annotated[
-    str, BeforeValidator(lambda v: f"{v:g}" if isinstance(v, (int, float)) else v), Field(pattern=_QUANTITY)
-]
+# Kubernetes resource quantities, kept apart because a CPU quantity in a memory field (or
+# "16Gi" for CPU) passes a generic pattern and only fails when the operator makes the pod.
+_CPU_RE = re.compile(r"([0-9]+(\.[0-9]+)?|\.[0-9]+)m?")  # "2", "1.5", "500m"
+_MEMORY_RE = re.compile(r"[0-9]+(\.[0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")  # "16Gi", "512Mi", "1000000"
+_MAX_QUANTITY_CHARS = 24
+
+
+def _quantity_text(v: Any) -> Any:
+    """YAML reads `4` and `1.5` as numbers; a quantity is a string to Kubernetes (and the CRD)."""
+    if isinstance(v, bool):
+        return v  # left for the string check to refuse: `true` is not an amount
+    if isinstance(v, int):
+        # A huge int must not reach float formatting (OverflowError) nor str() (4,300-digit limit).
+        return str(v) if v.bit_length() <= 64 else f"<a {v.bit_length()}-bit integer>"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return repr(v)
+        return f"{v:.6f}".rstrip("0").rstrip(".") if abs(v) < 1e15 else repr(v)
+    return v
+
+
+def _quantity_check(kind: str, pattern: re.Pattern[str], example: str) -> Any:
+    def check(v: str) -> str:
+        if len(v) > _MAX_QUANTITY_CHARS or not pattern.fullmatch(v):
+            raise ValueError(f"{clip(repr(v))} is not a {kind} quantity (e.g. {example})")
+        if not any(c in "123456789" for c in v.rstrip("kMGTPEimn")):
+            raise ValueError(f"{clip(repr(v))} must be more than zero")
+        return v
+
+    return AfterValidator(check)
+
+
+CpuQuantity = Annotated[str, BeforeValidator(_quantity_text), _quantity_check("CPU", _CPU_RE, "2, 500m or 1.5")]
+MemoryQuantity = Annotated[str, BeforeValidator(_quantity_text), _quantity_check("memory", _MEMORY_RE, "16Gi or 512Mi")]
 
 
 class Toleration(_Strict):
@@ -297,13 +392,13 @@ class ClusterSpec(_Strict):
     """Node labels the pods must match, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}."""
     tolerations: list[Toleration] = Field(default_factory=list)
     """Tolerations of the pods, e.g. for tainted GPU nodes."""
-    worker_cpu: Quantity | None = None
+    worker_cpu: CpuQuantity | None = None
     """CPU of each worker pod (default: the operator's; Ray reserves it for the worker's torch threads)."""
-    worker_memory: Quantity | None = None
+    worker_memory: MemoryQuantity | None = None
     """Memory of each worker pod (default: the operator's)."""
-    head_cpu: Quantity | None = None
+    head_cpu: CpuQuantity | None = None
     """CPU of the head pod, which runs the driver and no training worker (default: the operator's)."""
-    head_memory: Quantity | None = None
+    head_memory: MemoryQuantity | None = None
     gpu_resource: str | None = None
     """Extended resource name of a GPU on the nodes, with scaling.use_gpu (default: the
     operator's, nvidia.com/gpu)."""
@@ -322,7 +417,7 @@ class GANJobSpec(_Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     samples: SamplesSpec = Field(default_factory=SamplesSpec)
-    storage: str = "./runs"
+    storage: PathStr = "./runs"
     """Local directory or s3://bucket/prefix; the job writes under <storage>/<metadata.name>/."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -332,22 +427,24 @@ class GANJobSpec(_Strict):
     def _cross_field(self) -> GANJobSpec:
         workers = self.scaling.num_workers
         if self.train.batch_size % workers:
-            raise ValueError(
-                f"train.batch_size: {self.train.batch_size} is not divisible by scaling.num_workers={workers} "
-                "(the batch is global: each worker gets batch_size / num_workers)"
+            raise FieldValueError(
+                "train.batch_size",
+                f"{self.train.batch_size} is not divisible by scaling.num_workers={workers} "
+                "(the batch is global: each worker gets batch_size / num_workers)",
             )
         if self.train.loss == "wgan_gp" and batchnorm_critic(self.model, static_image_size(self.data)):
-            raise ValueError(
-                "model.d_norm: wgan_gp cannot train a BatchNorm critic (the gradient penalty is per sample, "
+            raise FieldValueError(
+                "model.d_norm",
+                "wgan_gp cannot train a BatchNorm critic (the gradient penalty is per sample, "
                 "BatchNorm mixes the samples of a batch)"
                 + ("" if self.model.d_norm == "batch" else f" and '{self.model.arch}' uses BatchNorm at this size")
-                + "; set spec.model.d_norm: layer (the WGAN-GP paper's choice) or none"
+                + "; set spec.model.d_norm: layer (the WGAN-GP paper's choice) or none",
             )
         if self.checkpoint.keep_best is not None:
             metric = self.checkpoint.keep_best
             if self.eval.every_epochs is None or metric not in self.eval.metrics:
-                raise ValueError(
-                    f"checkpoint.keep_best: '{metric}' needs eval.every_epochs and '{metric}' in eval.metrics"
+                raise FieldValueError(
+                    "checkpoint.keep_best", f"'{metric}' needs eval.every_epochs and '{metric}' in eval.metrics"
                 )
         return self
 

@@ -6,11 +6,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-# Phases shared by the targets (a GANJob's status.phase, a Ray job's status mapped).
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "Pending", "Running", "Succeeded", "Failed", "Cancelled"
-PHASES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-
 
 @dataclass
 class JobStatus:
@@ -21,7 +16,7 @@ class JobStatus:
     kind: str
     """``train`` or ``generate``."""
     phase: str
-    """One of PHASES."""
+    """One of ``ganops.phases.PHASES``."""
     target: str
     """``ray`` or ``k8s``."""
     id: str | None = None

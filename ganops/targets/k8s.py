@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from ganops.errors import UserError
-from ganops.k8s import CANCEL_ANNOTATION, GROUP, RESTART_ANNOTATION, VERSION
+from ganops.k8s import CANCEL_ANNOTATION, GROUP, PLURALS, RESTART_ANNOTATION, VERSION
 from ganops.k8s.client import api_client, api_error, default_namespace
 from ganops.k8s.objects import custom_object
-from ganops.targets.base import PENDING, TERMINAL, JobStatus
-
-PLURALS = {"GANJob": "ganjobs", "GANGeneration": "gangenerations"}
+from ganops.k8s.status import now
+from ganops.phases import PENDING, TERMINAL
+from ganops.targets.base import JobStatus
 
 
 def _row(obj: dict[str, Any]) -> JobStatus:
@@ -131,8 +131,7 @@ class K8sTarget:
         phase = (obj.get("status") or {}).get("phase")
         if phase in TERMINAL:
             return _row(obj)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        patch = {"metadata": {"annotations": {CANCEL_ANNOTATION: f"requested at {stamp}"}}}
+        patch = {"metadata": {"annotations": {CANCEL_ANNOTATION: f"requested at {now()}"}}}
         updated = self._call("patch", self.custom.patch_namespaced_custom_object,
                              GROUP, VERSION, self.namespace, PLURALS[obj["kind"]], name, patch)  # fmt: skip
         row = _row(updated)

@@ -57,7 +57,7 @@ def table(rows: Sequence[JobStatus], wide: bool = False) -> str:
     cols = _columns(rows, wide)
     cells = [[h for h, _ in cols]] + [[str(f(r)) for _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ head node and joins the cluster through the RAY_ADDRESS that Ray sets for job dr
 a generation job's driver runs ``ganops generate ...`` the same way.
 
 What travels with a job: the entrypoint (the resolved spec, base64), metadata naming the
-job, and as environment only the non-secret settings of ``launch.worker_env()`` (plus,
+job, and as environment only the non-secret settings of ``rayinit.worker_env()`` (plus,
 for training, RAY_JOB_STOP_WAIT_TIME_S: see ``STOP_GRACE_S``).
 Credentials (AWS keys, the Ray token itself) never do: the drivers and workers take them
 from the nodes' own environment.
@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ganops.errors import UserError
-from ganops.targets.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, JobStatus
+from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from ganops.targets.base import JobStatus
 
 T = TypeVar("T")
 
@@ -261,7 +262,7 @@ class RayJobsTarget:
         return row
 
     def _submit(self, name: str, kind: str, entrypoint: str, meta: dict[str, str], env: dict[str, str]) -> JobStatus:
-        from ganops.train.launch import worker_env
+        from ganops.rayinit import worker_env
 
         active = [j for j in self._jobs(name) if str(getattr(j.status, "value", j.status)) in ACTIVE]
         if active:
@@ -286,7 +287,7 @@ class RayJobsTarget:
         return self._row(self._call(self.client.get_job_info, submission_id), enrich=False)
 
     def submit_train(self, job: Any, *, restart: bool = False) -> JobStatus:
-        from ganops.targets.entrypoint import train_command
+        from ganops.entrypoint import train_command
 
         return self._submit(
             job.name, "train", train_command(job, restart=restart), {META_STORAGE: job.spec.storage},
@@ -294,7 +295,7 @@ class RayJobsTarget:
         )  # fmt: skip
 
     def submit_generate(self, gen: Any) -> JobStatus:
-        from ganops.targets.entrypoint import generate_command
+        from ganops.entrypoint import generate_command
 
         return self._submit(gen.name, "generate", generate_command(gen.spec.to_args()), {}, {})
 
@@ -382,6 +383,6 @@ def _sync_iter(agen: AsyncIterator[str]) -> Iterator[str]:
     finally:
         try:
             loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001, S110 - closing a dropped stream
+        except Exception:  # noqa: BLE001 - closing a dropped stream
             pass
         loop.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ganops import jobdir, storage
+from ganops import jobdir, rayinit, storage
 from ganops.data import ImageInfo
 from ganops.errors import ResourceError, UserError
 from ganops.spec import dump
@@ -27,14 +27,6 @@ from ganops.spec.models import GANJob
 from ganops.timings import mark
 
 Echo = Callable[[str], None]
-
-# Ray's own chatter (usage stats, dashboards) is off for an embedded run on a laptop.
-_EMBEDDED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
-# Only when ganops starts the Ray itself. Ray Train's controller notices that the workers
-# have finished when it next polls them, every 2 s by default: a short run then waits 1 s on
-# average for fit() to return. A few workers on one machine can be polled 4 times a second.
-_LOCAL_ONLY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-
 
 @dataclass
 class RunResult:
@@ -53,19 +45,6 @@ class RunResult:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     mlflow_hint: str | None = None
-
-
-# Settings that workers on another machine need to reach the same storage and tracking
-# server. Names only of non-secret settings: credentials come from each node's own
-# environment (an instance role, a Kubernetes Secret), never through Ray.
-WORKER_ENV = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE", "GANOPS_INCEPTION_URL", "GANOPS_TIMINGS",
-)  # fmt: skip
-
-
-def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
 
 
 def _compatible(previous: dict[str, Any], job: GANJob) -> list[str]:
@@ -125,26 +104,6 @@ def check_resources(job: GANJob, resources: dict[str, float] | None) -> None:
         )
 
 
-def _init_ray(address: str | None) -> bool:
-    """Connect to ``address`` or start the embedded Ray; returns True when embedded."""
-    import ray
-
-    if ray.is_initialized():
-        return not address
-    for k, v in _EMBEDDED_ENV.items():
-        os.environ.setdefault(k, v)
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    # Worker output stays in Ray's log files: a failure reaches the user through the
-    # exception fit() raises, without every rank's traceback printed twice before it.
-    # address="local": always a new Ray, never one that `ray start` left on this machine.
-    for k, v in _LOCAL_ONLY_ENV.items():  # before ray.init: its processes inherit the environment
-        os.environ.setdefault(k, v)
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
-
-
 @contextmanager
 def _ctrl_c_stops(control: Any, echo: Echo) -> Iterator[None]:
     """First Ctrl-C or SIGTERM: workers write a checkpoint and stop. Second: abort at once.
@@ -158,7 +117,7 @@ def _ctrl_c_stops(control: Any, echo: Echo) -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in signals}
     pressed = {"n": 0}
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, _frame: Any) -> None:
         pressed["n"] += 1
         if pressed["n"] > 1:
             for s, h in previous.items():
@@ -290,7 +249,7 @@ def run(
     # The run is open before any worker starts: an unreachable server still fails the submit.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganops-mlflow-open") as pool:
         opening = pool.submit(open_tracking)
-        embedded = _init_ray(address)
+        embedded = rayinit.init_ray(address)
         mark("driver.ray_init")
         resources = default_resources(job, embedded)
         check_resources(job, resources)
@@ -308,7 +267,7 @@ def run(
             "control": control_name,
             "resume_from": latest.uri if latest else None,
             "mlflow": {"uri": run_ref.tracking_uri, "run_id": run_ref.run_id},
-            "env": worker_env(),
+            "env": rayinit.worker_env(),
         },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu, resources_per_worker=resources

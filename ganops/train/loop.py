@@ -26,14 +26,12 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from pyarrow import fs as pafs
 
 from ganops import data as gdata
-from ganops import jobdir, storage
+from ganops import images, jobdir, storage
 from ganops.spec import dump, validate
 from ganops.spec.models import GANJob
 from ganops.timings import mark
-from ganops.train import samples
 from ganops.train.batches import RankBatches
 from ganops.train.step import GANStep
 
@@ -202,12 +200,12 @@ class Worker:
     def _log_model(self) -> None:
         if self.tracker is None:
             return
-        from ganops.tracking import log_generator
+        from ganops.tracking import CHECKPOINT_TAG, log_generator
 
         cfg = self.config["mlflow"]
         latest = self.jobdir.latest_checkpoint()
         if latest is not None:
-            self.tracker.set_tag("ganops.checkpoint", latest.uri)
+            self.tracker.set_tag(CHECKPOINT_TAG, latest.uri)
         if self._logged_model is not None and self._logged_model[0] == self.pos.step:
             uri: str | None = self._logged_model[1]  # the final G is the champion just registered
         else:
@@ -283,8 +281,8 @@ class Worker:
         y = self.fixed_y.to(self.device) if self.fixed_y is not None else None
         imgs = net(self.fixed_z.to(self.device), y).float().cpu().numpy()
         net.train(was_training)
-        tile = samples.grid(samples.to_uint8(imgs), ncols=self.grid_cols)
-        png = samples.png_bytes(tile)
+        tile = images.grid(images.to_uint8(imgs), ncols=self.grid_cols)
+        png = images.png_bytes(tile)
         storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch)), png)
         if self.tracker is not None:
             # Keyed by step, so the MLflow UI's step slider walks through training.
@@ -295,7 +293,7 @@ class Worker:
         if not names:
             return
         frames = [storage.read_bytes(self.jobdir.samples.child(n)) for n in names]
-        gif = samples.gif_bytes(frames)
+        gif = images.gif_bytes(frames)
         storage.write_bytes(self.jobdir.samples.child(jobdir.GIF_FILE), gif)
         if self.tracker is not None:
             self.tracker.log_bytes(gif, f"samples/{jobdir.GIF_FILE}")
@@ -503,19 +501,7 @@ def _upload_marker_last(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.
     storage_ctx = ray.train.get_context().get_storage()
     fs = storage_ctx.storage_filesystem
     dest = posixpath.join(storage_ctx.experiment_fs_path, dir_name)
-    # A directory of that name without a marker is a leftover of an interrupted write.
-    if fs.get_file_info(dest).type != pafs.FileType.NotFound:
-        fs.delete_dir(dest)
-    fs.create_dir(dest, recursive=True)
-    local = checkpoint.path
-    names = sorted(os.listdir(local), key=lambda n: n == jobdir.MARKER)
-    for n in names:
-        pafs.copy_files(
-            os.path.join(local, n),
-            posixpath.join(dest, n),
-            source_filesystem=pafs.LocalFileSystem(),
-            destination_filesystem=fs,
-        )
+    storage.replace_dir_from_local(checkpoint.path, fs, dest, last=jobdir.MARKER)
     return ray.train.Checkpoint(dest, fs)
 
 

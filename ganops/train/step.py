@@ -26,6 +26,7 @@ from ganops.nets import build_discriminator, build_generator
 from ganops.nets.syncbn import convert_sync_batchnorm
 from ganops.spec.models import GANJobSpec, TrainSpec
 
+
 def stat_names(loss: str) -> tuple[str, str, str, str]:
     """What the step reports, in ``StepStats.sums`` order.
 

@@ -51,8 +51,8 @@ class PlainGAN:
         self.loss = "bce" if textbook else t.loss
         self.num_classes = num_classes if spec.model.conditional else None
         self.latent_dim = spec.model.latent_dim
-        self.netG = build_generator(spec.model, image_shape, self.num_classes).to(device)  # noqa: N815 - dcgan's names
-        self.netD = build_discriminator(spec.model, image_shape, self.num_classes).to(device)  # noqa: N815
+        self.netG = build_generator(spec.model, image_shape, self.num_classes).to(device)
+        self.netD = build_discriminator(spec.model, image_shape, self.num_classes).to(device)
         if init is not None:  # identical starting weights to the side it is compared with
             self.netG.load_state_dict(init[0])
             self.netD.load_state_dict(init[1])
@@ -63,8 +63,8 @@ class PlainGAN:
             extra["alpha"] = getattr(t, "rmsprop_alpha", 0.99)
         else:
             extra["betas"] = (t.betas[0], t.betas[1])
-        self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)  # noqa: N815
-        self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)  # noqa: N815
+        self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)
+        self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)
         self.bf16 = getattr(t, "precision", "fp32") == "bf16"
 
     def _fwd(self, net: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
@@ -120,16 +120,16 @@ class PlainGAN:
 
     # -- the loop body -------------------------------------------------------------------
     def train_batch(self, real: Tensor, labels: Tensor | None) -> None:
-        netG, netD = self.netG, self.netD  # noqa: N806
+        netG, netD = self.netG, self.netD
         y = labels if self.num_classes is not None else None
         b = real.size(0)
         # (1) Update D network: maximize log D(x) + log(1 - D(G(z)))
         netD.zero_grad()
-        errD_real = self._d_real(self._fwd(netD, real, y))  # noqa: N806
+        errD_real = self._d_real(self._fwd(netD, real, y))
         errD_real.backward()
         noise = torch.randn(b, self.latent_dim, device=self.device)
         fake = self._fwd(netG, noise, y)
-        errD_fake = self._d_fake(self._fwd(netD, fake.detach(), y))  # noqa: N806
+        errD_fake = self._d_fake(self._fwd(netD, fake.detach(), y))
         errD_fake.backward()
         if self.loss == "wgan_gp" and not self.textbook:
             self._penalty(real, fake.detach(), y).backward()
@@ -137,7 +137,7 @@ class PlainGAN:
         self.optimizerD.step()
         # (2) Update G network: maximize log D(G(z))
         netG.zero_grad()
-        errG = self._g(self._fwd(netD, fake, y))  # noqa: N806
+        errG = self._g(self._fwd(netD, fake, y))
         errG.backward()
         self._clip(netG)
         self.optimizerG.step()

@@ -22,7 +22,7 @@ JOBS = REPO / "jobs"
 BATCH = 64
 
 
-def load_spec(job: str | Path, *overrides: str, mnist_root: Path | None = None):  # noqa: ANN201 - GANJob
+def load_spec(job: str | Path, *overrides: str, mnist_root: Path | None = None):
     """A job file (a name in jobs/, or a path) with ``--set`` overrides, pointed at the local MNIST split.
 
     The overrides come last, so they may change the batch or the data (the submit tests do).
@@ -40,7 +40,7 @@ def load_spec(job: str | Path, *overrides: str, mnist_root: Path | None = None):
     return client.load_job(path, base + list(overrides))
 
 
-def image_shape(job_spec) -> tuple[int, int, int]:  # noqa: ANN001 - GANJobSpec
+def image_shape(job_spec) -> tuple[int, int, int]:
     """The (C, H, W) the job's own data would have: MNIST's for MNIST, 32x32 RGB for CIFAR/SVHN
     (and for the 32 px RGB folder the submit tests write)."""
     return (1, 28, 28) if job_spec.data.dataset in ("mnist", "fashion_mnist") else (3, 32, 32)
@@ -69,7 +69,7 @@ def batches(train: Digits, shape: tuple[int, int, int], batch: int, seed: int) -
         epoch += 1
 
 
-def train_pair(job_spec, steps: int, seed: int = 0, plain: bool = True, device: str = "cpu") -> Pair:  # noqa: ANN001
+def train_pair(job_spec, steps: int, seed: int = 0, plain: bool = True, device: str = "cpu") -> Pair:
     """``steps`` batches through ``GANStep(ddp=False).train_batch`` and (``plain``) the plain loop."""
     from ganops.train.step import GANStep
 

@@ -1,4 +1,4 @@
-"""Sample grids and the training GIF, with numpy and Pillow only (no torchvision here)."""
+"""Image utilities shared by training, generation and evaluation: uint8 conversion, grids, PNG and GIF bytes (numpy and Pillow only; no torchvision)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The only module that imports mlflow.
+"""The only package that imports mlflow (import-linter holds the line; see pyproject.toml).
 
 The driver opens (or reopens) one MLflow run per job before any worker starts, so an
 unreachable server fails the submit at once and a resumed job continues the same run.
@@ -32,6 +32,11 @@ RUN_FILE = "mlflow_run.json"
 DEFAULT_EXPERIMENT = "ganops"
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
+
+# Tags that other packages read back: one spelling each.
+CHECKPOINT_TAG = "ganops.checkpoint"  # the newest complete checkpoint of a training run
+K8S_UID_TAG = "ganops.k8s_uid"  # the GANJob whose pods trained the run (the operator finds it by this)
+K8S_NAMESPACE_TAG = "ganops.k8s_namespace"
 
 Warn = Callable[[str], None]
 
@@ -138,7 +143,7 @@ class RunRef:
         return {"run_id": self.run_id, "tracking_uri": redact(self.tracking_uri), "experiment_id": self.experiment_id}
 
 
-def _client(uri: str) -> Any:
+def mlflow_client(uri: str) -> Any:
     _quiet_mlflow_env()
     from mlflow import MlflowClient
 
@@ -153,7 +158,7 @@ def check_reachable(uri: str) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     try:
-        _client(uri).search_experiments(max_results=1)
+        mlflow_client(uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot track"
         reason = str(e).splitlines()[0][:200]
         raise UserError(
@@ -174,7 +179,7 @@ def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_root)
-    except Exception:  # noqa: BLE001 - created concurrently by another submit
+    except Exception:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -198,7 +203,7 @@ def _tags(job: GANJob, world_size: int) -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     tags.update({f"label.{k}": v for k, v in job.metadata.labels.items()})
     # Set by the operator on the pods of a GANJob: lets it find this run by the object's uid.
-    for env, tag in (("GANOPS_K8S_UID", "ganops.k8s_uid"), ("GANOPS_K8S_NAMESPACE", "ganops.k8s_namespace")):
+    for env, tag in (("GANOPS_K8S_UID", K8S_UID_TAG), ("GANOPS_K8S_NAMESPACE", K8S_NAMESPACE_TAG)):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
@@ -210,7 +215,7 @@ def open_run(job: GANJob, jd: jobdir.JobDir, warn: Warn) -> RunRef:
 
     uri, artifact_root = resolve_uri(job)
     check_reachable(uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     experiment = job.spec.tracking.experiment or DEFAULT_EXPERIMENT
     exp_id = _experiment_id(client, experiment, artifact_root)
     params = flatten(job.to_dict()["spec"])
@@ -265,18 +270,18 @@ def _read_run_file(jd: jobdir.JobDir) -> dict[str, str] | None:
 
 def close_run(ref: RunRef, status: str) -> None:
     """``status``: FINISHED, KILLED (stopped early, resumable) or FAILED."""
-    _client(ref.tracking_uri).set_terminated(ref.run_id, status=status)
+    mlflow_client(ref.tracking_uri).set_terminated(ref.run_id, status=status)
 
 
 # -- the run's page: description and the artifacts it shows (see ganops.run_note) --------
 
 
 def run_tags(ref: RunRef) -> dict[str, str]:
-    return dict(_client(ref.tracking_uri).get_run(ref.run_id).data.tags)
+    return dict(mlflow_client(ref.tracking_uri).get_run(ref.run_id).data.tags)
 
 
 def list_artifacts(ref: RunRef, folder: str) -> list[str]:
-    return [a.path for a in _client(ref.tracking_uri).list_artifacts(ref.run_id, folder)]
+    return [a.path for a in mlflow_client(ref.tracking_uri).list_artifacts(ref.run_id, folder)]
 
 
 def log_artifact_bytes(ref: RunRef, data: bytes, artifact_file: str) -> None:
@@ -286,14 +291,14 @@ def log_artifact_bytes(ref: RunRef, data: bytes, artifact_file: str) -> None:
         local = Path(d) / Path(artifact_file).name
         local.write_bytes(data)
         parent = str(Path(artifact_file).parent)
-        _client(ref.tracking_uri).log_artifact(ref.run_id, str(local), None if parent == "." else parent)
+        mlflow_client(ref.tracking_uri).log_artifact(ref.run_id, str(local), None if parent == "." else parent)
 
 
 def set_note(ref: RunRef, markdown: str) -> None:
     """The run's description in the MLflow UI (the ``mlflow.note.content`` tag)."""
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-    _client(ref.tracking_uri).set_tag(ref.run_id, MLFLOW_RUN_NOTE, markdown)
+    mlflow_client(ref.tracking_uri).set_tag(ref.run_id, MLFLOW_RUN_NOTE, markdown)
 
 
 def ui_address_hint(ref: RunRef, storage_root: str) -> str:
@@ -340,7 +345,7 @@ class RunLogger:
         # Each attempt fails fast; retrying is this class's job, off the training thread.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        self.client = _client(tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.uri = tracking_uri
         self.run_id = run_id
         self.warn = warn
@@ -473,7 +478,7 @@ def log_generator(
     if register_as and info.registered_model_version is not None:
         # The run's description names the version; MLflow keeps it only on the model's side.
         try:
-            _client(tracking_uri).set_tag(run_id, REGISTERED_TAG, str(info.registered_model_version))
+            mlflow_client(tracking_uri).set_tag(run_id, REGISTERED_TAG, str(info.registered_model_version))
         except Exception as e:  # noqa: BLE001 - the model is registered; only the tag is missing
             warn(f"could not tag run {run_id} with its registered version ({str(e).splitlines()[0][:200]})")
     return info.model_uri
@@ -547,7 +552,7 @@ def champion_fid(tracking_uri: str, name: str, setup: str) -> float | None:
     None when there is no champion, or its score came from another evaluation setup
     (reference data, sample count or network), which a new score cannot be compared with.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # noqa: BLE001 - MLflow raises its own exception for "no such alias/model"
@@ -585,7 +590,7 @@ def promote_if_better(
     if info is None or info.registered_model_version is None:
         return None
     version = str(info.registered_model_version)
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         for k, v in tags.items():
             client.set_model_version_tag(register_as, version, k, v)

@@ -1,0 +1,49 @@
+"""Starting or joining Ray, and the environment its workers get: one place for both.
+
+Training and generation start the same embedded Ray (or join the same cluster) and pass
+their workers the same non-secret settings, so neither reaches into the other for them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray's own chatter (usage stats, dashboards) is off for an embedded run on a laptop.
+_EMBEDDED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
+# Only when ganops starts the Ray itself. Ray Train's controller notices that the workers
+# have finished when it next polls them, every 2 s by default: a short run then waits 1 s on
+# average for fit() to return. A few workers on one machine can be polled 4 times a second.
+_LOCAL_ONLY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+# Settings that workers on another machine need to reach the same storage and tracking
+# server. Names only of non-secret settings: credentials come from each node's own
+# environment (an instance role, a Kubernetes Secret), never through Ray.
+WORKER_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE", "GANOPS_INCEPTION_URL", "GANOPS_TIMINGS",
+)  # fmt: skip
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start the embedded Ray; returns True when embedded."""
+    import ray
+
+    if ray.is_initialized():
+        return not address
+    for k, v in _EMBEDDED_ENV.items():
+        os.environ.setdefault(k, v)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    # Worker output stays in Ray's log files: a failure reaches the user through the
+    # exception fit() raises, without every rank's traceback printed twice before it.
+    # address="local": always a new Ray, never one that `ray start` left on this machine.
+    for k, v in _LOCAL_ONLY_ENV.items():  # before ray.init: its processes inherit the environment
+        os.environ.setdefault(k, v)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return True
