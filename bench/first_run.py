@@ -304,19 +304,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in range(args.rounds):
             secs: dict[str, float] = {}
             cpu: dict[str, float] = {}
-            order = sides[r % len(sides):] + sides[: r % len(sides)]  # each side goes first in turn
+            order = sides[r % len(sides) :] + sides[: r % len(sides)]  # each side goes first in turn
             for side in order:
                 work = base / f"round{r + 1}" / side
                 work.mkdir(parents=True, exist_ok=True)
                 secs[side], cpu[side], marks = _run_side(side, args, work)
                 splits[side].append(split(marks, BARE_PHASES if side == "bare" else GANOPS_PHASES))
             ratio = secs["ganops"] / secs["bare"]
-            rounds.append({**secs, "ratio": ratio, "cpu_ganops": cpu["ganops"], "cpu_bare": cpu["bare"],
-                           "cpu_ratio": cpu["ganops"] / cpu["bare"], "load": os.getloadavg()[0], "first": order[0]})
+            rounds.append(
+                {
+                    **secs,
+                    "ratio": ratio,
+                    "cpu_ganops": cpu["ganops"],
+                    "cpu_bare": cpu["bare"],
+                    "cpu_ratio": cpu["ganops"] / cpu["bare"],
+                    "load": os.getloadavg()[0],
+                    "first": order[0],
+                }
+            )
             if args.baseline:
                 rounds[-1].update(baseline=secs["baseline"], baseline_ratio=secs["baseline"] / secs["bare"],
                                   cpu_baseline=cpu["baseline"])  # fmt: skip
-            extra = f" | baseline {secs['baseline']:6.1f} s ({rounds[-1]['baseline_ratio']:.3f})" if args.baseline else ""
+            extra = (
+                f" | baseline {secs['baseline']:6.1f} s ({rounds[-1]['baseline_ratio']:.3f})" if args.baseline else ""
+            )
             print(f"  round {r + 1}: ganops {secs['ganops']:6.1f} s | bare {secs['bare']:6.1f} s | "
                   f"ratio {ratio:.3f}{extra} | CPU s {cpu['ganops']:.1f} vs {cpu['bare']:.1f} "
                   f"({rounds[-1]['cpu_ratio']:.3f}) | load {rounds[-1]['load']:.1f}")  # fmt: skip

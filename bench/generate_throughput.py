@@ -76,8 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=256, help="untimed images per side first (default 256)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads and PNG threads")
-    p.add_argument("--pool", choices=["processes", "threads"], default="processes",
-                   help="ganops' PNG executor: writer.make_pool() (default) or a ThreadPoolExecutor")
+    p.add_argument(
+        "--pool",
+        choices=["processes", "threads"],
+        default="processes",
+        help="ganops' PNG executor: writer.make_pool() (default) or a ThreadPoolExecutor",
+    )
     p.add_argument("--dir", default=None, help="where the temporary output goes (default: the system temp dir)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)

@@ -95,7 +95,7 @@ def equal_steps(spec: Any, steps: int, seed: int) -> tuple[dict[str, Any], dict[
     for i in range(steps):
         real, y = next(it)
         # Alternate who goes first, so a burst of machine load hits both alike.
-        for name in (("ganops", "plain") if i % 2 == 0 else ("plain", "ganops")):
+        for name in ("ganops", "plain") if i % 2 == 0 else ("plain", "ganops"):
             t0 = time.perf_counter()
             sides[name].train_batch(real, y)
             secs[name] += time.perf_counter() - t0

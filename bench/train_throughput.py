@@ -110,9 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- (A) ganops ----------------------------------------------------------------------
 
 
-def ganops_side(
-    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device
-) -> tuple[GANStep, Callable[[], None]]:
+def ganops_side(spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device) -> tuple[GANStep, Callable[[], None]]:
     step = GANStep(spec, ds.info.shape, ds.info.num_classes, device, ddp=False)
     batches = RankBatches(ds.images, ds.labels, spec.train.batch_size, seed=spec.train.seed, device=device)
 
@@ -134,9 +132,7 @@ def ganops_side(
 # --- (B) plain PyTorch, pytorch/examples dcgan style ---------------------------------
 
 
-def plain_side(
-    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep
-) -> Callable[[], None]:
+def plain_side(spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep) -> Callable[[], None]:
     # The loop itself is shared with the learning tests and bench/quality.py; textbook=True
     # is pytorch/examples as it stands (BCE with hard labels, no clipping), whatever the spec.
     num_classes = ds.info.num_classes if spec.model.conditional else None

@@ -1,2 +1,3 @@
 """ganops: GAN training on Ray Train, tracked in MLflow."""
+
 __version__ = "0.1.0"

@@ -56,7 +56,9 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     reachable = data.dataset == "fake" or (data.root is not None and os.path.isdir(data.root))
     info = preflight(job) if reachable else None
     shape = "×".join(map(str, info.shape)) if info else ""
-    where = f"; data: {info.num_images} images of {shape}" if info else f"; data not checked ({data.root} not found here)"
+    where = (
+        f"; data: {info.num_images} images of {shape}" if info else f"; data not checked ({data.root} not found here)"
+    )
     _err(f"{spec_file}: valid{where}")
 
 
@@ -92,7 +94,12 @@ OUTPUT = click.Choice(["table", "wide", "yaml", "json"])
 )  # fmt: skip
 @_target_options
 @click.option("--dry-run", is_flag=True, help="Validate and print what would be submitted, then stop.")
-@click.option("--output", "-o", type=click.Choice(["yaml", "json"]), help="Print the submitted object (with --target k8s: the GANJob).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["yaml", "json"]),
+    help="Print the submitted object (with --target k8s: the GANJob).",
+)
 @click.option(
     "--restart", is_flag=True, help="Start over even if checkpoints exist; the old run is moved aside, never lost."
 )
@@ -181,7 +188,9 @@ def _dump(obj: Any, fmt: str) -> str:
 
 @cli.command()
 @click.argument("name")
-@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@click.option(
+    "--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]"
+)
 @_target_options
 @click.option("--output", "-o", type=OUTPUT, default="table", show_default=True)
 def status(name: str, target: str | None, address: str | None, namespace: str | None, output: str) -> None:
@@ -194,11 +203,15 @@ def status(name: str, target: str | None, address: str | None, namespace: str | 
 
 
 @cli.command(name="list")
-@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@click.option(
+    "--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]"
+)
 @_target_options
 @click.option("--all-namespaces", "-A", is_flag=True, help="Jobs of every namespace (--target k8s).")
 @click.option("--output", "-o", type=OUTPUT, default="table", show_default=True)
-def list_jobs(target: str | None, address: str | None, namespace: str | None, all_namespaces: bool, output: str) -> None:
+def list_jobs(
+    target: str | None, address: str | None, namespace: str | None, all_namespaces: bool, output: str
+) -> None:
     """List ganops jobs (training and generation), newest first."""
     from ganops import targets
     from ganops.targets.output import render
@@ -209,7 +222,9 @@ def list_jobs(target: str | None, address: str | None, namespace: str | None, al
 
 @cli.command()
 @click.argument("name")
-@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@click.option(
+    "--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]"
+)
 @_target_options
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def logs(name: str, target: str | None, address: str | None, namespace: str | None, follow: bool) -> None:
@@ -224,7 +239,9 @@ def logs(name: str, target: str | None, address: str | None, namespace: str | No
 
 @cli.command()
 @click.argument("name")
-@click.option("--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]")
+@click.option(
+    "--target", type=REMOTE, envvar="GANOPS_TARGET", help="ray or k8s [default: ray when --address is set, else k8s]"
+)
 @_target_options
 def cancel(name: str, target: str | None, address: str | None, namespace: str | None) -> None:
     """Stop job NAME. Its checkpoints stay: submitting the same spec again resumes it."""
@@ -237,9 +254,13 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
 
 @cli.command()
 @click.option("--run-id", help="The training run whose generator to use.")
-@click.option("--model", "model_uri", metavar="URI", help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option(
+    "--model", "model_uri", metavar="URI", help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."
+)
 @click.option("--num", type=int, default=None, help="Images to make (with --interpolate: walks). [default: 64]")
-@click.option("--out", "-o", required=True, help="Output directory or s3://bucket/prefix (must not hold a finished job).")
+@click.option(
+    "--out", "-o", required=True, help="Output directory or s3://bucket/prefix (must not hold a finished job)."
+)
 @click.option("--format", "fmt", type=click.Choice(["png", "npz", "both"]), default="png", show_default=True,
               help="PNG files, uint8 .npz shards, or both.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same options: byte-identical images.")
@@ -391,7 +412,9 @@ def operator() -> None:
 @click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (needs the cluster-wide RBAC).")
 @click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="Kube config (default: in-cluster, else ~/.kube/config).")
-def operator_run(namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None) -> None:
+def operator_run(
+    namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None
+) -> None:
     """Run the operator until SIGINT/SIGTERM: GANJobs and GANGenerations become RayJobs."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")

@@ -19,9 +19,7 @@ def grid(images: np.ndarray, ncols: int | None = None, padding: int = 2, pad_val
     n, c, h, w = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    out = np.full(
-        (nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), pad_value, dtype=np.uint8
-    )
+    out = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), pad_value, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)
         y, x = padding + r * (h + padding), padding + col * (w + padding)

@@ -28,4 +28,3 @@ def mark(phase: str) -> None:
             f.write(line)
     except OSError:
         pass  # a measurement aid must never fail a run
-

@@ -38,7 +38,6 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], batches: l
     reductions = {"d": 0, "g": 0}
     if world > 1:
         for name, net in (("d", step.d_train), ("g", step.g_train)):
-
             # No annotations: DDP checks them at run time, and this module's are strings.
             def hook(state, bucket, name=name):  # type: ignore[no-untyped-def]
                 reductions[name] += 1

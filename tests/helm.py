@@ -122,7 +122,9 @@ def is_crd(doc: dict[str, Any]) -> bool:
     return doc["kind"] == "CustomResourceDefinition"
 
 
-def find(docs: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
+def find(
+    docs: list[dict[str, Any]], kind: str, name: str | None = None, namespace: str | None = None
+) -> list[dict[str, Any]]:
     """The objects of ``kind`` (and ``name`` / ``namespace`` when given)."""
     return [
         d for d in docs
@@ -205,7 +207,10 @@ def applied(kube_api: Any, docs: list[dict[str, Any]]) -> Iterator[list[dict[str
 # --- what an identity may do on a test API server (SelfSubject*Review), for RBAC tests -------
 
 # Every authenticated identity may ask these about itself (the built-in system:basic-user role).
-_SELF_REVIEWS = {("authorization.k8s.io", "selfsubjectaccessreviews"), ("authorization.k8s.io", "selfsubjectrulesreviews")}
+_SELF_REVIEWS = {
+    ("authorization.k8s.io", "selfsubjectaccessreviews"),
+    ("authorization.k8s.io", "selfsubjectrulesreviews"),
+}
 
 
 def can(kube_api: Any, token: str, verb: str, resource: str, namespace: str | None = None, group: str = "") -> bool:
@@ -214,7 +219,9 @@ def can(kube_api: Any, token: str, verb: str, resource: str, namespace: str | No
     from kubernetes import client
 
     name, _, sub = resource.partition("/")
-    attrs = client.V1ResourceAttributes(group=group, resource=name, subresource=sub or None, verb=verb, namespace=namespace)
+    attrs = client.V1ResourceAttributes(
+        group=group, resource=name, subresource=sub or None, verb=verb, namespace=namespace
+    )
     review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attrs))
     out = client.AuthorizationV1Api(kube_api.api_client(token)).create_self_subject_access_review(review)
     return bool(out.status.allowed)
@@ -228,5 +235,8 @@ def granted_rules(kube_api: Any, token: str, namespace: str) -> set[tuple[str, s
 
     review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
     out = client.AuthorizationV1Api(kube_api.api_client(token)).create_self_subject_rules_review(review)
-    rules = [{"apiGroups": r.api_groups or [], "resources": r.resources or [], "verbs": r.verbs} for r in out.status.resource_rules]
+    rules = [
+        {"apiGroups": r.api_groups or [], "resources": r.resources or [], "verbs": r.verbs}
+        for r in out.status.resource_rules
+    ]
     return {t for t in rule_set(rules) if (t[0], t[1]) not in _SELF_REVIEWS}

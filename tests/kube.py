@@ -157,7 +157,7 @@ def start(home: Path | None = None) -> KubeAPI:
     rows = [f'{ADMIN_TOKEN},admin,admin,"system:masters"', f"{USER_TOKEN},{USER},{USER}"]
     for ns, name in SERVICE_ACCOUNTS:
         rows.append(
-            f'{sa_token(ns, name)},{sa_user(ns, name)},{ns}-{name},'
+            f"{sa_token(ns, name)},{sa_user(ns, name)},{ns}-{name},"
             f'"system:serviceaccounts,system:serviceaccounts:{ns},system:authenticated"'
         )
     (home / "tokens.csv").write_text("\n".join(rows) + "\n")

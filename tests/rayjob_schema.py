@@ -67,7 +67,11 @@ def validator() -> Any:
 
 def _close(node: Any) -> None:
     if isinstance(node, dict):
-        if node.get("type") in ("object", ["object", "null"]) and "properties" in node and "additionalProperties" not in node:
+        if (
+            node.get("type") in ("object", ["object", "null"])
+            and "properties" in node
+            and "additionalProperties" not in node
+        ):
             node["additionalProperties"] = False
         for v in node.values():
             _close(v)

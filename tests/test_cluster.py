@@ -111,7 +111,9 @@ def test_image_installs_the_package_and_constraints_ci_tests() -> None:
     # Every install is held by the constraints (torch too: only its build variant differs).
     for args in installs:
         assert _positional(args)[0] == ci_constraints, args
-        assert not [a for a in args if re.match(r"^[A-Za-z0-9_.-]+[=<>~!]=", a)], f"a version outside constraints.txt: {args}"
+        assert not [a for a in args if re.match(r"^[A-Za-z0-9_.-]+[=<>~!]=", a)], (
+            f"a version outside constraints.txt: {args}"
+        )
     (torch,) = [a for a in installs if _positional(a)[1] == ["torch"]]
     assert "--index-url" in torch and torch[torch.index("--index-url") + 1] == "${TORCH_INDEX_URL}"
     # The files pip install . needs are copied, constraints.txt among them.
@@ -155,7 +157,13 @@ def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
         neg = line.startswith("!")
         pat = line[1:] if neg else line
         pat = pat.strip("/")
-        rx = re.escape(pat).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        rx = (
+            re.escape(pat)
+            .replace(r"\*\*/", "(.*/)?")
+            .replace(r"\*\*", ".*")
+            .replace(r"\*", "[^/]*")
+            .replace(r"\?", "[^/]")
+        )
         rules.append((not neg, re.compile(rx)))
     return rules
 
@@ -254,11 +262,20 @@ def stubs(tmp_path: Path) -> dict[str, Path]:
     return {"bin": bin_dir, "log": tmp_path / "calls.log", "stdin": tmp_path / "stdin.log"}
 
 
-def _bootstrap(stubs: dict[str, Path], *args: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def _bootstrap(
+    stubs: dict[str, Path], *args: str, path: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     base = os.environ.get("PATH", "/usr/bin:/bin")
     full = {"PATH": path if path is not None else f"{stubs['bin']}:{base}", "HOME": str(stubs["bin"].parent),
             "STUB_LOG": str(stubs["log"]), "STUB_STDIN": str(stubs["stdin"]), **env}  # fmt: skip
-    return subprocess.run([shutil.which("bash") or "/bin/bash", str(BOOTSTRAP), *args], env=full, check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(BOOTSTRAP), *args],
+        env=full,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _calls(stubs: dict[str, Path]) -> list[str]:
@@ -288,20 +305,28 @@ def test_bootstrap_sets_up_kuberay_minio_mlflow_and_ganops_in_order(stubs: dict[
         assert hits, f"no call matching {pattern!r} in:\n" + "\n".join(calls)
         return hits[0]
 
-    chart_version = yaml.safe_load((REPO / "helm/ganops/Chart.yaml").read_text())["annotations"]["ganops.io/kuberay-version"]
+    chart_version = yaml.safe_load((REPO / "helm/ganops/Chart.yaml").read_text())["annotations"][
+        "ganops.io/kuberay-version"
+    ]
     ray = _pins()["ray"]
     steps = [
         at(r"^docker info"),
         at(r"^kind create cluster --name ganops --config \S+/cluster/kind.yaml"),
         at(r"^helm repo add kuberay https://ray-project.github.io/kuberay-helm/"),
-        at(rf"^helm --kube-context kind-ganops upgrade --install kuberay-operator kuberay/kuberay-operator --version {re.escape(chart_version)} "),
-        at(rf"^docker build -f \S+/cluster/Dockerfile -t ganops:dev --build-arg RAY_IMAGE=rayproject/ray:{re.escape(ray)}-py311-cpu "
-           r"--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu "),
+        at(
+            rf"^helm --kube-context kind-ganops upgrade --install kuberay-operator kuberay/kuberay-operator --version {re.escape(chart_version)} "
+        ),
+        at(
+            rf"^docker build -f \S+/cluster/Dockerfile -t ganops:dev --build-arg RAY_IMAGE=rayproject/ray:{re.escape(ray)}-py311-cpu "
+            r"--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu "
+        ),
         at(r"^kind load docker-image ganops:dev --name ganops"),
         at(r"^kubectl --context kind-ganops -n ganops get secret ganops-credentials"),
         at(r"^kubectl --context kind-ganops apply --server-side -f \S+/helm/ganops/crds/"),
-        at(r"^helm --kube-context kind-ganops upgrade --install ganops \S+/helm/ganops --namespace ganops -f \S+/cluster/kind-values.yaml "
-           r"--set image.repository=ganops --set image.tag=dev "),
+        at(
+            r"^helm --kube-context kind-ganops upgrade --install ganops \S+/helm/ganops --namespace ganops -f \S+/cluster/kind-values.yaml "
+            r"--set image.repository=ganops --set image.tag=dev "
+        ),
         at(r"^kubectl --context kind-ganops -n ganops rollout status deployment/ganops-operator"),
     ]
     assert steps == sorted(steps), "\n".join(calls)
@@ -339,7 +364,9 @@ def test_bootstrap_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if not shellcheck:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    out = subprocess.run([shellcheck, "-x", "-S", "style", str(BOOTSTRAP)], check=False, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [shellcheck, "-x", "-S", "style", str(BOOTSTRAP)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout
 
 
@@ -357,7 +384,11 @@ def test_gpu_guide_names_fields_and_values_that_exist() -> None:
     from ganops.spec.models import GANJobSpec
 
     text = (CLUSTER / "GPU.md").read_text()
-    for path in re.findall(r"`spec\.([a-z_]+\.[a-z_]+)`", text) + ["scaling.use_gpu", "cluster.node_selector", "cluster.tolerations"]:
+    for path in re.findall(r"`spec\.([a-z_]+\.[a-z_]+)`", text) + [
+        "scaling.use_gpu",
+        "cluster.node_selector",
+        "cluster.tolerations",
+    ]:
         section, field = path.split(".")
         assert field in GANJobSpec.model_fields[section].annotation.model_fields, path
     values = yaml.safe_load((REPO / "helm/ganops/values.yaml").read_text())

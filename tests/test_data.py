@@ -429,7 +429,9 @@ def test_missing_files_list_the_expected_names_in_the_directory(tmp_path: Path) 
     assert "found the" not in str(e.value) and "spec.data.download=true" in str(e.value)
 
 
-def test_download_without_network_names_the_files_and_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_without_network_names_the_files_and_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # ".invalid" never resolves (RFC 2606): a DNS failure here and on any CI machine.
     flavour = replace(idx.FLAVOURS["mnist"], base_urls=("http://ganops-test.invalid/mnist/",))
     monkeypatch.setitem(idx.FLAVOURS, "mnist", flavour)

@@ -155,7 +155,9 @@ def test_offline_the_error_says_which_file_to_put_where_with_the_url(
         fetch.check_reachable()
     dest.write_bytes(b"placed by hand")
     fetch.check_reachable()  # a cached copy is enough for the driver's check (workers check its hash)
-    with pytest.raises(UserError, match=r"put it at \S+ \(the copy there has sha256 [0-9a-f]{64}, not the expected one\)"):
+    with pytest.raises(
+        UserError, match=r"put it at \S+ \(the copy there has sha256 [0-9a-f]{64}, not the expected one\)"
+    ):
         fetch.ensure()
 
 

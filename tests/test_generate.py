@@ -250,7 +250,9 @@ def test_a_registered_model_uri_is_a_source(trained: Source, tmp_path: Path) -> 
     assert _gen(source, tmp_path / "m", num=8).count == 8
 
 
-def test_conditional_models_take_a_class_and_lay_interpolations_out_in_rows(trained_cgan: Source, tmp_path: Path) -> None:
+def test_conditional_models_take_a_class_and_lay_interpolations_out_in_rows(
+    trained_cgan: Source, tmp_path: Path
+) -> None:
     result = _gen(trained_cgan, tmp_path / "sevens", class_index=7, num=20, formats=("npz",))
     shard = np.load(tmp_path / "sevens" / "npz" / "shard_00000.npz")
     assert result.count == 20 and set(shard["labels"].tolist()) == {7}
@@ -309,7 +311,9 @@ def test_a_class_out_of_range_and_a_run_without_a_generator_are_refused(trained_
         resolve(trained_cgan.tracking_uri, run_id=bare)
 
 
-def test_a_finished_output_is_never_overwritten_and_an_unwritable_one_is_refused(trained: Source, tmp_path: Path) -> None:
+def test_a_finished_output_is_never_overwritten_and_an_unwritable_one_is_refused(
+    trained: Source, tmp_path: Path
+) -> None:
     _gen(trained, tmp_path / "done", num=8)
     before = (tmp_path / "done" / "manifest.json").read_bytes()
     with pytest.raises(UserError, match="--out: .* already holds a finished generation"):

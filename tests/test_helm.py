@@ -88,7 +88,9 @@ def _offline(tmp: Path) -> tuple[list[str], dict[str, str]]:
     namespaces) the process gets a network namespace of its own with no interfaces up. In a
     child process: Go reads the environment once, when the Helm library loads."""
     proxy = f"http://127.0.0.1:{_closed_port()}"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith(("HELM_", "KUBECONFIG"))}
+    env = {
+        k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith(("HELM_", "KUBECONFIG"))
+    }
     env.update({k: proxy for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")})
     for name in ("home", "config", "cache", "data"):
         (tmp / name).mkdir(parents=True)
@@ -153,7 +155,11 @@ def test_a_plain_checkout_lints_strictly_and_installs_with_no_network(checkout_c
     install_failures = {name: got for name, got in report["install"].items() if isinstance(got, str)}
     assert (lint_problems, install_failures) == ({}, {})
     for name, values in cases.items():
-        rendered = [f"{d['kind']}/{d['metadata']['name']}" for d in helm.render(values, include_crds=False) if not helm.is_hook(d)]
+        rendered = [
+            f"{d['kind']}/{d['metadata']['name']}"
+            for d in helm.render(values, include_crds=False)
+            if not helm.is_hook(d)
+        ]
         assert report["install"][name] == sorted(rendered), name
 
 
@@ -179,7 +185,9 @@ def _k8s_validator(version: str, kind: str, api_version: str) -> Any:
     folder = f"kubernetes-json-schema/v{version}.0-local-strict"
     schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group_version}.json", version)
     defs = utils.schema_contents(f"{folder}/_definitions.json", version)
-    registry = referencing.Resource.from_contents(defs) @ (referencing.Resource.from_contents(schema) @ referencing.Registry())
+    registry = referencing.Resource.from_contents(defs) @ (
+        referencing.Resource.from_contents(schema) @ referencing.Registry()
+    )
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
@@ -192,7 +200,12 @@ def _k8s_errors(doc: dict[str, Any], version: str) -> list[str]:
 def test_rendered_objects_are_valid_kubernetes_1_28_to_1_33(values_file: Path) -> None:
     docs = helm.render_file(values_file, include_crds=False)  # the CRDs: their own test below
     assert docs
-    errors = [f"{d['kind']}/{d['metadata']['name']} on {v}: {e}" for d in docs for v in KUBE_VERSIONS for e in _k8s_errors(d, v)]
+    errors = [
+        f"{d['kind']}/{d['metadata']['name']} on {v}: {e}"
+        for d in docs
+        for v in KUBE_VERSIONS
+        for e in _k8s_errors(d, v)
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -292,7 +305,9 @@ def test_operator_environment_carries_the_job_defaults_from_values() -> None:
     assert (env["GANOPS_HEAD_CPU"], env["GANOPS_HEAD_MEMORY"]) == ("2", "8Gi")
     assert env["GANOPS_GPU_RESOURCE"] == "nvidia.com/gpu"
     assert json.loads(env["GANOPS_NODE_SELECTOR"]) == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    assert json.loads(env["GANOPS_TOLERATIONS"]) == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert json.loads(env["GANOPS_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert env["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
     assert env["AWS_ENDPOINT_URL"] == "https://s3.eu-central-1.amazonaws.com"
     # Defaults: the operator's image trains too; no SA, MLflow or endpoint unless configured.
@@ -317,11 +332,17 @@ def test_credentials_reach_pods_only_from_secrets(values_file: Path) -> None:
             for e in c.get("env", []):
                 if _secret_like(e["name"]) or e["name"].startswith("MINIO_ROOT"):
                     assert "secretKeyRef" in e.get("valueFrom", {}), f"{name}: {e['name']} is not from a Secret"
-            assert all("value" not in e or "secret" not in e["value"].lower() for e in c.get("env", []) if e["name"] != "GANOPS_SECRET")
+            assert all(
+                "value" not in e or "secret" not in e["value"].lower()
+                for e in c.get("env", [])
+                if e["name"] != "GANOPS_SECRET"
+            )
             assert "secret" not in " ".join(c.get("args", [])).lower(), name
     assert not [d for d in docs if d["kind"] == "ConfigMap"], "the chart keeps no configuration outside the Deployment"
     c = helm.operator_container(docs)
-    secret = (yaml.safe_load(values_file.read_text()) or {}).get("credentials", {}).get("secretName", "ganops-credentials")
+    secret = (
+        (yaml.safe_load(values_file.read_text()) or {}).get("credentials", {}).get("secretName", "ganops-credentials")
+    )
     if secret:
         assert c["envFrom"] == [{"secretRef": {"name": secret, "optional": True}}]
     else:
@@ -330,6 +351,7 @@ def test_credentials_reach_pods_only_from_secrets(values_file: Path) -> None:
 
 def test_values_hold_no_credentials() -> None:
     """Only Secret names: no key in values.yaml (or any example) could hold a key or a password."""
+
     def keys(node: Any, prefix: str = "") -> list[str]:
         if isinstance(node, dict):
             return [k for key, v in node.items() for k in [f"{prefix}{key}", *keys(v, f"{prefix}{key}.")]]
@@ -371,8 +393,12 @@ def test_bundled_mlflow_and_minio_are_wired_to_the_operator_and_each_other() -> 
     assert env["MLFLOW_TRACKING_URI"] == f"http://ganops-mlflow.ganops.svc:{mlflow_svc['spec']['ports'][0]['port']}"
     assert env["AWS_ENDPOINT_URL"] == f"http://ganops-minio.ganops.svc:{minio_svc['spec']['ports'][0]['port']}"
     for svc in (mlflow_svc, minio_svc):
-        (dep,) = [d for d in docs if d["kind"] == "Deployment" and all(
-            d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())]
+        (dep,) = [
+            d
+            for d in docs
+            if d["kind"] == "Deployment"
+            and all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in svc["spec"]["selector"].items())
+        ]
         ports = {p["name"] for c in dep["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports, svc["metadata"]["name"]
 
@@ -413,7 +439,9 @@ def test_bucket_script_creates_missing_buckets_on_a_real_s3(s3_server: str) -> N
     script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
     names = [f"b-{uuid.uuid4().hex[:10]}", f"b-{uuid.uuid4().hex[:10]}"]
     boto3.client("s3").create_bucket(Bucket=names[0])  # one exists already: left alone
-    out = subprocess.run([sys.executable, "-c", script, *names], check=False, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script, *names], check=False, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     have = {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
     assert set(names) <= have
@@ -432,10 +460,19 @@ def test_mlflow_without_minio_keeps_artifacts_on_its_volume() -> None:
     ("values", "message"),
     [
         ({"credentials": {"generate": True}}, "credentials.generate: generates S3 keys for the bundled MinIO only"),
-        ({"minio": {"enabled": True}, "credentials": {"secretName": ""}}, "minio.enabled: the bundled MinIO takes its root user"),
+        (
+            {"minio": {"enabled": True}, "credentials": {"secretName": ""}},
+            "minio.enabled: the bundled MinIO takes its root user",
+        ),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name: required"),
-        ({"kuberay-operator": {"enabled": True}}, "no longer installs KubeRay; install the kuberay-operator chart on its own first"),
-        ({"kuberay-operator": {"enabled": False}}, "no longer installs KubeRay; install the kuberay-operator chart on its own first"),
+        (
+            {"kuberay-operator": {"enabled": True}},
+            "no longer installs KubeRay; install the kuberay-operator chart on its own first",
+        ),
+        (
+            {"kuberay-operator": {"enabled": False}},
+            "no longer installs KubeRay; install the kuberay-operator chart on its own first",
+        ),
         ({"watchNamespaces": "team-a"}, "watchNamespaces"),
     ],
 )
@@ -455,13 +492,17 @@ def test_kuberay_is_no_dependency_and_one_version_is_installed_everywhere() -> N
     plain checkout offline); the README, NOTES and cluster/bootstrap.sh all install the
     version the chart names."""
     chart = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())
-    assert "dependencies" not in chart and "kuberay-operator" not in yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    assert "dependencies" not in chart and "kuberay-operator" not in yaml.safe_load(
+        (helm.CHART / "values.yaml").read_text()
+    )
     version = chart["annotations"]["ganops.io/kuberay-version"]
     assert re.fullmatch(r"1\.\d+\.\d+", version), version
     command = f"helm upgrade --install kuberay-operator kuberay/kuberay-operator --version {version}"
     readme = (helm.CHART / "README.md").read_text().replace("\\\n ", "")
     assert readme.count(command) == 2 and f"helm pull kuberay/kuberay-operator --version {version}" in readme
-    assert command in helm.notes() and "helm repo add kuberay https://ray-project.github.io/kuberay-helm/" in helm.notes()
+    assert (
+        command in helm.notes() and "helm repo add kuberay https://ray-project.github.io/kuberay-helm/" in helm.notes()
+    )
     # bootstrap.sh reads the version with sed; run its line on the chart.
     bootstrap = (helm.REPO / "cluster" / "bootstrap.sh").read_text()
     (line,) = [ln for ln in bootstrap.splitlines() if ln.startswith("KUBERAY_VERSION=")]
@@ -496,7 +537,7 @@ def test_every_value_is_documented_with_a_helm_docs_comment() -> None:
             j -= 1
         documented = j >= 0 and lines[j].strip().startswith("# --")
         path = ".".join([k for _, k, _ in stack] + [m.group(2)])
-        nxt = next((ln for ln in lines[i + 1:] if ln.strip() and not ln.strip().startswith("#")), "")
+        nxt = next((ln for ln in lines[i + 1 :] if ln.strip() and not ln.strip().startswith("#")), "")
         is_section = not line.split(":", 1)[1].strip() and len(nxt) - len(nxt.lstrip()) > indent
         if not is_section and not documented and not any(d for _, _, d in stack):
             undocumented.append(path)
@@ -570,7 +611,9 @@ def test_users_of_the_builtin_roles_get_ganjob_rights_by_aggregation() -> None:
             if d["metadata"]["labels"].get(f"rbac.authorization.k8s.io/{label}") == "true":
                 by_label[label] = helm.rule_set(d["rules"])
     kinds = ("ganjobs", "gangenerations")
-    assert {("ganops.io", k, v) for k in kinds for v in ("create", "delete", "patch", "list")} <= by_label["aggregate-to-edit"]
+    assert {("ganops.io", k, v) for k in kinds for v in ("create", "delete", "patch", "list")} <= by_label[
+        "aggregate-to-edit"
+    ]
     assert by_label["aggregate-to-view"] == {("ganops.io", k, v) for k in (*kinds, "ganjobs/status", "gangenerations/status")
                                              for v in ("get", "list", "watch")}  # fmt: skip
     assert not [d for d in helm.render({"rbac": {"aggregateToDefaultRoles": False}}) if d["kind"] == "ClusterRole"]

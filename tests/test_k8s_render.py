@@ -44,7 +44,9 @@ def test_crd_files_match_the_models() -> None:
     for name, text in crd.crd_files().items():
         path = REPO / "helm" / "ganops" / "crds" / name
         assert path.exists(), f"{path} missing: run `ganops operator crd --out-dir helm/ganops/crds`"
-        assert path.read_text() == text, f"{path} drifted from the models: run `ganops operator crd --out-dir helm/ganops/crds`"
+        assert path.read_text() == text, (
+            f"{path} drifted from the models: run `ganops operator crd --out-dir helm/ganops/crds`"
+        )
 
 
 def test_crd_schema_follows_the_models() -> None:
@@ -190,16 +192,23 @@ def test_submit_dry_run_prints_the_ganjob(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0, err
     obj = yaml.safe_load(out)
     assert (obj["apiVersion"], obj["kind"], obj["metadata"]) == (
-        "ganops.io/v1alpha1", "GANJob", {"name": "cifar-dcgan", "namespace": "team-a"})
+        "ganops.io/v1alpha1",
+        "GANJob",
+        {"name": "cifar-dcgan", "namespace": "team-a"},
+    )
     # Paths stay as written: on the cluster they mean the pods' file systems.
     assert obj["spec"]["data"]["root"] == "./data/cifar10"
     assert "dry run" in err and "warning" not in err
-    code, out, err = _cli(["submit", str(JOBS / "cifar_dcgan.yaml"), "--target", "k8s", "--dry-run", "-o", "json"], capsys)
+    code, out, err = _cli(
+        ["submit", str(JOBS / "cifar_dcgan.yaml"), "--target", "k8s", "--dry-run", "-o", "json"], capsys
+    )
     assert code == 0 and "spec.storage is the path ./runs" in err  # checkpoints would die with the pod
     assert json.loads(out)["kind"] == "GANJob"
 
 
-def test_operator_render_prints_a_valid_rayjob(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_render_prints_a_valid_rayjob(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GANOPS_IMAGE", "reg/ganops:9")
     code, out, err = _cli(["operator", "render", str(JOBS / "svhn_dcgan.yaml"), "-n", "team-a",
                            "--set", "spec.scaling.use_gpu=true"], capsys)  # fmt: skip
@@ -234,12 +243,25 @@ def test_api_hiccups_are_retried_and_the_rest_is_permanent() -> None:
 def test_gpu_resource_comes_from_the_spec_else_the_operator() -> None:
     d = Defaults(gpu_resource="amd.com/gpu")
     rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true"), d)
-    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ]
     assert limits["amd.com/gpu"] == "1"
-    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/mig-1g.10gb"), d)
-    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    rj = render(
+        _object(
+            JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/mig-1g.10gb"
+        ),
+        d,
+    )
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ]
     assert limits["nvidia.com/mig-1g.10gb"] == "1" and "amd.com/gpu" not in limits
     # Asking for the usual name explicitly wins over an operator default (it used to be ignored).
-    rj = render(_object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/gpu"), d)
-    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    rj = render(
+        _object(JOBS / "mnist_dcgan.yaml", "spec.scaling.use_gpu=true", "spec.cluster.gpu_resource=nvidia.com/gpu"), d
+    )
+    limits = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+        "limits"
+    ]
     assert limits["nvidia.com/gpu"] == "1" and "amd.com/gpu" not in limits

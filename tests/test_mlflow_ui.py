@@ -222,7 +222,9 @@ def test_the_generate_command_in_the_description_runs_as_written(ui_run: dict, t
 
 @pytest.mark.slow
 def test_the_run_page_shows_the_description_a_loss_chart_and_the_sample_grid(
-    browser: Any, ui_run: dict, tmp_path: Path  # browser first: without one, skip before training
+    browser: Any,
+    ui_run: dict,
+    tmp_path: Path,  # browser first: without one, skip before training
 ) -> None:
     from PIL import Image
     from selenium.common.exceptions import TimeoutException

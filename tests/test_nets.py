@@ -118,9 +118,7 @@ def test_mlp_takes_any_image_size() -> None:
 @pytest.mark.parametrize("size", [28, 32, 64])
 def test_conv_archs_keep_exact_sizes_for_odd_and_even_kernels(arch: str, size: int, kernel_size: int) -> None:
     # Five widths: dcgan gets stride-1 layers before its stride-2 ones at every size.
-    G, D = _nets(
-        arch, (3, size, size), kernel_size=kernel_size, g_widths=[16, 16, 8, 8, 4], d_widths=[4, 8, 8]
-    )
+    G, D = _nets(arch, (3, size, size), kernel_size=kernel_size, g_widths=[16, 16, 8, 8, 4], d_widths=[4, 8, 8])
     x = G(torch.randn(2, 100))
     assert x.shape == (2, 3, size, size)
     assert D(x).shape == (2,)
@@ -353,9 +351,7 @@ def test_unknown_arch_lists_the_valid_names() -> None:
 
 @pytest.mark.parametrize("arch", ["dcgan", "deep"])
 @pytest.mark.parametrize("shape", [(3, 48, 48), (3, 32, 28)])
-def test_unsupported_resolution_names_the_arch_and_the_supported_sizes(
-    arch: str, shape: tuple[int, int, int]
-) -> None:
+def test_unsupported_resolution_names_the_arch_and_the_supported_sizes(arch: str, shape: tuple[int, int, int]) -> None:
     with pytest.raises(ValueError, match=rf"spec\.model\.arch: '{arch}' supports 28x28, 32x32, 64x64.*not"):
         build_generator(ModelSpec(arch=arch), shape, None)
     with pytest.raises(ValueError, match=f"'{arch}'"):
@@ -446,7 +442,9 @@ def test_generator_survives_pickling_for_checkpoints_and_model_logging() -> None
 
 @pytest.mark.parametrize("arch,shape", NETS)
 @pytest.mark.parametrize("d_norm", [None, "batch", "layer", "none"])
-def test_the_specs_batchnorm_check_agrees_with_the_nets(arch: str, shape: tuple[int, int, int], d_norm: str | None) -> None:
+def test_the_specs_batchnorm_check_agrees_with_the_nets(
+    arch: str, shape: tuple[int, int, int], d_norm: str | None
+) -> None:
     # Validation decides "BatchNorm critic?" without torch; it must say what the nets build.
     model = ModelSpec(arch=arch, d_norm=d_norm)  # type: ignore[arg-type]
     D = build_discriminator(model, shape, None)

@@ -198,7 +198,9 @@ def test_the_configuration_is_frozen_and_takes_the_defaults_from_the_given_envir
 
 
 @pytest.mark.parametrize(("namespaces", "all_namespaces"), [((), False), (("a",), True)])
-def test_the_configuration_needs_named_namespaces_or_all_of_them(namespaces: tuple[str, ...], all_namespaces: bool) -> None:
+def test_the_configuration_needs_named_namespaces_or_all_of_them(
+    namespaces: tuple[str, ...], all_namespaces: bool
+) -> None:
     with pytest.raises(UserError, match="exactly one"):
         op.OperatorConfig(namespaces=namespaces, all_namespaces=all_namespaces)
 
@@ -213,7 +215,11 @@ def test_registering_fills_only_the_given_registry(kubeconfig_file: Path) -> Non
     changing = {(h.id, h.selector.any_name) for h in registry._changing.get_all_handlers()}
     assert changing == {(i, p) for i in ("created", "cancelled") for p in ("ganjobs", "gangenerations")}
     assert [h.id for h in registry._watching.get_all_handlers()] == ["rayjob_changed"]
-    assert {h.id for h in registry._activities.get_all_handlers()} == {"login", "start_mlflow_poller", "stop_mlflow_poller"}
+    assert {h.id for h in registry._activities.get_all_handlers()} == {
+        "login",
+        "start_mlflow_poller",
+        "stop_mlflow_poller",
+    }
     after = len(default._changing.get_all_handlers()) + len(default._watching.get_all_handlers())
     assert after == before
 
@@ -260,7 +266,9 @@ def test_a_missing_kube_config_is_a_user_error_naming_the_file(tmp_path: Path) -
         configuration(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("args", [["list", "--target", "k8s"], ["operator", "run", "-n", "team-x"]], ids=["list", "operator"])
+@pytest.mark.parametrize(
+    "args", [["list", "--target", "k8s"], ["operator", "run", "-n", "team-x"]], ids=["list", "operator"]
+)
 def test_the_cli_reports_a_malformed_kube_config_without_a_traceback(
     args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -316,7 +324,9 @@ def chart_docs() -> list[dict[str, Any]]:
 def cluster(kube_api: kube.KubeAPI, chart_docs: list[dict[str, Any]], mlflow_server: str) -> Iterator[dict[str, Any]]:
     """CRDs, namespaces and the chart's RBAC applied; the operator running as its ServiceAccount."""
     kube_api.apply(helm.crds())
-    kube_api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in (RELEASE_NS, NS, OTHER)])
+    kube_api.apply(
+        [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in (RELEASE_NS, NS, OTHER)]
+    )
     rbac = helm.rbac_docs(chart_docs)
     (sa,) = [d for d in rbac if d["kind"] == "ServiceAccount"]
     token = kube.sa_token(sa["metadata"]["namespace"], sa["metadata"]["name"])
@@ -420,7 +430,9 @@ def test_ganjob_becomes_an_owned_rayjob(cluster: dict, admin: Any, capsys: pytes
     assert container["image"] == cluster["env"]["GANOPS_IMAGE"]
     assert container["resources"]["limits"]["cpu"] == cluster["env"]["GANOPS_WORKER_CPU"]
     assert container["envFrom"] == [{"secretRef": {"name": cluster["env"]["GANOPS_SECRET"]}}]
-    assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(rj) and os.environ.get("AWS_SECRET_ACCESS_KEY", "none") not in json.dumps(rj)
+    assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(rj) and os.environ.get(
+        "AWS_SECRET_ACCESS_KEY", "none"
+    ) not in json.dumps(rj)
     entry = shlex.split(rj["spec"]["entrypoint"])
     spec = yaml.safe_load(base64.b64decode(entry[entry.index("--spec-b64") + 1]))
     assert spec["spec"]["scaling"]["num_workers"] == 2 and spec["metadata"]["name"] == name
@@ -463,7 +475,9 @@ def test_failures_from_kuberay(cluster: dict, admin: Any, capsys: pytest.Capture
 
 
 @slow
-def test_cancel_suspends_the_rayjob_and_resubmit_resumes(cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cancel_suspends_the_rayjob_and_resubmit_resumes(
+    cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     name = unique("dcgan")
     first = submitted(admin, name, capsys)
     kuberay_sets(admin, name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
@@ -477,13 +491,22 @@ def test_cancel_suspends_the_rayjob_and_resubmit_resumes(cluster: dict, admin: A
     wait_phase(admin, name, "Cancelled")
     kuberay_sets(admin, name, {"jobDeploymentStatus": "Suspended", "jobStatus": "STOPPED"})
     # KubeRay's later states reach the status, and leave the cancel as it was.
-    st = wait_for("Suspended mirrored", lambda: (s := status_of(admin, name)).get("jobDeploymentStatus") == "Suspended" and s)
+    st = wait_for(
+        "Suspended mirrored", lambda: (s := status_of(admin, name)).get("jobDeploymentStatus") == "Suspended" and s
+    )
     assert st["phase"] == "Cancelled" and "resume" in st["message"]
     # Submitting the same name again replaces the finished GANJob; the operator replaces
     # the stale RayJob (garbage collection may not have reached it yet).
     submit(name, capsys)
-    new_uid = wait_for("new GANJob", lambda: (uid := ganjob(admin, name)["metadata"]["uid"]) != first["metadata"]["ownerReferences"][0]["uid"] and uid)
-    second = wait_for("a new RayJob", lambda: (r := rayjob(admin, name))["metadata"]["uid"] != first["metadata"]["uid"] and r)
+    new_uid = wait_for(
+        "new GANJob",
+        lambda: (
+            (uid := ganjob(admin, name)["metadata"]["uid"]) != first["metadata"]["ownerReferences"][0]["uid"] and uid
+        ),
+    )
+    second = wait_for(
+        "a new RayJob", lambda: (r := rayjob(admin, name))["metadata"]["uid"] != first["metadata"]["uid"] and r
+    )
     assert second["metadata"]["ownerReferences"][0]["uid"] == new_uid
     assert not second["spec"].get("suspend")
 
@@ -555,14 +578,19 @@ def test_unwatched_namespace_is_left_alone(cluster: dict, admin: Any, capsys: py
         # that one, it has had its chance at the first.
         submitted(admin, canary, capsys)
         assert "status" not in ganjob(admin, elsewhere, ns=OTHER)
-        names = [r["metadata"]["name"] for r in admin.list_namespaced_custom_object("ray.io", "v1", OTHER, "rayjobs")["items"]]
+        names = [
+            r["metadata"]["name"]
+            for r in admin.list_namespaced_custom_object("ray.io", "v1", OTHER, "rayjobs")["items"]
+        ]
         assert elsewhere not in names
     finally:
         admin.delete_namespaced_custom_object(G, V, OTHER, "ganjobs", elsewhere)
 
 
 @slow
-def test_the_operator_never_hit_a_permission_error(cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_operator_never_hit_a_permission_error(
+    cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Missing rights show up as kopf's 403 warnings: a job taken through create, mirror,
     MLflow polls and cancel must leave none (nor may anything earlier in the module)."""
     name = unique("dcgan")
@@ -643,12 +671,19 @@ def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any)
         proc = subprocess.Popen([exe, *container["command"][1:], *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         try:
-            wait_for("/healthz", lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200, 60)
+            wait_for(
+                "/healthz",
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
+                60,
+            )
             body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": name, "namespace": OTHER},
                     "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
             admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", body)
             rj = wait_for("the RayJob", lambda: rayjob(admin, name, ns=OTHER))
-            assert rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == env["GANOPS_IMAGE"]
+            assert (
+                rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+                == env["GANOPS_IMAGE"]
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)

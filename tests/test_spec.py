@@ -238,7 +238,9 @@ def test_submit_dry_run_stops_after_validation(tmp_path: Path, mnist_root: Path)
 
 
 def test_the_cli_module_imports_no_torch_ray_or_mlflow() -> None:
-    code = "import ganops.cli, ganops.client, sys; print(sorted(m for m in ('torch','ray','mlflow') if m in sys.modules))"
+    code = (
+        "import ganops.cli, ganops.client, sys; print(sorted(m for m in ('torch','ray','mlflow') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

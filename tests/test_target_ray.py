@@ -89,7 +89,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     log_path = temp / "head.log"
     log = open(log_path, "w")
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
-    proc = subprocess.Popen(cmd, env=_head_env(token, url), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_head_env(token, url), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     head = Head(url, f"127.0.0.1:{ports['port']}", token, temp, proc.pid)
     try:
         deadline = time.time() + 120
@@ -338,9 +340,18 @@ def test_a_job_runs_to_success_with_its_mlflow_run_and_checkpoint(ray_head: Head
     info = target(ray_head).client.get_job_info(st["id"])
     assert info.metadata["ganops.job"] == jobs.short and info.metadata["ganops.kind"] == "train"
     env_vars = (info.runtime_env or {}).get("env_vars", {})
-    assert set(env_vars) <= {"RAY_JOB_STOP_WAIT_TIME_S", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                             "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY", "GANOPS_CACHE",
-                             "GANOPS_INCEPTION_URL", "GANOPS_TIMINGS"}
+    assert set(env_vars) <= {
+        "RAY_JOB_STOP_WAIT_TIME_S",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_DISABLE_TELEMETRY",
+        "GANOPS_CACHE",
+        "GANOPS_INCEPTION_URL",
+        "GANOPS_TIMINGS",
+    }
     everything = json.dumps(info.model_dump(), default=str)
     assert LEAK not in everything and ray_head.token not in everything
 

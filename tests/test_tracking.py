@@ -268,7 +268,9 @@ def test_the_spec_is_flattened_into_params() -> None:
     assert json.loads(flat["train.betas"]) == [0.5, 0.9]
 
 
-def test_a_run_on_kubernetes_is_tagged_with_its_ganjob(tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_on_kubernetes_is_tagged_with_its_ganjob(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The operator finds the run of a GANJob by the uid its pods carry (GANOPS_K8S_UID)."""
     from ganops import jobdir
 

@@ -116,7 +116,9 @@ def test_workers_that_cannot_fit_the_cluster_fail_at_once(ray_cluster: None, mni
     assert time.time() - t0 < 30
 
 
-def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(ray_cluster: None, tmp_path: Path, mnist_root: Path) -> None:
+def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(
+    ray_cluster: None, tmp_path: Path, mnist_root: Path
+) -> None:
     data = tmp_path / "mnist"
     data.mkdir()
     shutil.copy(mnist_root / "t10k-labels-idx1-ubyte.gz", data)
@@ -130,7 +132,12 @@ def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(ray_cluster: None
 
 def test_conditional_grids_lay_classes_out_in_rows(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
     job = mnist_job(
-        tmp_path, mnist_root, "spec.train.epochs=1", "spec.scaling.num_workers=1", "spec.samples.num=30", job="mnist_cgan"
+        tmp_path,
+        mnist_root,
+        "spec.train.epochs=1",
+        "spec.scaling.num_workers=1",
+        "spec.samples.num=30",
+        job="mnist_cgan",
     )
     result = run(job)
     grid = Image.open(Path(result.samples_uri) / "epoch_0001.png")

@@ -82,7 +82,9 @@ def _mat_call(path: Path, fn: str, **kwargs: Any) -> Any:
     try:
         return getattr(scipy.io, fn)(path, **kwargs)
     except NotImplementedError:
-        raise UserError(f"{path}: a MATLAB v7.3 (HDF5) file; the official SVHN files are v5, as scipy.io.savemat writes") from None
+        raise UserError(
+            f"{path}: a MATLAB v7.3 (HDF5) file; the official SVHN files are v5, as scipy.io.savemat writes"
+        ) from None
     except Exception as e:  # noqa: BLE001 - MatReadError, ValueError, zlib and struct errors on garbage
         raise UserError(f"{path}: not a readable MATLAB .mat file ({type(e).__name__}: {e})") from None
 

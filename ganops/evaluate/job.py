@@ -153,7 +153,9 @@ def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> s
         "reference.num_images": ref["num_images"], "reference.key": ref["key"],
     }  # fmt: skip
     uri = source.tracking_uri
-    run_id = aside.open_run(uri, source.experiment_id, f"{source.job.name}-evaluate", source.run_tags("evaluate"), params)
+    run_id = aside.open_run(
+        uri, source.experiment_id, f"{source.job.name}-evaluate", source.run_tags("evaluate"), params
+    )
     status = "FAILED"
     try:
         aside.log_metrics(uri, run_id, {**scores.mlflow_metrics(), "eval/time_s": elapsed})

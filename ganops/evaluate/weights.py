@@ -48,8 +48,7 @@ def read_weights(
     except (FileNotFoundError, IsADirectoryError, OSError) as e:
         reason = "no such file" if isinstance(e, FileNotFoundError) or "not found" in str(e).lower() else str(e)
         raise UserError(
-            f"{field}: cannot read {uri} ({reason}); download {WEIGHTS_FILE} from {WEIGHTS_URL} and point "
-            f"{field} at it"
+            f"{field}: cannot read {uri} ({reason}); download {WEIGHTS_FILE} from {WEIGHTS_URL} and point {field} at it"
         ) from None
     digest = sha256_hex(data)
     if digest != expected:

@@ -32,9 +32,7 @@ class GenerateResult:
     preview_uri: str | None
 
 
-def check(
-    source: Source, opts: GenerateOptions, out_uri: str
-) -> tuple[np.ndarray | None, np.ndarray | None, Any, Any]:
+def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarray | None, np.ndarray | None, Any, Any]:
     """Every check that can fail, before any image is made.
 
     Returns the latents and labels from --z, and with --best-of the generator and the
@@ -123,8 +121,7 @@ def _ray_shards(
     actor_cls = ray.remote(GenerateWorker).options(num_cpus=cpus, num_gpus=gpus_per_worker)
     z_ref = ray.put((z_all, labels_all)) if z_all is not None else None
     actors = [
-        actor_cls.remote(source, opts, out.uri, z_ref, worker_env(), cpus)
-        for _ in range(min(workers, len(ranges)))
+        actor_cls.remote(source, opts, out.uri, z_ref, worker_env(), cpus) for _ in range(min(workers, len(ranges)))
     ]
     pending: dict[Any, Any] = {}
     todo = list(enumerate(ranges))
@@ -166,7 +163,9 @@ def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location)
     files["interpolation.png"] = _put(out, "interpolation.png", imaging.png_bytes(tile))
     per_step = images.reshape(n_walks, steps, *images.shape[1:]).transpose(1, 0, 2, 3, 4)
     frames = [imaging.png_bytes(imaging.grid(per_step[t], ncols=min(n_walks, 8))) for t in range(steps)]
-    files["interpolation.gif"] = _put(out, "interpolation.gif", imaging.gif_bytes(frames, frame_ms=120, hold_last_ms=600))
+    files["interpolation.gif"] = _put(
+        out, "interpolation.gif", imaging.gif_bytes(frames, frame_ms=120, hold_last_ms=600)
+    )
     if opts.save_z:
         ((data, _),) = writer.npy_file(z)
         files["interpolation_z.npy"] = _put(out, "interpolation_z.npy", data)

@@ -153,7 +153,10 @@ def _write_chunk(
             storage.write_bytes(out.child(name), data, durable=False)
     else:
         with ThreadPoolExecutor(min(writers, len(names)), thread_name_prefix="ganops-write") as io_pool:
-            writes = [io_pool.submit(storage.write_bytes, out.child(n), d, False) for n, (d, _) in zip(names, encoded, strict=True)]
+            writes = [
+                io_pool.submit(storage.write_bytes, out.child(n), d, False)
+                for n, (d, _) in zip(names, encoded, strict=True)
+            ]
             for f in writes:
                 f.result()
     return [sha for _, sha in encoded]
@@ -291,7 +294,7 @@ def verify(out: storage.Location) -> dict[str, Any]:
 
 
 def existing_output(out: storage.Location) -> str | None:
-    """"complete" (manifest.json exists), "partial" (other files), None (empty or missing)."""
+    """ "complete" (manifest.json exists), "partial" (other files), None (empty or missing)."""
     if storage.exists(out.child(MANIFEST)):
         return "complete"
     try:

@@ -125,8 +125,14 @@ def crd(kind: str) -> dict[str, Any]:
         "metadata": {"name": f"{k.plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "ganops"}},
         "spec": {
             "group": GROUP,
-            "names": {"kind": k.kind, "listKind": f"{k.kind}List", "plural": k.plural, "singular": k.singular,
-                      "shortNames": k.short_names, "categories": ["ganops"]},  # fmt: skip
+            "names": {
+                "kind": k.kind,
+                "listKind": f"{k.kind}List",
+                "plural": k.plural,
+                "singular": k.singular,
+                "shortNames": k.short_names,
+                "categories": ["ganops"],
+            },  # fmt: skip
             "scope": "Namespaced",
             "versions": [
                 {

@@ -184,7 +184,8 @@ def _rayjob(owner: Owner, entrypoint: str, cluster: ClusterSpec, d: Defaults, wo
         "headGroupSpec": {
             "rayStartParams": head_params,
             # The head needs no GPU node (unless it does the work): no GPU selector or tolerations.
-            "template": _pod(head, r["sa"], {}, []) if not head_gpus
+            "template": _pod(head, r["sa"], {}, [])
+            if not head_gpus
             else _pod(head, r["sa"], r["node_selector"], r["tolerations"]),
         },
     }
@@ -220,10 +221,16 @@ def _rayjob(owner: Owner, entrypoint: str, cluster: ClusterSpec, d: Defaults, wo
             "name": owner.name,
             "namespace": owner.namespace,
             "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": f"{GROUP}/{VERSION}", "kind": owner.kind, "name": owner.name, "uid": owner.uid,
-                "controller": True, "blockOwnerDeletion": True,
-            }],  # fmt: skip
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": owner.kind,
+                    "name": owner.name,
+                    "uid": owner.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],  # fmt: skip
         },
         "spec": spec,
     }

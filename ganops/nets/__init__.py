@@ -67,9 +67,7 @@ def build_generator(model: ModelSpec, image_shape: tuple[int, int, int], num_cla
     return _init(Generator(get_arch(cfg.arch).generator(cfg), cfg), cfg)
 
 
-def build_discriminator(
-    model: ModelSpec, image_shape: tuple[int, int, int], num_classes: int | None
-) -> Discriminator:
+def build_discriminator(model: ModelSpec, image_shape: tuple[int, int, int], num_classes: int | None) -> Discriminator:
     """D: (x [N, C, H, W], y [N] | None) -> raw logits [N]."""
     cfg = resolve_config(model, image_shape, num_classes)
     body, features = get_arch(cfg.arch).discriminator(cfg)

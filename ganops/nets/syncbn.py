@@ -88,7 +88,9 @@ def _swap(net: nn.Module, old: tuple[type[nn.Module], ...], make: Callable[[nn.M
                 new.train(child.training)
                 # Restored on export: a synchronised layer takes any input rank.
                 new._ganops_plain = getattr(child, "_ganops_plain", type(child))  # type: ignore[assignment]
-                setattr(parent, name, new.to(device=child.running_mean.device if child.running_mean is not None else None))
+                setattr(
+                    parent, name, new.to(device=child.running_mean.device if child.running_mean is not None else None)
+                )
     return net
 
 
@@ -100,4 +102,6 @@ def convert_sync_batchnorm(net: nn.Module, cuda: bool) -> nn.Module:
 
 def revert_sync_batchnorm(net: nn.Module) -> nn.Module:
     """``net`` with plain BatchNorm again (in place; returned): for export and inference."""
-    return _swap(net, (CrossRankBatchNorm, nn.SyncBatchNorm), lambda layer: getattr(layer, "_ganops_plain", nn.BatchNorm2d))
+    return _swap(
+        net, (CrossRankBatchNorm, nn.SyncBatchNorm), lambda layer: getattr(layer, "_ganops_plain", nn.BatchNorm2d)
+    )

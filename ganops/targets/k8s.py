@@ -58,7 +58,9 @@ class K8sTarget:
                     "--target k8s: the cluster has no GANJob kind; install the ganops chart (helm/ganops) first"
                 ) from None
             if e.status == 403:
-                raise UserError(f"--target k8s: not allowed to {what} in namespace {self.namespace}: {api_error(e)}") from None
+                raise UserError(
+                    f"--target k8s: not allowed to {what} in namespace {self.namespace}: {api_error(e)}"
+                ) from None
             raise
         except (HTTPError, OSError) as e:
             raise UserError(f"--target k8s: cannot reach the API server ({e})") from None

@@ -229,7 +229,9 @@ def open_run(job: GANJob, jd: jobdir.JobDir, warn: Warn) -> RunRef:
         except Exception:  # noqa: BLE001 - deleted, or another store
             warn(f"MLflow run {previous['run_id']} was not found in {redact(uri)}; starting a new run")
     elif previous:
-        warn(f"the job's earlier MLflow run lives in {previous.get('tracking_uri')}; starting a new run in {redact(uri)}")
+        warn(
+            f"the job's earlier MLflow run lives in {previous.get('tracking_uri')}; starting a new run in {redact(uri)}"
+        )
 
     if run is not None:
         run_id = run.info.run_id

@@ -28,6 +28,7 @@ from ganops.timings import mark
 
 Echo = Callable[[str], None]
 
+
 @dataclass
 class RunResult:
     job_uri: str
@@ -99,8 +100,7 @@ def check_resources(job: GANJob, resources: dict[str, float] | None) -> None:
             )
     if nodes and not any(all(n.get(k, 0.0) >= v for k, v in per_worker.items()) for n in nodes):
         raise ResourceError(
-            f"spec.scaling.resources_per_worker: no single Ray node has {{{shown}}} "
-            "(a worker runs on one node)"
+            f"spec.scaling.resources_per_worker: no single Ray node has {{{shown}}} (a worker runs on one node)"
         )
 
 
@@ -255,7 +255,9 @@ def run(
         check_resources(job, resources)
         run_ref = opening.result()
     verb = "continuing" if run_ref.resumed else "logging to"
-    echo(f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})")
+    echo(
+        f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})"
+    )
 
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
     control = JobControl.options(name=control_name).remote()

@@ -44,9 +44,7 @@ def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float) -> torch
         return torch.optim.RMSprop(
             params, lr=lr, alpha=train.rmsprop_alpha, eps=train.eps, weight_decay=train.weight_decay
         )
-    return torch.optim.Adam(
-        params, lr=lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay
-    )
+    return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay)
 
 
 def has_batchnorm(net: nn.Module) -> bool:
