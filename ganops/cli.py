@@ -83,6 +83,14 @@ REMOTE = click.Choice(["ray", "k8s"])
 OUTPUT = click.Choice(["table", "wide", "yaml", "json"])
 
 
+def _remote(target: str | None, address: str | None, namespace: str | None, *, all_namespaces: bool = False) -> Any:
+    """The SDK's ``Remote`` for the target flags (``--target`` defaulting as ``_pick_target`` says)."""
+    from ganops import client
+
+    picked = _pick_target(target, address)
+    return client.Remote(picked, address=address, namespace=namespace, all_namespaces=all_namespaces)  # type: ignore[arg-type]
+
+
 @cli.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False), required=False)
 @_set_option
@@ -147,7 +155,7 @@ def _submit_remote(
     job: Any, target: str, address: str | None, namespace: str | None, dry_run: bool, output: str | None,
     restart: bool, quiet: bool,
 ) -> None:  # fmt: skip
-    from ganops import targets
+    from ganops import client
     from ganops.targets.output import render
 
     if "://" not in job.spec.storage:
@@ -155,27 +163,18 @@ def _submit_remote(
             f"warning: spec.storage is the path {job.spec.storage}; on the cluster that is each pod's own disk "
             "unless it is shared (set s3://bucket/prefix to keep checkpoints)"
         )
+    where = client.Remote(target, address=address, namespace=namespace)  # type: ignore[arg-type]
     if dry_run:
-        if target == "k8s":
-            from ganops.k8s.objects import custom_object
-
-            obj = custom_object(job, namespace)
-            click.echo(_dump(obj, output or "yaml"), nl=False)
-        else:
-            from ganops.entrypoint import train_command
-
-            click.echo(_dump({"entrypoint": train_command(job, restart=restart), "spec": job.to_dict()},
-                             output or "yaml"), nl=False)  # fmt: skip
+        click.echo(_dump(client.remote_request(job, where, restart=restart), output or "yaml"), nl=False)
         _err("dry run: nothing submitted")
         return
-    t = targets.get(target, address=address, namespace=namespace)
-    status = t.submit_train(job, restart=restart)
+    status = client.submit_remote(job, where, restart=restart)
     if output:
         click.echo(render([status], output, single=True), nl=False)
     elif not quiet:
         click.echo(render([status], "table"), nl=False)
-    where = f" in namespace {status.namespace}" if status.namespace else ""
-    _err(f"submitted {job.name}{where}: follow it with `ganops logs -f {job.name} --target {target}`")
+    where_ns = f" in namespace {status.namespace}" if status.namespace else ""
+    _err(f"submitted {job.name}{where_ns}: follow it with `ganops logs -f {job.name} --target {target}`")
 
 
 def _dump(obj: Any, fmt: str) -> str:
@@ -195,11 +194,11 @@ def _dump(obj: Any, fmt: str) -> str:
 @click.option("--output", "-o", type=OUTPUT, default="table", show_default=True)
 def status(name: str, target: str | None, address: str | None, namespace: str | None, output: str) -> None:
     """Show the job NAME: phase, times, MLflow run, latest checkpoint, message."""
-    from ganops import targets
+    from ganops import client
     from ganops.targets.output import render
 
-    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
-    click.echo(render([t.status(name)], "wide" if output == "table" else output, single=True), nl=False)
+    st = client.status(name, _remote(target, address, namespace))
+    click.echo(render([st], "wide" if output == "table" else output, single=True), nl=False)
 
 
 @cli.command(name="list")
@@ -213,11 +212,11 @@ def list_jobs(
     target: str | None, address: str | None, namespace: str | None, all_namespaces: bool, output: str
 ) -> None:
     """List ganops jobs (training and generation), newest first."""
-    from ganops import targets
+    from ganops import client
     from ganops.targets.output import render
 
-    t = targets.get(_pick_target(target, address), address=address, namespace=namespace, all_namespaces=all_namespaces)
-    click.echo(render(t.list(), output), nl=False)
+    rows = client.list_jobs(_remote(target, address, namespace, all_namespaces=all_namespaces))
+    click.echo(render(rows, output), nl=False)
 
 
 @cli.command()
@@ -229,10 +228,9 @@ def list_jobs(
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 def logs(name: str, target: str | None, address: str | None, namespace: str | None, follow: bool) -> None:
     """Print the output of job NAME's driver (progress lines, warnings, errors)."""
-    from ganops import targets
+    from ganops import client
 
-    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
-    for chunk in t.logs(name, follow=follow):
+    for chunk in client.logs(name, _remote(target, address, namespace), follow=follow):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -245,10 +243,9 @@ def logs(name: str, target: str | None, address: str | None, namespace: str | No
 @_target_options
 def cancel(name: str, target: str | None, address: str | None, namespace: str | None) -> None:
     """Stop job NAME. Its checkpoints stay: submitting the same spec again resumes it."""
-    from ganops import targets
+    from ganops import client
 
-    t = targets.get(_pick_target(target, address), address=address, namespace=namespace)
-    st = t.cancel(name)
+    st = client.cancel(name, _remote(target, address, namespace))
     _err(f"{name}: {st.phase}" + (f" ({st.message})" if st.message else ""))
 
 

@@ -6,9 +6,10 @@ import torch, Ray or MLflow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from ganops import data as gdata
 from ganops import storage
@@ -18,6 +19,7 @@ from ganops.spec.loader import loads
 from ganops.spec.models import GANJob, batchnorm_critic
 
 if TYPE_CHECKING:
+    from ganops.targets import JobStatus, Target
     from ganops.train.launch import RunResult
 
 
@@ -108,3 +110,62 @@ def submit(
     from ganops.train.launch import run
 
     return run(job, info, address=address, restart=restart, show_progress=show_progress, echo=echo)
+
+
+# -- jobs on a cluster: the same verbs for every remote target ---------------------------
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where remote jobs live: ``ray`` (a Ray cluster's Jobs API at ``address``, or
+    RAY_ADDRESS) or ``k8s`` (GANJob objects in ``namespace``, default the kube config's)."""
+
+    target: Literal["ray", "k8s"]
+    address: str | None = None
+    namespace: str | None = None
+    all_namespaces: bool = False
+    """``list`` only, k8s only: jobs of every namespace."""
+
+    def connect(self) -> Target:
+        from ganops import targets
+
+        return targets.get(
+            self.target, address=self.address, namespace=self.namespace, all_namespaces=self.all_namespaces
+        )
+
+
+def submit_remote(job: GANJob, where: Remote, *, restart: bool = False) -> JobStatus:
+    """Start training ``job`` on the cluster; returns once it is accepted (its first status)."""
+    return where.connect().submit_train(job, restart=restart)
+
+
+def remote_request(job: GANJob, where: Remote, *, restart: bool = False) -> dict[str, Any]:
+    """What ``submit_remote`` would send, sending nothing: the GANJob object (k8s), or the
+    Ray driver's entrypoint and the resolved spec (ray)."""
+    if where.target == "k8s":
+        from ganops.k8s.objects import custom_object
+
+        return custom_object(job, where.namespace)
+    from ganops.entrypoint import train_command
+
+    return {"entrypoint": train_command(job, restart=restart), "spec": job.to_dict()}
+
+
+def status(name: str, where: Remote) -> JobStatus:
+    """Job ``name``'s phase, times, MLflow run, latest checkpoint and message."""
+    return where.connect().status(name)
+
+
+def list_jobs(where: Remote) -> list[JobStatus]:
+    """Every ganops job (training and generation) on the target, newest first."""
+    return where.connect().list()
+
+
+def logs(name: str, where: Remote, *, follow: bool = False) -> Iterator[str]:
+    """The output of job ``name``'s driver, in chunks (until the job ends with ``follow``)."""
+    return where.connect().logs(name, follow=follow)
+
+
+def cancel(name: str, where: Remote) -> JobStatus:
+    """Stop job ``name``; its checkpoints stay, and submitting the same spec resumes it."""
+    return where.connect().cancel(name)
