@@ -255,9 +255,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
     "--model", "model_uri", metavar="URI", help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."
 )
 @click.option("--num", type=int, default=None, help="Images to make (with --interpolate: walks). [default: 64]")
-@click.option(
-    "--out", "-o", required=True, help="Output directory or s3://bucket/prefix (must not hold a finished job)."
-)
+@click.option("--out", "-o", help="Output directory or s3://bucket/prefix (must not hold a finished job).  [required]")
 @click.option("--format", "fmt", type=click.Choice(["png", "npz", "both"]), default="png", show_default=True,
               help="PNG files, uint8 .npz shards, or both.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same options: byte-identical images.")
@@ -285,11 +283,13 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
 @_target_options
 @click.option("--dry-run", is_flag=True, help="With --target ray / k8s: print the job, submit nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@click.option("--spec-b64", hidden=True, help="The GANGeneration inline (the remote driver's entrypoint).")
 def generate(
-    run_id: str | None, model_uri: str | None, num: int | None, out: str, fmt: str, seed: int, batch_size: int,
+    run_id: str | None, model_uri: str | None, num: int | None, out: str | None, fmt: str, seed: int, batch_size: int,
     truncation: float | None, class_index: int | None, best_of: int, interpolate: int | None, z_file: str | None,
     save_z: bool, workers: int, gpus_per_worker: float, shard_size: int, tracking_uri: str | None, storage: str,
     target: str, name: str | None, address: str | None, namespace: str | None, dry_run: bool, quiet: bool,
+    spec_b64: str | None,
 ) -> None:  # fmt: skip
     """Generate images from a trained generator (--run-id or --model).
 
@@ -297,72 +297,83 @@ def generate(
     interrupted job never looks complete), and records the job as its own MLflow run.
     With --target ray or k8s it runs as a job on the cluster (a GANGeneration on k8s).
     """
-    if num is not None and num < 1:  # before `num or 64` below could make 0 mean 64
-        raise UserError(f"--num: must be a positive number of images (got {num})", field="--num")
-    if not out.strip():  # '' would resolve to the current directory
-        raise UserError("--out: must not be empty (a directory or s3://bucket/prefix)", field="--out")
-    if target != "local":
+    from ganops import client
+    from ganops.tracking import embedded_store
+
+    if spec_b64:  # a remote driver: the GANGeneration itself, validated as the submitter's was
+        from ganops.entrypoint import decode_spec
         from ganops.spec.generation import GANGeneration
-        from ganops.spec.loader import validate_model
-        from ganops.tracking import embedded_store
+        from ganops.spec.loader import loads_model
 
+        gen = loads_model(GANGeneration, decode_spec(spec_b64), "--spec-b64")
+    else:
+        if out is None:
+            raise click.UsageError("missing option '--out' / '-o'")
+        if not out.strip():  # '' would resolve to the current directory
+            raise UserError("--out: must not be empty (a directory or s3://bucket/prefix)", field="--out")
         source = run_id or (model_uri or "").rsplit("/", 1)[-1].replace("@", "-")
-        doc = {
-            "metadata": {"name": name or f"gen-{source[:12]}-{seed}".lower().replace("_", "-")},
-            "spec": {
-                "run_id": run_id, "model": model_uri, "out": out, "num": num or 64, "format": fmt, "seed": seed,
-                "batch_size": batch_size, "truncation": truncation, "class_index": class_index,
-                "best_of": best_of, "interpolate": interpolate, "z_file": z_file, "save_z": save_z,
-                "shard_size": shard_size, "workers": workers, "gpus_per_worker": gpus_per_worker,
-                # On a Ray cluster the driver is another process, maybe another machine: give it
-                # the store this command would use. On k8s the cluster's own MLflow is the default.
-                "tracking": {"uri": tracking_uri or (embedded_store(storage)[0] if target == "ray" else None)},
-            },
+        spec = {
+            "run_id": run_id, "model": model_uri, "out": out, "num": num, "format": fmt, "seed": seed,
+            "batch_size": batch_size, "truncation": truncation, "class_index": class_index, "best_of": best_of,
+            "interpolate": interpolate, "z_file": z_file, "save_z": save_z, "shard_size": shard_size,
+            "workers": workers, "gpus_per_worker": gpus_per_worker,
+            # On a Ray cluster the driver is another process, maybe another machine: give it
+            # the store this command would use. On k8s the cluster's own MLflow is the default.
+            "tracking": {"uri": tracking_uri or (embedded_store(storage)[0] if target != "k8s" else None)},
         }  # fmt: skip
-        gen = validate_model(GANGeneration, doc, "ganops generate")
+        name = name or f"gen-{source[:12]}-{seed}".lower().replace("_", "-")
+        gen = _generation_from_flags({"metadata": {"name": name}, "spec": spec})
+    if target != "local":
+        where = _remote(target, address, namespace)
         if dry_run:
-            if target == "k8s":
-                from ganops.k8s.objects import custom_object
-
-                click.echo(_dump(custom_object(gen, namespace), "yaml"), nl=False)
-            else:
-                from ganops.entrypoint import generate_command
-
-                click.echo(generate_command(gen.spec.to_args()))
+            click.echo(_dump(client.remote_request(gen, where), "yaml"), nl=False)
             _err("dry run: nothing submitted")
             return
-        from ganops import targets
         from ganops.targets.output import render
 
-        st = targets.get(target, address=address, namespace=namespace).submit_generate(gen)
+        st = client.submit_remote(gen, where)
         click.echo(render([st], "table"), nl=False)
         _err(f"submitted {gen.name}: follow it with `ganops logs -f {gen.name} --target {target}`")
         return
-    from ganops.generate.job import generate as run_generate
-    from ganops.generate.options import GenerateOptions
-    from ganops.generate.source import resolve
-    from ganops.tracking import embedded_store
-
-    if num is None:
-        num = _count_z(z_file) if z_file else 64
-    uri = tracking_uri or embedded_store(storage)[0]
-    source = resolve(uri, run_id=run_id, model=model_uri)
-    opts = GenerateOptions(
-        num=num, seed=seed, batch_size=batch_size, truncation=truncation, class_index=class_index, best_of=best_of,
-        interpolate=interpolate, z_file=z_file, save_z=save_z,
-        formats=("png", "npz") if fmt == "both" else (fmt,), shard_size=shard_size,
-    )  # fmt: skip
-    _err(f"generator: {source.describe()}")
-    r = run_generate(
-        source, opts, out, workers=workers, gpus_per_worker=gpus_per_worker, address=address,
-        show_progress=not quiet, echo=_err,
-    )  # fmt: skip
+    if gen.spec.tracking.uri is None:
+        gen.spec.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(storage)[0]
+    if gen.spec.z_file and gen.spec.num is None:
+        gen.spec.num = _count_z(gen.spec.z_file)
+    r = client.generate(gen, address=address, show_progress=not quiet, echo=_err)
     _err(
         f"done: {r.count} images in {r.shards} shards, {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
         f"  output       {r.out_uri}\n  manifest     {r.manifest_uri}\n"
         + (f"  preview      {r.preview_uri}\n" if r.preview_uri else "")
         + f"  MLflow run   {r.generation_run_id}"
     )
+
+
+# The flag each GANGeneration field comes from: errors name what the user typed.
+_GENERATE_FLAGS = {
+    "metadata.name": "--name", "spec.run_id": "--run-id", "spec.model": "--model", "spec.out": "--out",
+    "spec.num": "--num", "spec.format": "--format", "spec.seed": "--seed", "spec.batch_size": "--batch-size",
+    "spec.truncation": "--truncation", "spec.class_index": "--class", "spec.best_of": "--best-of",
+    "spec.interpolate": "--interpolate", "spec.z_file": "--z", "spec.save_z": "--save-z",
+    "spec.shard_size": "--shard-size", "spec.workers": "--workers", "spec.gpus_per_worker": "--gpus-per-worker",
+    "spec.tracking.uri": "--tracking-uri",
+}  # fmt: skip
+
+
+def _generation_from_flags(doc: dict[str, Any]) -> Any:
+    """The GANGeneration the flags stand for, validated as every target validates it, and
+    its options checked (what needs no model: combinations, formats); errors name the flag."""
+    from ganops.errors import SpecError
+    from ganops.generate.options import GenerateOptions
+    from ganops.spec.generation import GANGeneration
+    from ganops.spec.loader import validate_model
+
+    try:
+        gen = validate_model(GANGeneration, doc, "ganops generate")
+    except SpecError as e:
+        lines = [f"{_GENERATE_FLAGS.get(path, path)}: {message}" for path, message in e.problems]
+        raise UserError("\n".join(lines), field=_GENERATE_FLAGS.get(e.field or "", e.field)) from None
+    GenerateOptions.from_spec(gen.spec, gen.spec.num or 1)  # raises UserError naming the flag
+    return gen
 
 
 def _count_z(path: str) -> int:
@@ -455,10 +466,60 @@ def crd(out_dir: str | None) -> None:
         click.echo("---\n".join(crds.crd_files().values()), nl=False)
 
 
-# Commands that live with their subsystem; each module imports only click at load time.
-from ganops.evaluate.command import evaluate  # noqa: E402
+@cli.command()
+@click.option("--run-id", help="The training run whose generator to score.")
+@click.option("--model", "model_uri", metavar="URI",
+              help="A registered generator: models:/NAME@ALIAS or models:/NAME/VERSION.")  # fmt: skip
+@click.option("--num-samples", "-n", type=int, default=None,
+              help="Generated (and reference) images. [default: the run's spec.eval.num_samples]")  # fmt: skip
+@click.option("--metrics", "metrics", metavar="LIST", default=None,
+              help="Comma-separated: fid,kid,is,pr. [default: the run's spec.eval.metrics]")  # fmt: skip
+@click.option("--inception-weights", metavar="PATH|S3", default=None,
+              help="pt_inception-2015-12-05-6726825d.pth, local or s3://. "
+                   "[default: the run's spec.eval.inception_weights, else the published file, downloaded once into "
+                   "$GANOPS_CACHE]")  # fmt: skip
+@click.option("--inception-sha256", metavar="HEX", default=None,
+              help="Expected sha256 of the weights. [default: the pinned pytorch-fid file's]")  # fmt: skip
+@click.option("--reference-split", type=click.Choice(["train", "test"]), default=None,
+              help="Real split to compare against. "
+                   "[default: the run's spec.eval.reference_split, else data.split]")  # fmt: skip
+@click.option("--data-root", default=None,
+              help="Where the dataset's files are here. [default: the run's spec.data.root]")  # fmt: skip
+@click.option("--batch-size", type=int, default=None, help="Images per Inception pass. [default: spec.eval.batch_size]")
+@click.option("--seed", type=int, default=None, help="Seed of the latents. [default: the run's spec.train.seed]")
+@click.option("--device", default=None,
+              help="Where Inception runs: cpu, cuda, cuda:1. [default: cuda when available]")  # fmt: skip
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store of --storage).")  # fmt: skip
+@click.option("--storage", default="./runs", show_default=True, help="Storage root whose embedded MLflow store to use.")
+@click.option("--log/--no-log", default=True, show_default=True, help="Record the scores as an MLflow evaluation run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def evaluate(
+    run_id: str | None, model_uri: str | None, num_samples: int | None, metrics: str | None,
+    inception_weights: str | None, inception_sha256: str | None, reference_split: str | None,
+    data_root: str | None, batch_size: int | None, seed: int | None, device: str | None,
+    tracking_uri: str | None, storage: str, log: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Score a generator (--run-id or --model) with FID, KID, IS and precision/recall.
 
-cli.add_command(evaluate)
+    Features come from the FID Inception-v3 (weights checked against a pinned sha256);
+    the real-data statistics are computed once and cached under the run's storage. Prints
+    the scores and records them as an MLflow run tagged with the training run.
+    """
+    from ganops import client
+    from ganops.evaluate.job import EvaluateOptions, parse_metrics, table
+    from ganops.tracking import embedded_store
+
+    opts = EvaluateOptions(
+        num_samples=num_samples, metrics=parse_metrics(metrics), inception_weights=inception_weights,
+        inception_sha256=inception_sha256, reference_split=reference_split, data_root=data_root,
+        batch_size=batch_size, seed=seed, device=device,
+    )  # fmt: skip
+    uri = tracking_uri or embedded_store(storage)[0]
+    result = client.evaluate(opts, uri, run_id=run_id, model=model_uri, log=log, show_progress=not quiet, echo=_err)
+    click.echo(table(result.scores))
+    where = f"  MLflow run {result.evaluation_run_id}" if result.evaluation_run_id else ""
+    _err(f"done in {result.elapsed_s:.1f}s{where}")
 
 
 def _summary(r: Any) -> None:

@@ -15,10 +15,13 @@ from ganops import data as gdata
 from ganops import storage
 from ganops.errors import UserError
 from ganops.spec import load
+from ganops.spec.generation import GANGeneration
 from ganops.spec.loader import loads
 from ganops.spec.models import GANJob, batchnorm_critic
 
 if TYPE_CHECKING:
+    from ganops.evaluate.job import EvaluateOptions, EvaluateResult
+    from ganops.generate.job import GenerateResult
     from ganops.targets import JobStatus, Target
     from ganops.train.launch import RunResult
 
@@ -134,21 +137,60 @@ class Remote:
         )
 
 
-def submit_remote(job: GANJob, where: Remote, *, restart: bool = False) -> JobStatus:
-    """Start training ``job`` on the cluster; returns once it is accepted (its first status)."""
-    return where.connect().submit_train(job, restart=restart)
+def submit_remote(job: GANJob | GANGeneration, where: Remote, *, restart: bool = False) -> JobStatus:
+    """Start ``job`` (training, or a generation) on the cluster; returns once it is accepted
+    (its first status). ``restart`` applies to training."""
+    target = where.connect()
+    if isinstance(job, GANGeneration):
+        return target.submit_generate(job)
+    return target.submit_train(job, restart=restart)
 
 
-def remote_request(job: GANJob, where: Remote, *, restart: bool = False) -> dict[str, Any]:
-    """What ``submit_remote`` would send, sending nothing: the GANJob object (k8s), or the
-    Ray driver's entrypoint and the resolved spec (ray)."""
+def remote_request(job: GANJob | GANGeneration, where: Remote, *, restart: bool = False) -> dict[str, Any]:
+    """What ``submit_remote`` would send, sending nothing: the object (k8s), or the Ray
+    driver's entrypoint and the resolved spec (ray)."""
     if where.target == "k8s":
         from ganops.k8s.objects import custom_object
 
         return custom_object(job, where.namespace)
-    from ganops.entrypoint import train_command
+    from ganops.entrypoint import generate_command, train_command
 
-    return {"entrypoint": train_command(job, restart=restart), "spec": job.to_dict()}
+    command = generate_command(job) if isinstance(job, GANGeneration) else train_command(job, restart=restart)
+    return {"entrypoint": command, "spec": job.to_dict()}
+
+
+# -- generation ---------------------------------------------------------------------------
+
+
+def generate(
+    gen: GANGeneration,
+    *,
+    address: str | None = None,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> GenerateResult:
+    """Run the generation ``gen`` here (``spec.workers`` > 1: on Ray workers, the embedded
+    Ray or the cluster at ``address``). ``spec.tracking.uri`` unset means $MLFLOW_TRACKING_URI."""
+    import os
+
+    from ganops.generate.job import generate as run
+    from ganops.generate.latents import count_z
+    from ganops.generate.options import GenerateOptions
+    from ganops.generate.source import resolve
+
+    s = gen.spec
+    uri = s.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UserError("spec.tracking.uri: which MLflow holds the model? (or set MLFLOW_TRACKING_URI)",
+                        field="spec.tracking.uri")  # fmt: skip
+    source = resolve(uri, run_id=s.run_id, model=s.model)
+    num = s.num if s.num is not None else (count_z(s.z_file) if s.z_file else 64)
+    opts = GenerateOptions.from_spec(s, num)
+    echo(f"generator: {source.describe()}")
+    return run(
+        source, opts, s.out, workers=s.workers, gpus_per_worker=s.gpus_per_worker, address=address,
+        show_progress=show_progress, echo=echo, spec=gen.to_dict(),
+    )  # fmt: skip
 
 
 def status(name: str, where: Remote) -> JobStatus:
@@ -169,3 +211,29 @@ def logs(name: str, where: Remote, *, follow: bool = False) -> Iterator[str]:
 def cancel(name: str, where: Remote) -> JobStatus:
     """Stop job ``name``; its checkpoints stay, and submitting the same spec resumes it."""
     return where.connect().cancel(name)
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+
+def evaluate(
+    opts: EvaluateOptions,
+    tracking_uri: str,
+    *,
+    run_id: str | None = None,
+    model: str | None = None,
+    log: bool = True,
+    show_progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> EvaluateResult:
+    """Score the generator of training run ``run_id`` (or the registered ``model``) in the
+    MLflow at ``tracking_uri``: FID, KID, IS, precision/recall as ``opts`` says (None: the
+    training spec's value); with ``log``, recorded as its own MLflow run."""
+    from ganops.evaluate.job import check_options
+    from ganops.evaluate.job import evaluate as run
+    from ganops.generate.source import resolve
+
+    check_options(opts)  # before MLflow is asked anything
+    source = resolve(tracking_uri, run_id=run_id, model=model)
+    echo(f"generator: {source.describe()}")
+    return run(source, opts, log=log, show_progress=show_progress, echo=echo)

@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
+from ganops.spec.generation import GANGeneration
 from ganops.spec.models import GANJob
 
 
-def encode_spec(job: GANJob) -> str:
+def encode_spec(job: GANJob | GANGeneration) -> str:
     """The spec without its unset fields (the driver fills defaults in again): shorter."""
     doc = without_nulls(job.to_dict())
     return base64.b64encode(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100).encode()).decode()
@@ -43,5 +44,7 @@ def train_command(job: GANJob, *, restart: bool = False) -> str:
     return shlex.join(args)
 
 
-def generate_command(args: list[str]) -> str:
-    return shlex.join(["ganops", "generate", "--target", "local", *args])
+def generate_command(gen: GANGeneration) -> str:
+    """``ganops generate`` on the cluster's Ray with the GANGeneration itself: the driver
+    validates the same spec the user's machine (or the operator) did, no flags in between."""
+    return shlex.join(["ganops", "generate", "--target", "local", "--spec-b64", encode_spec(gen)])

@@ -138,6 +138,11 @@ def test_the_cli_writes_images_shards_a_preview_and_the_manifest_last(trained: S
     assert gen_run.data.params["num"] == "300" and gen_run.info.status == "FINISHED"
     artifacts = {a.path for a in MlflowClient(trained.tracking_uri).list_artifacts(gen_run.info.run_id)}
     assert {"manifest.json", "preview.png"} <= artifacts  # the manifest and a grid, never the bulk images
+    # The resolved GANGeneration the flags stood for: with the output and with the run.
+    assert "generation.yaml" in artifacts
+    spec = manifest["spec"]
+    assert spec["kind"] == "GANGeneration" and spec["spec"]["num"] == 300 and spec["spec"]["format"] == "both"
+    assert spec["spec"]["tracking"]["uri"] == trained.tracking_uri
 
 
 def test_the_same_seed_gives_byte_identical_images(trained: Source, tmp_path: Path) -> None:
@@ -281,11 +286,11 @@ def test_latent_vectors_from_a_file_make_exactly_those_images(trained: Source, t
     [
         (["--run-id", "0123456789abcdef0123456789abcdef"], "--run-id: no run 0123456789abcdef0123456789abcdef"),
         (["--class", "3"], "--class: "),
-        (["--num", "0"], "--num: must be a positive number"),
+        (["--num", "0"], "--num: must be > 0"),
         (["--truncation", "-1"], "--truncation: must be > 0"),
-        (["--truncation", "nan"], "--truncation: must be > 0"),
-        (["--truncation", "inf"], "--truncation: must be > 0 and finite"),
-        (["--best-of", "0"], "--best-of: must be >= 1"),
+        (["--truncation", "nan"], "--truncation: must be a finite number"),
+        (["--truncation", "inf"], "--truncation: must be a finite number"),
+        (["--best-of", "0"], "--best-of: must be > 0"),
         (["--seed", "-1"], "--seed: must be >= 0"),
         (["--model", "models:/no-such-model/9"], "--model: models:/no-such-model/9 was not found"),
     ],

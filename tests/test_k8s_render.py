@@ -11,11 +11,13 @@ import pytest
 import yaml
 
 from ganops.client import load_job
+from ganops.entrypoint import decode_spec
 from ganops.errors import SpecError, UserError
 from ganops.k8s import crd
 from ganops.k8s.objects import custom_object
 from ganops.k8s.render import Defaults, render
 from ganops.spec.generation import GANGeneration
+from ganops.spec.loader import validate_model
 from ganops.spec.models import GANJob
 from tests import rayjob_schema
 from tests.conftest import JOBS, REPO
@@ -164,9 +166,10 @@ def test_generation_renders_a_valid_rayjob() -> None:
     rj = render(obj, DEFAULTS)
     assert rayjob_schema.errors(rj) == []
     args = shlex.split(rj["spec"]["entrypoint"])
-    assert args[:4] == ["ganops", "generate", "--target", "local"]
-    assert args[args.index("--run-id") + 1] == "abc123" and args[args.index("--workers") + 1] == "3"
-    assert args[args.index("--truncation") + 1] == "1.5" and args[args.index("--best-of") + 1] == "4"
+    assert args[:5] == ["ganops", "generate", "--target", "local", "--spec-b64"]
+    # The driver receives the GANGeneration itself and validates it as the submitter did.
+    sent = validate_model(GANGeneration, yaml.safe_load(decode_spec(args[5])))
+    assert sent.spec == gen.spec and sent.name == gen.name
     assert rj["metadata"]["ownerReferences"][0]["kind"] == "GANGeneration"
     assert rj["metadata"]["labels"]["ganops.io/kind"] == "generate"
     (group,) = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
@@ -265,3 +268,25 @@ def test_gpu_resource_comes_from_the_spec_else_the_operator() -> None:
         "limits"
     ]
     assert limits["nvidia.com/gpu"] == "1" and "amd.com/gpu" not in limits
+
+
+def _undocumented(schema: dict, path: str) -> list[str]:
+    """Fields under ``schema`` (an openAPIV3Schema) without a description, as dotted paths."""
+    out = []
+    for name, sub in (schema.get("properties") or {}).items():
+        where = f"{path}.{name}"
+        if not sub.get("description"):
+            out.append(where)
+        out += _undocumented(sub, where)
+        if isinstance(sub.get("items"), dict):
+            out += _undocumented(sub["items"], f"{where}[]")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["GANJob", "GANGeneration"])
+def test_kubectl_explain_documents_every_spec_field(kind: str) -> None:
+    # `kubectl explain ganjob.spec.train` shows these descriptions: a field without one is
+    # a field a cluster user cannot look up.
+    (doc,) = [yaml.safe_load(t) for t in crd.crd_files().values() if f"kind: {kind}\n" in t]
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _undocumented(schema, "spec") == []

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ganops.entrypoint import decode_spec
 from ganops.errors import UserError
 from ganops.k8s import operator as op
 from tests import helm, kube
@@ -538,7 +539,9 @@ def test_generation_uses_the_same_path(cluster: dict, admin: Any, capsys: pytest
     rj = wait_for("the RayJob", lambda: rayjob(admin, gen))
     assert rj["metadata"]["ownerReferences"][0]["kind"] == "GANGeneration"
     args = shlex.split(rj["spec"]["entrypoint"])
-    assert args[:6] == ["ganops", "generate", "--target", "local", "--run-id", "0123abcd"] and "--workers" in args
+    assert args[:5] == ["ganops", "generate", "--target", "local", "--spec-b64"]
+    sent = yaml.safe_load(decode_spec(args[5]))["spec"]
+    assert (sent["run_id"], sent["workers"], sent["num"]) == ("0123abcd", 2, 1000)
     wait_phase(admin, gen, "Pending", plural="gangenerations")
     kuberay_sets(admin, gen, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
     wait_phase(admin, gen, "Succeeded", plural="gangenerations")

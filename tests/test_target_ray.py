@@ -19,6 +19,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -30,11 +31,12 @@ import pytest
 
 from ganops import jobdir, storage
 from ganops.cli import main
-from tests.conftest import JOBS, REPO, _free_port
+from tests.conftest import JOBS, _free_port
 
 pytestmark = pytest.mark.slow
 
-BIN = REPO / ".venv" / "bin"
+# The environment running the tests (whatever its directory): its `ray` and `ganops`.
+BIN = Path(sys.executable).parent
 SPEC = str(JOBS / "mnist_dcgan.yaml")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 LEAK = "ganops-test-secret-that-must-not-travel"

@@ -38,13 +38,11 @@ def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarr
     Returns the latents and labels from --z, and with --best-of the generator and the
     discriminator saved with it (None, None without).
     """
-    import math
-
     from ganops.generate import latents, writer
 
+    # The options checked themselves when they were made (GenerateOptions), and the spec
+    # they came from its combinations (GANGenerationSpec): what is left needs the model.
     info = source.info
-    if opts.num <= 0:
-        raise UserError(f"--num: must be a positive number of images (got {opts.num})")
     if opts.class_index is not None:
         if not info.num_classes:
             raise UserError(f"--class: {source.model_uri} is not class-conditional")
@@ -53,21 +51,6 @@ def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarr
                 f"--class: {opts.class_index} is out of range; the model has {info.num_classes} classes "
                 f"(0-{info.num_classes - 1})"
             )
-    if opts.seed < 0:
-        raise UserError(f"--seed: must be >= 0 (got {opts.seed})")
-    if opts.truncation is not None and not (opts.truncation > 0 and math.isfinite(opts.truncation)):
-        raise UserError(f"--truncation: must be > 0 and finite (got {opts.truncation})")
-    if opts.best_of < 1:
-        raise UserError(f"--best-of: must be >= 1 (got {opts.best_of})")
-    if opts.z_file and opts.best_of > 1:
-        raise UserError("--best-of: cannot be combined with --z (the vectors are given, there is nothing to pick from)")
-    if opts.interpolate is not None and (opts.z_file or opts.best_of > 1):
-        raise UserError("--interpolate: cannot be combined with --z or --best-of")
-    if opts.interpolate is not None and opts.interpolate < 2:
-        raise UserError(f"--interpolate: needs at least 2 steps (got {opts.interpolate})")
-    unknown = [f for f in opts.formats if f not in ("png", "npz")]
-    if unknown or not opts.formats:
-        raise UserError(f"--format: expected png, npz or both (got {','.join(opts.formats)})")
     z_all = labels_all = None
     if opts.z_file:
         z_all, labels_all = latents.load_z_file(opts.z_file, info)
@@ -189,12 +172,15 @@ def generate(
     address: str | None = None,
     show_progress: bool = True,
     echo: Echo = print,
+    spec: dict[str, Any] | None = None,
 ) -> GenerateResult:
+    """Make the images. ``spec``: the resolved GANGeneration this run stands for, kept in the
+    manifest and logged with the run (``generation.yaml``)."""
     from ganops.generate import latents, writer
 
     z_all, labels_all, g, d = check(source, opts, out_uri)
     out = storage.locate(out_uri)
-    run_id = _open_run(source, opts, out.uri, workers)
+    run_id = _open_run(source, opts, out.uri, workers, spec)
     t0 = time.time()
     status = "FAILED"
     try:
@@ -210,6 +196,7 @@ def generate(
             "latent_dim": source.info.latent_dim,
             "num_classes": source.info.num_classes,
             "ganops_version": __version__,
+            "spec": spec,
         }
         preview: np.ndarray | None = None
         if opts.interpolate is not None:
@@ -253,12 +240,18 @@ def generate(
 # -- the generation's own MLflow run ------------------------------------------------------
 
 
-def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int) -> str:
+def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int, spec: dict[str, Any] | None) -> str:
+    import yaml
+
     from ganops.tracking import aside
 
     tags = {**source.run_tags("generate"), "ganops.output": out_uri}
     params: dict[str, Any] = {**opts.to_dict(), "out": out_uri, "workers": workers, "model_uri": source.model_uri}
-    return aside.open_run(source.tracking_uri, source.experiment_id, f"{source.job.name}-generate", tags, params)
+    run_id = aside.open_run(source.tracking_uri, source.experiment_id, f"{source.job.name}-generate", tags, params)
+    if spec is not None:  # the job as asked, where the MLflow UI shows it
+        text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+        aside.log_files(source.tracking_uri, run_id, {"generation.yaml": text.encode()})
+    return run_id
 
 
 def _close_run(

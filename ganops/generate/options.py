@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ganops.errors import UserError
+
+if TYPE_CHECKING:
+    from ganops.spec.generation import GANGenerationSpec
 
 FORMATS = ("png", "npz")
 
@@ -51,8 +54,29 @@ class GenerateOptions:
                 raise UserError(f"{flag}: must be >= {least} (got {str(value)[:80]})", field=flag)
         if self.truncation is not None and not (self.truncation > 0 and math.isfinite(self.truncation)):
             raise UserError(f"--truncation: must be > 0 and finite (got {self.truncation})", field="--truncation")
+        if self.z_file and self.best_of > 1:
+            raise UserError(
+                "--best-of: cannot be combined with --z (the vectors are given, there is nothing to pick from)",
+                field="--best-of",
+            )
+        if self.interpolate is not None and (self.z_file or self.best_of > 1):
+            raise UserError("--interpolate: cannot be combined with --z or --best-of", field="--interpolate")
+        if self.interpolate is not None and self.interpolate < 2:
+            raise UserError(f"--interpolate: needs at least 2 steps (got {self.interpolate})", field="--interpolate")
+        if not self.formats or any(f not in FORMATS for f in self.formats):
+            raise UserError(f"--format: expected png, npz or both (got {','.join(self.formats)})", field="--format")
         if self.z_file is not None and (not self.z_file.strip() or "\0" in self.z_file):
             raise UserError(f"--z: {self.z_file[:80]!r} is not a file name", field="--z")
+
+    @classmethod
+    def from_spec(cls, spec: GANGenerationSpec, num: int) -> GenerateOptions:
+        """The options a validated ``GANGeneration`` asks for; ``num`` resolved (see its field)."""
+        formats = ("png", "npz") if spec.format == "both" else (spec.format,)
+        return cls(
+            num=num, seed=spec.seed, batch_size=spec.batch_size, truncation=spec.truncation,
+            class_index=spec.class_index, best_of=spec.best_of, interpolate=spec.interpolate, z_file=spec.z_file,
+            save_z=spec.save_z, formats=formats, shard_size=spec.shard_size,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

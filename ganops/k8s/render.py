@@ -256,8 +256,8 @@ def generate_rayjob(gen: GANGeneration, owner: Owner, d: Defaults) -> dict[str, 
     ``ganops generate --workers 1`` does; more run as Ray actors on worker pods."""
     s = gen.spec
     if s.workers == 1:
-        return _rayjob(owner, generate_command(s.to_args()), s.cluster, d, 0, 0, head_gpus=s.gpus_per_worker)
-    return _rayjob(owner, generate_command(s.to_args()), s.cluster, d, s.workers, s.gpus_per_worker)
+        return _rayjob(owner, generate_command(gen), s.cluster, d, 0, 0, head_gpus=s.gpus_per_worker)
+    return _rayjob(owner, generate_command(gen), s.cluster, d, s.workers, s.gpus_per_worker)
 
 
 def render(obj: Mapping[str, Any], d: Defaults) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """A generation job as a spec (the ``GANGeneration`` kind): what ``ganops generate``
 runs, written down so that it can run elsewhere, on a Ray cluster or through the operator.
 
-Its fields are the ``ganops generate`` options, so the remote driver runs exactly the
-command a user would type (``to_args``).
+Its fields are the ``ganops generate`` options. ``ganops generate`` builds one from its
+flags for every target and validates it here; a remote driver receives the spec itself
+(``ganops generate --spec-b64``), as training's does.
 """
 
 from __future__ import annotations
@@ -39,46 +40,42 @@ class GANGenerationSpec(_Strict):
     """Or a registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."""
     out: RequiredPath
     """Output: s3://bucket/prefix (or a path every node shares); must not hold a finished job."""
-    num: PositiveInt = 64
-    """Images to make (with `interpolate`: walks)."""
+    num: PositiveInt | None = None
+    """Images to make (with `interpolate`: walks); unset: one per vector of `z_file`, else 64."""
     format: Literal["png", "npz", "both"] = "png"
+    """PNG files (a folder per shard), uint8 .npz shards, or both."""
     seed: Seed = 0
+    """Image i depends only on (seed, i): the same seed gives byte-identical images."""
     batch_size: PositiveInt = 256
+    """Images per forward pass of G (and D with `best_of`)."""
     truncation: Annotated[float, Field(gt=0)] | None = None
+    """Resample latent entries whose magnitude exceeds this (e.g. 1.5): sharper, less varied."""
     class_index: Annotated[int, Field(ge=0)] | None = None
+    """Only this class (conditional models); unset: classes cycle i % num_classes."""
     best_of: PositiveInt = 1
+    """K candidates per image; keep the one that the discriminator saved with G rates most real."""
     interpolate: PositiveInt | None = None
+    """Walk (slerp) between consecutive seeds in this many steps (>= 2): a grid and a GIF of `num` walks."""
     z_file: PathStr | None = None
+    """Latent vectors to use, one image each: .npy [N, latent] (conditional: + a class column) or .npz (z, labels)."""
     save_z: bool = False
+    """Store each image's latent vector with it (npz shards)."""
     shard_size: PositiveInt = 1024
+    """Images per shard (a multiple of `batch_size` wastes no G rows)."""
     workers: PositiveInt = 1
-    """Ray workers, each loading G once."""
+    """Ray workers, each loading G once (1: in the driver)."""
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    """GPUs each worker reserves (on Kubernetes: per worker pod)."""
     tracking: GenerationTracking = Field(default_factory=GenerationTracking)
+    """Where the model's run is, and where this job's own run goes."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    """Pod sizes and image on Kubernetes (unset: the operator's defaults)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> GANGenerationSpec:
         if (self.run_id is None) == (self.model is None):
             raise FieldValueError("run_id", "set exactly one of run_id and model")
         return self
-
-    def to_args(self) -> list[str]:
-        """The ``ganops generate`` arguments this spec stands for."""
-        args = ["--run-id", self.run_id] if self.run_id else ["--model", str(self.model)]
-        args += ["--out", self.out, "--num", str(self.num), "--format", self.format, "--seed", str(self.seed)]
-        args += ["--batch-size", str(self.batch_size), "--best-of", str(self.best_of)]
-        args += ["--shard-size", str(self.shard_size), "--workers", str(self.workers)]
-        if self.gpus_per_worker:
-            args += ["--gpus-per-worker", f"{self.gpus_per_worker:g}"]
-        for flag, value in (("--truncation", self.truncation), ("--class", self.class_index),
-                            ("--interpolate", self.interpolate), ("--z", self.z_file),
-                            ("--tracking-uri", self.tracking.uri)):  # fmt: skip
-            if value is not None:
-                args += [flag, str(value)]
-        if self.save_z:
-            args.append("--save-z")
-        return args
 
 
 class GANGeneration(_Resource):

@@ -421,6 +421,11 @@ def loads(text: str, source: str, overrides: list[str] | None = None) -> GANJob:
     return validate(apply_overrides(doc, overrides or []), source)
 
 
+def loads_model(model: type[M], text: str, source: str) -> M:
+    """YAML text as ``model`` (e.g. a GANGeneration given inline to a remote driver)."""
+    return validate_model(model, _as_spec(parse_yaml(text, source), source), source)
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> GANJob:
     """Read, override and validate a spec file."""
     doc = apply_overrides(read_yaml(path), overrides or [])

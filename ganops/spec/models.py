@@ -195,10 +195,13 @@ class TrainSpec(_Strict):
     lr: PositiveFloat = 2e-4
     """Learning rate for both nets unless `g_lr` / `d_lr` are set."""
     g_lr: PositiveFloat | None = None
+    """G's learning rate, when it differs from `lr` (e.g. the TTUR of Heusel et al.)."""
     d_lr: PositiveFloat | None = None
+    """D's learning rate, when it differs from `lr`."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
     """Adam betas."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """L2 penalty in both optimizers (PyTorch's weight_decay)."""
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-8
     """Term added to the optimizer's denominator (PyTorch's default; Keras uses 1e-7)."""
     rmsprop_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.99
@@ -372,10 +375,15 @@ class Toleration(_Strict):
     """A Kubernetes toleration (the pod field of the same name)."""
 
     key: str | None = None
+    """The taint key to tolerate (empty with operator Exists: every taint)."""
     operator: Literal["Equal", "Exists"] | None = None
+    """Equal (key and value match) or Exists (the key alone); Kubernetes' default is Equal."""
     value: str | None = None
+    """The taint value to match (operator Equal)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect to tolerate (empty: every effect)."""
     toleration_seconds: int | None = None
+    """NoExecute only: how long the pod stays on a node once tainted (empty: forever)."""
 
 
 class ClusterSpec(_Strict):
@@ -399,6 +407,7 @@ class ClusterSpec(_Strict):
     head_cpu: CpuQuantity | None = None
     """CPU of the head pod, which runs the driver and no training worker (default: the operator's)."""
     head_memory: MemoryQuantity | None = None
+    """Memory of the head pod (default: the operator's)."""
     gpu_resource: str | None = None
     """Extended resource name of a GPU on the nodes, with scaling.use_gpu (default: the
     operator's, nvidia.com/gpu)."""
@@ -412,16 +421,25 @@ class ClusterSpec(_Strict):
 
 class GANJobSpec(_Strict):
     data: DataSpec
+    """The images to learn: dataset, where its files are, split, size."""
     model: ModelSpec = Field(default_factory=ModelSpec)
+    """G and D: architecture, widths, latent size, conditioning, normalisation."""
     train: TrainSpec = Field(default_factory=TrainSpec)
+    """The objective, optimizers, batch, epochs, seed."""
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    """Data-parallel workers and what each reserves."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """How often to checkpoint and how many to keep."""
     samples: SamplesSpec = Field(default_factory=SamplesSpec)
+    """The per-epoch sample grids and the training GIF."""
     storage: PathStr = "./runs"
     """Local directory or s3://bucket/prefix; the job writes under <storage>/<metadata.name>/."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """The MLflow server, experiment and model registry name."""
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    """FID / KID / IS / precision-recall during training."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    """Pod sizes, image and placement on Kubernetes (unset: the operator's defaults)."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> GANJobSpec:

@@ -297,7 +297,7 @@ class RayJobsTarget:
     def submit_generate(self, gen: Any) -> JobStatus:
         from ganops.entrypoint import generate_command
 
-        return self._submit(gen.name, "generate", generate_command(gen.spec.to_args()), {}, {})
+        return self._submit(gen.name, "generate", generate_command(gen), {}, {})
 
     def status(self, name: str) -> JobStatus:
         return self._row(self._newest(name))
