@@ -13,7 +13,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from ganops.train.checkpoints import Checkpoints, Position
 from ganops.train.ranks import Ranks
 from ganops.train.step import GANStep
 
+if TYPE_CHECKING:
+    from ganops.train.loop import MLflowRun
+
 
 class EvalRound:
     """Set up once (``start``), then ``run`` at each evaluation epoch, on every rank."""
@@ -31,7 +34,7 @@ class EvalRound:
     def __init__(
         self,
         job: GANJob,
-        mlflow: dict[str, Any] | None,
+        mlflow: MLflowRun | None,
         jd: jobdir.JobDir,
         step: GANStep,
         ranks: Ranks,
@@ -136,7 +139,7 @@ class EvalRound:
             from ganops.tracking import promote_if_better
 
             promo = promote_if_better(
-                self.mlflow["uri"], self.mlflow["run_id"], self.step.sampler, register_as, fid,
+                self.mlflow.uri, self.mlflow.run_id, self.step.sampler, register_as, fid,
                 self.evaluator.setup_key, self.pos.step, self.warn,
             )  # fmt: skip
             if promo is not None:

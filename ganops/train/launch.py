@@ -237,7 +237,7 @@ def run(
     from ray.train.torch import TorchTrainer
 
     from ganops.train.control import JobControl
-    from ganops.train.loop import train_loop_per_worker
+    from ganops.train.loop import MLflowRun, WorkerConfig, train_loop_per_worker
     from ganops.train.progress import ProgressDisplay
 
     mark("driver.imports")
@@ -265,12 +265,14 @@ def run(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "job": job.to_dict(),
-            "control": control_name,
-            "resume_from": latest.uri if latest else None,
-            "mlflow": {"uri": run_ref.tracking_uri, "run_id": run_ref.run_id},
-            "env": rayinit.worker_env(),
-        },
+            "worker": WorkerConfig(
+                job=job.to_dict(),
+                control=control_name,
+                resume_from=latest.uri if latest else None,
+                mlflow=MLflowRun(run_ref.tracking_uri, run_ref.run_id),
+                env=rayinit.worker_env(),
+            )
+        },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu, resources_per_worker=resources
         ),

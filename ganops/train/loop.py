@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -35,29 +36,51 @@ from ganops.train.step import GANStep
 # every rank stops at the same batch).
 STOP_POLL_BATCHES = 10
 
-__all__ = ["Worker", "rank_seed", "train_loop_per_worker"]
+__all__ = ["MLflowRun", "Worker", "WorkerConfig", "rank_seed", "train_loop_per_worker"]
+
+
+@dataclass(frozen=True)
+class MLflowRun:
+    """The run the driver opened; rank 0 logs to it."""
+
+    uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the driver hands every rank (``TorchTrainer``'s ``train_loop_config["worker"]``)."""
+
+    job: dict[str, Any]
+    """The resolved GANJob, as a dict (validated again on the worker)."""
+    control: str | None = None
+    """Name of the driver's ``JobControl`` actor: progress lines, warnings, Ctrl-C."""
+    resume_from: str | None = None
+    """The checkpoint the driver chose to resume from (Ray Train's own wins after a restart)."""
+    mlflow: MLflowRun | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Non-secret settings the workers need (``rayinit.worker_env``)."""
 
 
 class Worker:
     """One rank's training: the loop below, with its checkpoints (``Checkpoints``) and
     evaluation rounds (``EvalRound``) as parts of their own."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.job: GANJob = validate(config["job"])
+        self.job: GANJob = validate(config.job)
         self.spec = spec = self.job.spec
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device() if spec.scaling.use_gpu else torch.device("cpu")
         self.ranks = r = Ranks(ctx.get_world_rank(), ctx.get_world_size(), device)
         self.rank, self.world, self.device = r.rank, r.world, device
         self.jobdir = jobdir.JobDir(spec.storage, self.job.name)
-        self.control = ray.get_actor(config["control"]) if config.get("control") else None
+        self.control = ray.get_actor(config.control) if config.control else None
         self.tracker = None
-        mlflow_cfg = config.get("mlflow")
-        if r.is_chief and mlflow_cfg:
+        if r.is_chief and config.mlflow:
             from ganops.tracking import RunLogger
 
-            self.tracker = RunLogger(mlflow_cfg["uri"], mlflow_cfg["run_id"], warn=self._warn)
+            self.tracker = RunLogger(config.mlflow.uri, config.mlflow.run_id, warn=self._warn)
 
         torch.manual_seed(rank_seed(spec.train.seed, 0))  # same initial weights everywhere
         self.data = gdata.load(spec.data)
@@ -85,7 +108,7 @@ class Worker:
         self.eval: EvalRound | None = None
         if spec.eval.every_epochs is not None:
             self.eval = EvalRound(
-                self.job, mlflow_cfg, self.jobdir, self.step, r, self.pos, self.checkpoints, self.tracker, self._warn
+                self.job, config.mlflow, self.jobdir, self.step, r, self.pos, self.checkpoints, self.tracker, self._warn
             )
 
     def _fixed_noise(self, num_classes: int | None) -> FixedNoise:
@@ -103,7 +126,7 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
-        self.checkpoints.restore(self.config.get("resume_from"))
+        self.checkpoints.restore(self.config.resume_from)
         spec = self.spec
         if self.eval is not None:
             self.eval.start(self.data)
@@ -240,7 +263,8 @@ class Worker:
             return
         from ganops.tracking import CHECKPOINT_TAG, log_generator
 
-        cfg = self.config["mlflow"]
+        assert self.config.mlflow is not None  # a tracker means a run
+        run = self.config.mlflow
         latest = self.jobdir.latest_checkpoint()
         if latest is not None:
             self.tracker.set_tag(CHECKPOINT_TAG, latest.uri)
@@ -248,21 +272,20 @@ class Worker:
         if champion is not None and champion[0] == self.pos.step:
             uri: str | None = champion[1]  # the final G is the champion just registered
         else:
-            uri = log_generator(
-                cfg["uri"], cfg["run_id"], self.step.sampler, self.spec.tracking.register_as, self._warn
-            )
+            uri = log_generator(run.uri, run.run_id, self.step.sampler, self.spec.tracking.register_as, self._warn)
         if uri:
             self.tracker.set_tag("ganops.model_uri", uri)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, ...)``)."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point (``TorchTrainer(train_loop_per_worker, train_loop_config={"worker": ...})``)."""
+    config: WorkerConfig = loop_config["worker"]
     # Ray sets OMP_NUM_THREADS from the CPUs reserved for the worker; make torch follow it
     # even when torch was imported before the variable took effect.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    for key, value in (config.get("env") or {}).items():
+    for key, value in config.env.items():
         os.environ.setdefault(key, value)
     rank = ray.train.get_context().get_world_rank()
     mark(f"rank{rank}.start")
