@@ -297,7 +297,7 @@ def generate(
     interrupted job never looks complete), and records the job as its own MLflow run.
     With --target ray or k8s it runs as a job on the cluster (a GANGeneration on k8s).
     """
-    from ganops import client
+    from ganops import client, tracking
     from ganops.tracking import embedded_store
 
     if spec_b64:  # a remote driver: the GANGeneration itself, validated as the submitter's was
@@ -344,7 +344,7 @@ def generate(
         f"done: {r.count} images in {r.shards} shards, {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
         f"  output       {r.out_uri}\n  manifest     {r.manifest_uri}\n"
         + (f"  preview      {r.preview_uri}\n" if r.preview_uri else "")
-        + f"  MLflow run   {r.generation_run_id}"
+        + tracking.summary_line(r.generation_run_id or "-")
     )
 
 
@@ -506,7 +506,7 @@ def evaluate(
     the real-data statistics are computed once and cached under the run's storage. Prints
     the scores and records them as an MLflow run tagged with the training run.
     """
-    from ganops import client
+    from ganops import client, tracking
     from ganops.evaluate.job import EvaluateOptions, parse_metrics, table
     from ganops.tracking import embedded_store
 
@@ -518,8 +518,9 @@ def evaluate(
     uri = tracking_uri or embedded_store(storage)[0]
     result = client.evaluate(opts, uri, run_id=run_id, model=model_uri, log=log, show_progress=not quiet, echo=_err)
     click.echo(table(result.scores))
-    where = f"  MLflow run {result.evaluation_run_id}" if result.evaluation_run_id else ""
-    _err(f"done in {result.elapsed_s:.1f}s{where}")
+    _err(f"done in {result.elapsed_s:.1f}s")
+    if result.evaluation_run_id:
+        _err(tracking.summary_line(result.evaluation_run_id))
 
 
 def _summary(r: Any) -> None:
@@ -534,7 +535,9 @@ def _summary(r: Any) -> None:
     if r.gif_uri:
         lines.append(f"  training GIF   {r.gif_uri}")
     if r.mlflow_run_id:
-        lines.append(f"  MLflow run     {r.mlflow_run_id}  {r.mlflow_hint}")
+        from ganops import tracking
+
+        lines.append(tracking.summary_line(r.mlflow_run_id, r.mlflow_hint or ""))
     if r.stopped_early:
         lines.append("  resume with the same command")
     _err("\n".join(lines))

@@ -58,10 +58,6 @@ TOKEN_HELP = (
     "(`ray get-auth-token` on the head node prints it)"
 )
 
-# The driver's own lines: launch.py's "MLflow: logging to run ID ..." / "MLflow: continuing
-# run ID ...", and the closing summary of `ganops submit` / `ganops generate` ("MLflow run ID").
-_RUN_RE = re.compile(r"MLflow: (?:logging to|continuing) run ([0-9a-f]{32})\b|^\s*MLflow run\s+([0-9a-f]{32})\b", re.M)
-
 
 def _utc(ms: int | None) -> str | None:
     if not ms:
@@ -71,8 +67,9 @@ def _utc(ms: int | None) -> str | None:
 
 def mlflow_run_id(log: str) -> str | None:
     """The job's MLflow run, from its driver's output (the first one named)."""
-    m = _RUN_RE.search(log or "")
-    return (m.group(1) or m.group(2)) if m else None
+    from ganops.tracking import run_id_in
+
+    return run_id_in(log)
 
 
 def check_address(address: str | None) -> str:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -32,6 +33,30 @@ RUN_FILE = "mlflow_run.json"
 DEFAULT_EXPERIMENT = "ganops"
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
+
+# The driver's lines that name its MLflow run: printed by `ganops submit` / `generate` /
+# `evaluate`, read back from a remote driver's log by the ray target (`ganops status`).
+_RUN_LINE = re.compile(
+    r"MLflow: (?:logging to|continuing) run ([0-9a-f]{32})\b|^\s*MLflow run\s+([0-9a-f]{32})\b", re.M
+)
+
+
+def opened_line(ref: RunRef) -> str:
+    """The driver's first word on tracking: which run it logs to, where."""
+    verb = "continuing" if ref.resumed else "logging to"
+    return f"MLflow: {verb} run {ref.run_id} in experiment '{ref.experiment}' ({redact(ref.tracking_uri)})"
+
+
+def summary_line(run_id: str, hint: str = "") -> str:
+    """The run's line in a command's closing summary."""
+    return f"  MLflow run     {run_id}" + (f"  {hint}" if hint else "")
+
+
+def run_id_in(log: str) -> str | None:
+    """The MLflow run a driver's output names first (``opened_line`` or ``summary_line``)."""
+    m = _RUN_LINE.search(log or "")
+    return (m.group(1) or m.group(2)) if m else None
+
 
 # Tags that other packages read back: one spelling each.
 CHECKPOINT_TAG = "ganops.checkpoint"  # the newest complete checkpoint of a training run

@@ -254,10 +254,7 @@ def run(
         resources = default_resources(job, embedded)
         check_resources(job, resources)
         run_ref = opening.result()
-    verb = "continuing" if run_ref.resumed else "logging to"
-    echo(
-        f"MLflow: {verb} run {run_ref.run_id} in experiment '{run_ref.experiment}' ({tracking.redact(run_ref.tracking_uri)})"
-    )
+    echo(tracking.opened_line(run_ref))
 
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
     control = JobControl.options(name=control_name).remote()
