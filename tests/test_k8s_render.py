@@ -290,3 +290,20 @@ def test_kubectl_explain_documents_every_spec_field(kind: str) -> None:
     (doc,) = [yaml.safe_load(t) for t in crd.crd_files().values() if f"kind: {kind}\n" in t]
     schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert _undocumented(schema, "spec") == []
+
+
+def _bounds(schema: object) -> list[float]:
+    if isinstance(schema, dict):
+        own = [v for k, v in schema.items() if k in ("maximum", "minimum")]
+        return own + [b for v in schema.values() for b in _bounds(v)]
+    if isinstance(schema, list):
+        return [b for v in schema for b in _bounds(v)]
+    return []
+
+
+def test_crd_bounds_survive_the_api_servers_float_parsing() -> None:
+    # The API server reads a schema's maximum as a float64: 2**63 - 1 came back as -2**63
+    # and the server refused every GANJob (seed 0 "should be less than or equal to -9.2e18").
+    for text in crd.crd_files().values():
+        for bound in _bounds(yaml.safe_load(text)):
+            assert abs(bound) <= 2**53 - 1 and float(bound) == bound, bound

@@ -12,6 +12,7 @@ REPORT = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # a Ray actor
 def test_rank_zero_progress_reaches_the_driver_line(ray_cluster: None, capsys: pytest.CaptureFixture[str]) -> None:
     import ray
 
@@ -30,6 +31,7 @@ def test_rank_zero_progress_reaches_the_driver_line(ray_cluster: None, capsys: p
     ray.kill(control)
 
 
+@pytest.mark.slow  # a Ray actor
 def test_a_stop_request_is_seen_by_the_workers(ray_cluster: None) -> None:
     import ray
 

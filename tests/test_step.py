@@ -69,6 +69,7 @@ def test_bf16_runs_the_forwards_in_bfloat16_and_keeps_float32_weights_and_state(
     assert step.sampler(torch.randn(2, 100)).dtype == torch.float32
 
 
+@pytest.mark.slow  # real gloo ranks in child processes
 def test_bf16_with_sync_batchnorm_trains_on_two_ranks(tmp_path: Path) -> None:
     # The cross-rank BatchNorm keeps its statistics in float32 under bfloat16 autocast
     # (it failed on its float32 running buffers before).
@@ -80,6 +81,7 @@ def test_bf16_with_sync_batchnorm_trains_on_two_ranks(tmp_path: Path) -> None:
             assert v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all(), k
 
 
+@pytest.mark.slow  # real gloo ranks in child processes
 def test_one_all_reduce_per_d_step_and_none_for_d_in_the_g_step(tmp_path: Path) -> None:
     batches, zs = data(3)
     out = train(small_job(), batches, zs, world=2, tmp=tmp_path)
@@ -87,6 +89,7 @@ def test_one_all_reduce_per_d_step_and_none_for_d_in_the_g_step(tmp_path: Path) 
     assert out["reductions"] == {"d": 3, "g": 3}
 
 
+@pytest.mark.slow  # real gloo ranks in child processes
 @pytest.mark.parametrize("sync", [True, False])
 def test_sync_batchnorm_trains_a_global_batch_the_same_on_one_or_two_workers(tmp_path: Path, sync: bool) -> None:
     job = small_job(f"spec.scaling.sync_batchnorm={str(sync).lower()}")

@@ -35,9 +35,10 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 # torch.manual_seed takes [-2**63, 2**64 - 1] and numpy's SeedSequence any integer >= 0;
-# the seed also feeds torch generators as seed + epoch. Non-negative and within a signed
-# 64-bit integer satisfies all of them.
-MAX_SEED = 2**63 - 1
+# the seed also feeds torch generators as seed + epoch. The bound is JSON's largest exact
+# integer (2**53 - 1): Kubernetes reads a CRD's `maximum` as a float, and 2**63 - 1 came
+# back from the API server as -2**63, which refused every seed.
+MAX_SEED = 2**53 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 # Longest path or URI accepted (Linux's PATH_MAX).
@@ -220,7 +221,7 @@ class TrainSpec(_Strict):
     CPUs with AVX512-BF16 or AMX: 1.5x per step measured here); float16 is not offered
     because it needs loss scaling."""
     seed: Seed = 0
-    """Seed for weights, data order and noise; each rank derives its own (0 to 2**63 - 1)."""
+    """Seed for weights, data order and noise; each rank derives its own (0 to 2**53 - 1)."""
     log_every_steps: PositiveInt = 50
     """Report progress and metrics every N steps (rank 0, batched)."""
 
