@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -321,7 +322,8 @@ def generate(
             # the store this command would use. On k8s the cluster's own MLflow is the default.
             "tracking": {"uri": tracking_uri or (embedded_store(storage)[0] if target != "k8s" else None)},
         }  # fmt: skip
-        name = name or f"gen-{source[:12]}-{seed}".lower().replace("_", "-")
+        # A DNS label whatever the model is called (dots, underscores, capitals in a model name).
+        name = name or re.sub(r"[^a-z0-9-]+", "-", f"gen-{source[:12]}-{seed}".lower())
         gen = _generation_from_flags({"metadata": {"name": name}, "spec": spec})
     if target != "local":
         where = _remote(target, address, namespace)

@@ -274,6 +274,19 @@ def test_generate_refuses_bad_flags_before_doing_anything(args: list[str], flag:
     assert_clean_refusal(r, flag)
 
 
+@pytest.mark.parametrize("target", ["local", "k8s"])
+def test_a_model_name_that_is_no_dns_label_still_names_a_valid_generation(target: str) -> None:
+    # The default job name comes from the model's name, which MLflow allows dots and
+    # underscores in; the GANGeneration every target validates needs a DNS label. Locally
+    # the run then fails only for what it is: no such model in the (empty) store.
+    r = ganops("generate", "--model", "models:/My.Model_x@prod", "--out", "/tmp/ganops-fuzz-never-written",
+               "--target", target, "--dry-run", "--storage", "/tmp/ganops-fuzz-no-store")  # fmt: skip
+    assert "metadata.name" not in r.stderr and "--name" not in r.stderr, r.stderr[-1000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    if target == "k8s":
+        assert r.returncode == 0 and "name: gen-my-model-x-p-0" in r.stdout, r.stderr[-1000:]
+
+
 # --- the bounded message -------------------------------------------------------------------
 
 
