@@ -716,3 +716,14 @@ def test_cluster_wide_operator_can_do_the_rules_in_every_namespace_and_no_more(k
         assert not helm.can(kube_api, token, "list", "nodes")
         assert not helm.can(kube_api, token, "create", "ganjobs", other, "ganops.io")
     assert helm.granted_rules(kube_api, token, other) == set()
+
+
+def test_the_operators_own_job_defaults_are_the_charts() -> None:
+    # An operator run outside the chart (`ganops operator run`) must size pods as the chart does.
+    from ganops.k8s.render import Defaults
+
+    jobs = yaml.safe_load((helm.CHART / "values.yaml").read_text())["jobs"]
+    d = Defaults()
+    assert (d.worker_cpu, d.worker_memory) == (str(jobs["worker"]["cpu"]), jobs["worker"]["memory"])
+    assert (d.head_cpu, d.head_memory) == (str(jobs["head"]["cpu"]), jobs["head"]["memory"])
+    assert d.gpu_resource == jobs["gpuResource"]

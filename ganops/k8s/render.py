@@ -37,10 +37,12 @@ class Defaults:
     image: str = f"ganops:{__version__}"
     service_account: str | None = None
     secret: str | None = None
-    worker_cpu: str = "4"
-    worker_memory: str = "16Gi"
-    head_cpu: str = "2"
-    head_memory: str = "8Gi"
+    # The chart's defaults (helm/ganops/values.yaml, `jobs:`), for an operator run outside
+    # the chart; tests/test_helm.py checks that the two agree.
+    worker_cpu: str = "2"
+    worker_memory: str = "8Gi"
+    head_cpu: str = "1"
+    head_memory: str = "4Gi"
     gpu_resource: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
