@@ -115,9 +115,10 @@ def evaluate(
     echo(f"reference: {ref.meta['dataset']} {ref.meta['split']}, {ref.num_images} images ({how})")
     info = source.info
 
+    from ganops.model_input import join_class
+
     def fn(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        # The MLflow model takes one float32 input: z, plus the class as a last column.
-        return g(z if y is None else torch.cat([z, y.to(z.dtype)[:, None]], dim=1))
+        return g(join_class(z, y))  # the MLflow model takes one float32 input
 
     scores = evaluator.score(fn, info.latent_dim, info.num_classes, device=torch.device("cpu"))
     assert scores is not None

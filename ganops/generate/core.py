@@ -19,6 +19,7 @@ from torch import nn
 from ganops.generate.latents import shard_latents
 from ganops.generate.options import GenerateOptions, ModelInfo
 from ganops.images import to_uint8
+from ganops.model_input import join_class_np
 
 
 @dataclass
@@ -73,7 +74,7 @@ def generator_input(z: np.ndarray, labels: np.ndarray | None, info: ModelInfo) -
         return np.ascontiguousarray(z)
     if labels is None or len(labels) != len(z):
         raise ValueError(f"a conditional generator needs one label per vector ({len(z)})")
-    return np.concatenate([z, np.asarray(labels, dtype=np.float32)[:, None]], axis=1)
+    return join_class_np(z, labels)
 
 
 def _grid(n: int, batch_size: int, offset: int) -> Iterator[tuple[int, int, int]]:

@@ -22,6 +22,7 @@ import numpy as np
 from ganops import storage
 from ganops.errors import UserError
 from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.model_input import split_class_np
 
 # Rejection sampling for --truncation draws at most this many values per pass (16 MiB of
 # float32): enough that any sensible threshold finishes in one or two passes, bounded so a
@@ -174,7 +175,7 @@ def load_z_file(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | No
     if info.num_classes and width == d + 1:
         if labels is not None:
             raise UserError(f"--z: {path} has both a class column and a 'labels' array; keep one")
-        labels, z = z[:, d], z[:, :d]
+        z, labels = split_class_np(z, d)
     elif width != d:
         extra = f" or {d + 1} (with the class as the last column)" if info.num_classes else ""
         raise UserError(f"--z: {path} has vectors of width {width}; the model takes {d}{extra}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ganops.model_input import join_class_np, split_class
 from ganops.nets.syncbn import revert_sync_batchnorm
 
 
@@ -35,16 +36,13 @@ class GeneratorExport(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()
         if self.num_classes:
-            z, y = x[:, : self.latent_dim], x[:, self.latent_dim].round().long()
-            return self.g(z, y)
+            return self.g(*split_class(x, self.latent_dim))
         return self.g(x)
 
     def example_input(self, n: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, self.latent_dim)).astype(np.float32)
-        if self.num_classes:
-            z = np.concatenate([z, (np.arange(n) % self.num_classes)[:, None].astype(np.float32)], axis=1)
-        return z
+        return join_class_np(z, np.arange(n) % self.num_classes if self.num_classes else None)
 
     def metadata(self) -> dict[str, Any]:
         return {
