@@ -183,6 +183,15 @@ def _user_error_in(exc: BaseException) -> UserError | None:
     return None
 
 
+@dataclass
+class _Start:
+    """Where a submit starts from: the job directory, what was moved aside, what to resume."""
+
+    jd: jobdir.JobDir
+    archived: str | None
+    latest: jobdir.CheckpointInfo | None
+
+
 def run(
     job: GANJob,
     info: ImageInfo,
@@ -192,8 +201,45 @@ def run(
     show_progress: bool = True,
     echo: Echo = print,
 ) -> RunResult:
+    """(1) decide where to start (restart, resume, or nothing to do), (2) open the MLflow run
+    while Ray starts, (3) train on Ray Train with the live display and Ctrl-C handling,
+    (4) close the run and say where everything went."""
     t0 = time.time()
     mark("driver.submit")  # the command's imports, spec load and pre-flight are behind us
+    start = _starting_point(job, restart, echo)
+    if start.latest is not None and start.latest.epoch >= job.spec.train.epochs:
+        return _result(start.jd, job, start.latest, None, start.archived, False, t0, trained=False)
+    storage.write_bytes(start.jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
+    run_ref, resources = _open_run_while_ray_starts(job, start.jd, info, address, echo)
+    from ganops import run_note, tracking
+
+    status, latest_after, stopped = "FAILED", None, False
+    try:
+        latest_after = _train(job, info, start, run_ref, resources, t0, show_progress, echo)
+        stopped = latest_after is not None and latest_after.epoch < job.spec.train.epochs
+        # KILLED marks a run stopped early: the next submit resumes it and sets it RUNNING.
+        status = "KILLED" if stopped else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        # The description tells how the run ended: written before the run is marked ended.
+        run_note.update(run_ref, job, start.jd, info, status, lambda m: echo(f"warning: {m}"))
+        try:
+            tracking.close_run(run_ref, status)
+        except Exception as e:  # noqa: BLE001 - never mask the run's own outcome
+            echo(f"warning: could not mark MLflow run {run_ref.run_id} {status}: {e}")
+        mark("driver.mlflow_close")
+    result = _result(start.jd, job, latest_after, start.latest, start.archived, stopped, t0)
+    result.mlflow_run_id = run_ref.run_id
+    result.tracking_uri = tracking.redact(run_ref.tracking_uri)
+    result.mlflow_hint = tracking.ui_address_hint(run_ref, job.spec.storage)
+    return result
+
+
+def _starting_point(job: GANJob, restart: bool, echo: Echo) -> _Start:
+    """--restart moves the old run aside; otherwise the newest complete checkpoint, if the
+    spec can load it (a different network or dataset cannot), is where training resumes."""
     spec = job.spec
     jd = jobdir.JobDir(spec.storage, job.name)
     archived = None
@@ -201,52 +247,54 @@ def run(
         archived = jd.archive()
         echo(f"restart: the previous run was moved to {archived}")
     storage.check_writable(jd.root)
-
     latest = jd.latest_checkpoint()
-    if latest is not None:
-        prev = yaml.safe_load(storage.read_bytes(storage.locate(latest.uri).child(jobdir.SPEC_FILE)))
-        changed = _compatible(prev, job)
-        if changed:
-            raise UserError(
-                f"{latest.uri} was written with a different {', '.join(changed)}; its weights cannot be "
-                f"resumed with this spec. Use --restart to start over (the old run is kept)."
-            )
-        if latest.epoch >= spec.train.epochs:
-            echo(
-                f"{job.name}: already trained {latest.epoch}/{spec.train.epochs} epochs "
-                f"({latest.uri}); raise spec.train.epochs to continue, or --restart"
-            )
-            return _result(jd, job, latest, None, archived, False, t0, trained=False)
+    if latest is None:
+        return _Start(jd, archived, None)
+    prev = yaml.safe_load(storage.read_bytes(storage.locate(latest.uri).child(jobdir.SPEC_FILE)))
+    changed = _compatible(prev, job)
+    if changed:
+        raise UserError(
+            f"{latest.uri} was written with a different {', '.join(changed)}; its weights cannot be "
+            f"resumed with this spec. Use --restart to start over (the old run is kept)."
+        )
+    if latest.epoch >= spec.train.epochs:
+        echo(
+            f"{job.name}: already trained {latest.epoch}/{spec.train.epochs} epochs "
+            f"({latest.uri}); raise spec.train.epochs to continue, or --restart"
+        )
+    else:
         where = f"epoch {latest.epoch}" + (f", batch {latest.batch}" if latest.batch else "")
         echo(f"resuming {job.name} from {latest.name} ({where}) → {spec.train.epochs} epochs")
-    storage.write_bytes(jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
+    return _Start(jd, archived, latest)
 
+
+def _open_run_while_ray_starts(
+    job: GANJob, jd: jobdir.JobDir, info: ImageInfo, address: str | None, echo: Echo
+) -> tuple[Any, dict[str, float] | None]:
+    """The MLflow run (opened or continued) and the resources each worker reserves.
+
+    Opening the run (importing mlflow, creating a new store's tables, logging the params)
+    and starting Ray take seconds each and need nothing from each other, so the run opens
+    on a thread while Ray starts (see bench/first_run.py for what it saves). Ray's and
+    torch's imports are done before the thread starts: two threads importing the same large
+    packages at once is where Python's import locks can raise a deadlock error. The run is
+    open before any worker starts: an unreachable server still fails the submit.
+    """
     from ganops import run_note, tracking
 
-    def note_warn(message: str) -> None:
-        echo(f"warning: {message}")
-
     def open_tracking() -> tracking.RunRef:
-        ref = tracking.open_run(job, jd, warn=note_warn)
-        run_note.update(ref, job, jd, info, "RUNNING", note_warn)  # the run's page says what is training
+        ref = tracking.open_run(job, jd, warn=lambda m: echo(f"warning: {m}"))
+        # The run's page says what is training.
+        run_note.update(ref, job, jd, info, "RUNNING", lambda m: echo(f"warning: {m}"))
         mark("driver.mlflow_open")
         return ref
 
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    # Imported here, before the thread (see above): Ray, Ray Train and, through the loop, torch.
+    import ray.train.torch  # noqa: F401
 
-    from ganops.train.control import JobControl
-    from ganops.train.loop import MLflowRun, WorkerConfig, train_loop_per_worker
-    from ganops.train.progress import ProgressDisplay
+    from ganops.train import loop  # noqa: F401
 
     mark("driver.imports")
-    # Opening the MLflow run (importing mlflow, creating a new store's tables, logging the
-    # params) and starting Ray take seconds each and need nothing from each other, so the
-    # run opens on a thread while Ray starts (see bench/first_run.py for what it saves).
-    # Ray's and torch's imports are done before the thread starts: two threads importing the
-    # same large packages at once is where Python's import locks can raise a deadlock error.
-    # The run is open before any worker starts: an unreachable server still fails the submit.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganops-mlflow-open") as pool:
         opening = pool.submit(open_tracking)
         embedded = rayinit.init_ray(address)
@@ -255,21 +303,34 @@ def run(
         check_resources(job, resources)
         run_ref = opening.result()
     echo(tracking.opened_line(run_ref))
+    return run_ref, resources
 
+
+def _train(
+    job: GANJob, info: ImageInfo, start: _Start, run_ref: Any, resources: dict[str, float] | None, t0: float,
+    show_progress: bool, echo: Echo,
+) -> jobdir.CheckpointInfo | None:  # fmt: skip
+    """Ray Train's fit() with the live display and Ctrl-C handling; the newest checkpoint after."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ganops.train.control import JobControl
+    from ganops.train.loop import MLflowRun, WorkerConfig, train_loop_per_worker
+    from ganops.train.progress import ProgressDisplay
+
+    spec = job.spec
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
     control = JobControl.options(name=control_name).remote()
-    ckpt_loc = jd.checkpoints
+    ckpt_loc = start.jd.checkpoints
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "worker": WorkerConfig(
-                job=job.to_dict(),
-                control=control_name,
-                resume_from=latest.uri if latest else None,
-                mlflow=MLflowRun(run_ref.tracking_uri, run_ref.run_id),
-                env=rayinit.worker_env(),
+                job=job.to_dict(), control=control_name, resume_from=start.latest.uri if start.latest else None,
+                mlflow=MLflowRun(run_ref.tracking_uri, run_ref.run_id), env=rayinit.worker_env(),
             )
-        },  # fmt: skip
+        },
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu, resources_per_worker=resources
         ),
@@ -280,20 +341,13 @@ def run(
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             failure_config=FailureConfig(max_failures=0),
         ),
-    )
-    total_steps = _total_steps(job, info)
-    status = "FAILED"
+    )  # fmt: skip
     try:
         with _ctrl_c_stops(control, echo):
-            with ProgressDisplay(control, total_steps, show_line=show_progress, echo=echo):
+            with ProgressDisplay(control, _total_steps(job, info), show_line=show_progress, echo=echo):
                 _fit_off_main_thread(trainer)
         mark("driver.fit")
-        latest_after = jd.latest_checkpoint()
-        stopped = latest_after is not None and latest_after.epoch < spec.train.epochs
-        # KILLED marks a run stopped early: the next submit resumes it and sets it RUNNING.
-        status = "KILLED" if stopped else "FINISHED"
     except KeyboardInterrupt:
-        status = "KILLED"
         raise
     except Exception as e:
         user = _user_error_in(e)
@@ -302,18 +356,7 @@ def run(
         raise
     finally:
         ray.kill(control)
-        # The description tells how the run ended: written before the run is marked ended.
-        run_note.update(run_ref, job, jd, info, status, note_warn)
-        try:
-            tracking.close_run(run_ref, status)
-        except Exception as e:  # noqa: BLE001 - never mask the run's own outcome
-            echo(f"warning: could not mark MLflow run {run_ref.run_id} {status}: {e}")
-        mark("driver.mlflow_close")
-    result = _result(jd, job, latest_after, latest, archived, stopped, t0)
-    result.mlflow_run_id = run_ref.run_id
-    result.tracking_uri = tracking.redact(run_ref.tracking_uri)
-    result.mlflow_hint = tracking.ui_address_hint(run_ref, spec.storage)
-    return result
+    return start.jd.latest_checkpoint()
 
 
 def _total_steps(job: GANJob, info: ImageInfo) -> int:
