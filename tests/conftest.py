@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from ganops.spec.models import GANJob
+from tests.helpers import JOBS, REPO, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "datasets" / "mnist"
-JOBS = REPO / "jobs"
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,12 +56,6 @@ def mnist_root() -> Path:
 # Credentials for the test S3 server only; they exist to prove they never leak.
 S3_KEY_ID = "AKIAGANOPSTESTKEY0001"
 S3_SECRET = "ganops-test-secret-never-logged-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +104,7 @@ def mlflow_server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
     boto3.client("s3").create_bucket(Bucket="mlflow")
     home = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(

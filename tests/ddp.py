@@ -8,7 +8,6 @@ draws its slice of one global noise batch, so 1 and N ranks see exactly the same
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ganops.spec.models import GANJob
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], batches: list[torch.Tensor],
@@ -59,6 +53,6 @@ def train(job: GANJob, batches: list[torch.Tensor], zs: list[torch.Tensor], worl
     """Train ``len(batches)`` iterations on ``world`` ranks; rank 0's nets and DDP reduction counts."""
     out = str(tmp / f"rank0-world{world}.pt")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    args = (world, _free_port(), job.to_dict(), batches, zs, out)
+    args = (world, free_port(), job.to_dict(), batches, zs, out)
     mp.start_processes(_rank_main, args=args, nprocs=world, start_method="spawn")
     return torch.load(out, weights_only=True)

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, free_port
+
 BUILD = REPO.parent / "shared" / "k8s-envtest" / "build.sh"
 KUBERAY_CRDS = REPO.parent / "shared" / "kuberay" / "crds"
 
@@ -48,14 +49,6 @@ def binaries() -> Path:
         return Path(env_dir)
     out = subprocess.run(["bash", str(BUILD)], check=True, capture_output=True, text=True).stdout
     return Path(out.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -139,7 +132,7 @@ def start(home: Path | None = None) -> KubeAPI:
     bin_dir = binaries()
     home = Path(home or tempfile.mkdtemp(prefix="ganops-envtest-"))
     home.mkdir(parents=True, exist_ok=True)
-    etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     etcd_log = home / "etcd.log"
     etcd = subprocess.Popen(
         [str(bin_dir / "etcd"), "--data-dir", str(home / "etcd"),

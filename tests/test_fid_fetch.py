@@ -19,7 +19,7 @@ import pytest
 
 from ganops.errors import UserError
 from ganops.evaluate import fetch
-from tests.conftest import JOBS, REPO
+from tests.helpers import JOBS, REPO
 
 GANOPS = str(Path(sys.executable).with_name("ganops"))
 # cifar_dcgan (eval on by default) on the fake dataset: its pre-flight needs no files.

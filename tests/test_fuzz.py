@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from ganops.errors import SpecError, UserError
 from ganops.spec.generation import GANGeneration
 from ganops.spec.loader import MAX_SPEC_BYTES, apply_overrides, load, loads, validate, validate_model
 from ganops.spec.models import GANJob
-from tests.conftest import JOBS, REPO
+from tests.helpers import JOBS, run_cli
 
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
 BASE = JOBS / "mnist_dcgan.yaml"
@@ -52,10 +51,7 @@ def refused(fn: Callable[[], Any]) -> UserError:
 
 
 def ganops(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "GANOPS_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "ganops.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
-    )
+    return run_cli(*args, timeout=timeout)
 
 
 def assert_clean_refusal(r: subprocess.CompletedProcess[str], *names: str) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from ganops.generate.job import generate
 from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator, resolve
 from ganops.tracking import embedded_store
-from tests.conftest import REPO, mnist_job, run
+from tests.conftest import mnist_job, run
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -107,11 +106,7 @@ def _pngs(out: Path) -> dict[str, bytes]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ganops.cli", "generate", *args], capture_output=True, text=True, cwd=REPO, env=env,
-        timeout=300,
-    )  # fmt: skip
+    return run_cli("generate", *args, timeout=300)
 
 
 def test_the_cli_writes_images_shards_a_preview_and_the_manifest_last(trained: Source, tmp_path: Path) -> None:

@@ -507,7 +507,7 @@ def test_worker_processes_threads_and_no_pool_write_the_same_files(
 def test_the_throughput_benchmark_times_both_sides_and_reports_their_ratio(tmp_path: Path) -> None:
     import importlib.util
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     spec = importlib.util.spec_from_file_location("generate_throughput", REPO / "bench" / "generate_throughput.py")
     bench = importlib.util.module_from_spec(spec)

@@ -20,7 +20,7 @@ from ganops.spec.generation import GANGeneration
 from ganops.spec.loader import validate_model
 from ganops.spec.models import GANJob
 from tests import rayjob_schema
-from tests.conftest import JOBS, REPO
+from tests.helpers import JOBS, REPO, cli_in_process
 
 ALL_JOBS = sorted(JOBS.glob("*.yaml"))
 DEFAULTS = Defaults(
@@ -177,16 +177,7 @@ def test_generation_renders_a_valid_rayjob() -> None:
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from ganops.cli import main
-
-    code = 0
-    try:
-        main(args)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+_cli = cli_in_process
 
 
 def test_submit_dry_run_prints_the_ganjob(capsys: pytest.CaptureFixture[str]) -> None:

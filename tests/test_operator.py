@@ -37,7 +37,7 @@ from ganops.entrypoint import decode_spec
 from ganops.errors import UserError
 from ganops.k8s import operator as op
 from tests import helm, kube
-from tests.conftest import JOBS
+from tests.helpers import JOBS, cli_in_process
 
 slow = pytest.mark.slow
 
@@ -362,15 +362,7 @@ def admin(kube_api: kube.KubeAPI, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def cli(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from ganops.cli import main
-
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_in_process(list(args), capsys)
 
 
 def rayjob(api: Any, name: str, ns: str = NS) -> dict[str, Any]:
@@ -657,12 +649,12 @@ def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any)
     import sys
     import urllib.request
 
-    from tests.conftest import _free_port
+    from tests.helpers import free_port
 
     name = unique("by-command")
     docs = helm.render({}, namespace=OTHER)  # a release in team-b, watching team-b
     container = helm.operator_container(docs)
-    port = _free_port()
+    port = free_port()
     args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in container["args"]]
     assert args[-2:] == ["--namespace", OTHER]
     (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]

@@ -20,7 +20,8 @@ from ganops.generate.job import generate
 from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, resolve
 from ganops.tracking import embedded_store
-from tests.conftest import REPO, mnist_job, run
+from tests.conftest import mnist_job, run
+from tests.helpers import REPO
 from tests.test_evaluate import _random_inception_bytes
 
 pytestmark = pytest.mark.slow

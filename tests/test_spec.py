@@ -12,7 +12,7 @@ import yaml
 from ganops.errors import SpecError, UserError
 from ganops.spec import apply_overrides, dump, load, validate
 from ganops.spec.models import ARCHS, DATASETS, LOSSES
-from tests.conftest import JOBS, REPO
+from tests.helpers import JOBS, REPO, run_cli
 
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
 EXPECTED_JOBS = {
@@ -188,10 +188,7 @@ def test_a_malformed_override_is_a_user_error() -> None:
         apply_overrides(minimal(train={"epochs": 2}), ["spec.train.epochs.x=1"])
 
 
-def _ganops(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ganops.cli", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
-    )
+_ganops = run_cli
 
 
 def test_cli_validate_prints_the_resolved_spec(tmp_path: Path) -> None:

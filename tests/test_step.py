@@ -9,8 +9,8 @@ import torch
 
 from ganops import client
 from ganops.train.step import GANStep
-from tests.conftest import JOBS
 from tests.ddp import train
+from tests.helpers import JOBS
 
 # cifar_dcgan's shape (32x32 RGB, BatchNorm in G and D) at widths that run in seconds.
 SMALL = [

@@ -31,7 +31,7 @@ import pytest
 
 from ganops import jobdir, storage
 from ganops.cli import main
-from tests.conftest import JOBS, _free_port
+from tests.helpers import JOBS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     if len(str(temp)) > 48:
         short = temp = Path(tempfile.mkdtemp(prefix="ganops-ray-"))
     ports = {
-        k: _free_port()
+        k: free_port()
         for k in ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                   "metrics-export-port")
@@ -258,7 +258,7 @@ def test_bad_addresses_and_tokens_are_one_line_errors_naming_the_flag(ray_head: 
                         ["rejected the token from RAY_AUTH_TOKEN"]),
         "GCS address": (["list", "--address", ray_head.gcs], {"RAY_AUTH_TOKEN": ray_head.token},
                         ["--address / RAY_ADDRESS", "GCS address", "http://HEAD:8265"]),
-        "unreachable": (["status", "x", "--address", f"http://127.0.0.1:{_free_port()}"], {},
+        "unreachable": (["status", "x", "--address", f"http://127.0.0.1:{free_port()}"], {},
                         ["--address / RAY_ADDRESS", "cannot reach"]),
         "no address": (["list", "--target", "ray"], {}, ["--address", "RAY_ADDRESS"]),
         "GCS in RAY_ADDRESS": (["list"], {"RAY_ADDRESS": ray_head.gcs}, ["--address / RAY_ADDRESS"]),

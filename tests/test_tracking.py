@@ -17,7 +17,8 @@ import pytest
 from ganops import tracking
 from ganops.errors import UserError
 from ganops.spec import dump
-from tests.conftest import S3_KEY_ID, S3_SECRET, _free_port, mnist_job
+from tests.conftest import S3_KEY_ID, S3_SECRET, mnist_job
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +183,7 @@ def test_an_unreachable_tracking_server_fails_before_any_worker_starts(
 ) -> None:
     from ganops import client
 
-    job = mnist_job(tmp_path, mnist_root, f"spec.tracking.uri=http://127.0.0.1:{_free_port()}")
+    job = mnist_job(tmp_path, mnist_root, f"spec.tracking.uri=http://127.0.0.1:{free_port()}")
     t0 = time.time()
     with pytest.raises(UserError, match=r"spec\.tracking\.uri: cannot reach the MLflow tracking server"):
         client.submit(job, show_progress=False, echo=lambda _m: None)
@@ -222,7 +223,7 @@ def _start_server(home: Path, port: int) -> subprocess.Popen:
 def test_metrics_logged_while_the_server_is_down_are_buffered_and_written_when_it_returns(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(tmp_path, port)
     try:

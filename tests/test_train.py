@@ -18,7 +18,8 @@ from PIL import Image
 
 from ganops import client, jobdir
 from ganops.errors import ResourceError, UserError
-from tests.conftest import JOBS, REPO, mnist_job, run
+from tests.conftest import mnist_job, run
+from tests.helpers import JOBS, REPO
 
 pytestmark = pytest.mark.slow
 

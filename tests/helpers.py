@@ -1,0 +1,55 @@
+"""Helpers every test module may share: the repository's paths, a free port, the CLI.
+
+Plain functions (no fixtures, no pytest hooks): ``conftest.py`` holds the session fixtures
+and imports these too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the kernel just handed out (and nobody listens on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``ganops ARGS`` in a child process of this interpreter, from the repository root.
+
+    ``env`` replaces the environment; None: this process's without GANOPS_DEBUG (so that a
+    traceback in the output is a real failure), with unbuffered output.
+    """
+    if env is not None:
+        base = dict(env)
+    else:
+        base = {k: v for k, v in os.environ.items() if k != "GANOPS_DEBUG"}
+        base["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "ganops.cli", *args], capture_output=True, text=True, cwd=REPO, env=base,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def cli_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``ganops ARGS`` in this process (the API server and fixtures are reachable): (exit code, stdout, stderr)."""
+    from ganops.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
