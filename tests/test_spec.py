@@ -267,3 +267,45 @@ def test_wgan_gp_takes_a_layer_norm_critic_and_the_28px_dcgan_default() -> None:
     del mnist["spec"]["model"]["d_norm"]
     mnist["spec"]["train"]["loss"] = "wgan_gp"
     validate(mnist)  # dcgan has no BatchNorm in D at 28 px
+
+
+def _field_paths(model: type, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    from ganops.spec.loader import _model_type
+
+    out = set()
+    for name, f in model.model_fields.items():
+        path = f"{prefix}{name}"
+        out.add(path)
+        sub = _model_type(f.annotation)
+        if sub is not None and issubclass(sub, BaseModel):
+            out |= _field_paths(sub, f"{path}.")
+    return out
+
+
+def test_field_docs_name_only_fields_that_exist() -> None:
+    # `kubectl explain` and `ganops validate` users read these; a renamed field must not
+    # leave its old name behind in another field's description.
+    import re
+
+    from ganops.spec.generation import GANGenerationSpec
+    from ganops.spec.models import GANJobSpec
+
+    for model in (GANJobSpec, GANGenerationSpec):
+        paths = _field_paths(model)
+        # A dotted name that starts with one of the spec's sections, quoted or not.
+        sections = "|".join(model.model_fields)
+        mention = re.compile(rf"(?<![\w.])(?:spec\.)?((?:{sections})(?:\.[a-z_]+)+)")
+        checked = 0
+        for path in sorted(paths):
+            parent = model
+            for part in path.split(".")[:-1]:
+                from ganops.spec.loader import _model_type
+
+                parent = _model_type(parent.model_fields[part].annotation)
+            doc = parent.model_fields[path.split(".")[-1]].description or ""
+            for ref in mention.findall(doc):
+                checked += 1
+                assert ref.rstrip(".") in paths, f"{model.__name__}.{path}: its description names {ref}, no field"
+        assert checked or model is GANGenerationSpec  # the pattern finds what it should
