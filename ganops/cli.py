@@ -361,19 +361,32 @@ _GENERATE_FLAGS = {
 }  # fmt: skip
 
 
-def _generation_from_flags(doc: dict[str, Any]) -> Any:
-    """The GANGeneration the flags stand for, validated as every target validates it, and
-    its options checked (what needs no model: combinations, formats); errors name the flag."""
+def _spec_from_flags(kind: str, doc: dict[str, Any], flags: dict[str, str]) -> Any:
+    """The ``kind`` spec (GANGeneration, GANEvaluation) the flags stand for, validated as
+    every target validates it; errors name the flag (``flags``: field path → flag)."""
     from ganops.errors import SpecError
-    from ganops.generate.options import GenerateOptions
+    from ganops.spec.evaluation import GANEvaluation
     from ganops.spec.generation import GANGeneration
     from ganops.spec.loader import validate_model
 
+    model = {"GANGeneration": GANGeneration, "GANEvaluation": GANEvaluation}[kind]
     try:
-        gen = validate_model(GANGeneration, doc, "ganops generate")
+        return validate_model(model, doc, f"ganops {kind.removeprefix('GAN').lower()}")
     except SpecError as e:
-        lines = [f"{_GENERATE_FLAGS.get(path, path)}: {message}" for path, message in e.problems]
-        raise UserError("\n".join(lines), field=_GENERATE_FLAGS.get(e.field or "", e.field)) from None
+        # A list item (spec.metrics[1]) belongs to its list's flag.
+        def flag(path: str) -> str:
+            return flags.get(re.sub(r"(\.\d+|\[\d+\])$", "", path), path)
+
+        lines = [f"{flag(path)}: {message}" for path, message in e.problems]
+        raise UserError("\n".join(lines), field=flag(e.field or "")) from None
+
+
+def _generation_from_flags(doc: dict[str, Any]) -> Any:
+    """The GANGeneration the flags stand for, and its options checked (what needs no model:
+    combinations, formats); errors name the flag."""
+    from ganops.generate.options import GenerateOptions
+
+    gen = _spec_from_flags("GANGeneration", doc, _GENERATE_FLAGS)
     GenerateOptions.from_spec(gen.spec, gen.spec.num or 1)  # raises UserError naming the flag
     return gen
 
@@ -509,20 +522,34 @@ def evaluate(
     the scores and records them as an MLflow run tagged with the training run.
     """
     from ganops import client, tracking
-    from ganops.evaluate.job import EvaluateOptions, parse_metrics, table
+    from ganops.evaluate.job import table
     from ganops.tracking import embedded_store
 
-    opts = EvaluateOptions(
-        num_samples=num_samples, metrics=parse_metrics(metrics), inception_weights=inception_weights,
-        inception_sha256=inception_sha256, reference_split=reference_split, data_root=data_root,
-        batch_size=batch_size, seed=seed, device=device,
-    )  # fmt: skip
-    uri = tracking_uri or embedded_store(storage)[0]
-    result = client.evaluate(opts, uri, run_id=run_id, model=model_uri, log=log, show_progress=not quiet, echo=_err)
+    source = run_id or (model_uri or "").rsplit("/", 1)[-1].replace("@", "-")
+    spec = {
+        "run_id": run_id, "model": model_uri, "num_samples": num_samples,
+        "metrics": [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
+        "inception_weights": inception_weights, "inception_sha256": inception_sha256,
+        "reference_split": reference_split, "data_root": data_root, "batch_size": batch_size, "seed": seed,
+        "device": device, "log": log, "tracking": {"uri": tracking_uri or embedded_store(storage)[0]},
+    }  # fmt: skip
+    name = re.sub(r"[^a-z0-9-]+", "-", f"eval-{source[:12]}".lower()).strip("-")
+    ev = _spec_from_flags("GANEvaluation", {"metadata": {"name": name}, "spec": spec}, _EVALUATE_FLAGS)
+    result = client.evaluate(ev, show_progress=not quiet, echo=_err)
     click.echo(table(result.scores))
     _err(f"done in {result.elapsed_s:.1f}s")
     if result.evaluation_run_id:
         _err(tracking.summary_line(result.evaluation_run_id))
+
+
+# The flag each GANEvaluation field comes from: errors name what the user typed.
+_EVALUATE_FLAGS = {
+    "spec.run_id": "--run-id", "spec.model": "--model", "spec.num_samples": "--num-samples",
+    "spec.metrics": "--metrics", "spec.inception_weights": "--inception-weights",
+    "spec.inception_sha256": "--inception-sha256", "spec.reference_split": "--reference-split",
+    "spec.data_root": "--data-root", "spec.batch_size": "--batch-size", "spec.seed": "--seed",
+    "spec.device": "--device", "spec.tracking.uri": "--tracking-uri",
+}  # fmt: skip
 
 
 def _summary(r: Any) -> None:

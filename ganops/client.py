@@ -15,12 +15,13 @@ from ganops import data as gdata
 from ganops import storage
 from ganops.errors import UserError
 from ganops.spec import load
+from ganops.spec.evaluation import GANEvaluation
 from ganops.spec.generation import GANGeneration
 from ganops.spec.loader import loads
 from ganops.spec.models import GANJob, batchnorm_critic
 
 if TYPE_CHECKING:
-    from ganops.evaluate.job import EvaluateOptions, EvaluateResult
+    from ganops.evaluate.job import EvaluateResult
     from ganops.generate.job import GenerateResult
     from ganops.targets import JobStatus, Target
     from ganops.train.launch import RunResult
@@ -216,24 +217,21 @@ def cancel(name: str, where: Remote) -> JobStatus:
 # -- evaluation ---------------------------------------------------------------------------
 
 
-def evaluate(
-    opts: EvaluateOptions,
-    tracking_uri: str,
-    *,
-    run_id: str | None = None,
-    model: str | None = None,
-    log: bool = True,
-    show_progress: bool = True,
-    echo: Callable[[str], None] = print,
-) -> EvaluateResult:
-    """Score the generator of training run ``run_id`` (or the registered ``model``) in the
-    MLflow at ``tracking_uri``: FID, KID, IS, precision/recall as ``opts`` says (None: the
-    training spec's value); with ``log``, recorded as its own MLflow run."""
-    from ganops.evaluate.job import check_options
+def evaluate(ev: GANEvaluation, *, show_progress: bool = True, echo: Callable[[str], None] = print) -> EvaluateResult:
+    """Score the generator ``ev`` names (a training run or a registered model): FID, KID, IS,
+    precision/recall as ``ev.spec`` says (unset fields: the training spec's ``eval``); with
+    ``spec.log``, recorded as its own MLflow run. ``spec.tracking.uri`` unset means
+    $MLFLOW_TRACKING_URI."""
+    import os
+
     from ganops.evaluate.job import evaluate as run
     from ganops.generate.source import resolve
 
-    check_options(opts)  # before MLflow is asked anything
-    source = resolve(tracking_uri, run_id=run_id, model=model)
+    s = ev.spec
+    uri = s.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise UserError("spec.tracking.uri: which MLflow holds the model? (or set MLFLOW_TRACKING_URI)",
+                        field="spec.tracking.uri")  # fmt: skip
+    source = resolve(uri, run_id=s.run_id, model=s.model)
     echo(f"generator: {source.describe()}")
-    return run(source, opts, log=log, show_progress=show_progress, echo=echo)
+    return run(source, s, show_progress=show_progress, echo=echo, spec_doc=ev.to_dict())

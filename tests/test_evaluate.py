@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ganops import jobdir
 from ganops.cli import main
@@ -216,6 +217,12 @@ def test_ganops_evaluate_reproduces_the_last_training_score_and_records_its_own_
     assert len(runs) == 1 and runs[0].data.tags["ganops.training_run_id"] == first.mlflow_run_id
     assert runs[0].data.metrics["eval/fid"] == pytest.approx(float(lines["fid"]), rel=1e-5)
     assert runs[0].data.params["num_samples"] == str(NUM_SAMPLES) and runs[0].data.params["reference.split"] == "test"
+    # The GANEvaluation the flags stood for, kept with the run.
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"scores.json", "evaluation.yaml"} <= artifacts
+    local = client.download_artifacts(runs[0].info.run_id, "evaluation.yaml")
+    asked = yaml.safe_load(Path(local).read_text())
+    assert asked["kind"] == "GANEvaluation" and asked["spec"]["run_id"] == first.mlflow_run_id
 
 
 def test_ganops_evaluate_scores_a_registered_model_with_options_from_the_command_line(
@@ -236,9 +243,11 @@ def test_ganops_evaluate_scores_a_registered_model_with_options_from_the_command
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--num-samples", "1"], "--num-samples: must be at least 2"),
-        (["--metrics", "fid,fjd"], "--metrics: unknown fjd; valid: fid, kid, is, pr"),
+        (["--num-samples", "1"], "--num-samples: must be >= 2"),
+        (["--metrics", "fid,fjd"], "--metrics: must be one of: 'fid', 'kid', 'is', 'pr' (got 'fjd')"),
+        (["--metrics", "fid,fid"], "--metrics: lists a metric twice"),
         (["--inception-sha256", "abc"], "--inception-sha256: expected 64 hex digits"),
+        (["--device", "gpu7"], "--device: expected cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(args: list[str], message: str, capsys, tmp_path: Path) -> None:

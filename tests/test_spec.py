@@ -289,10 +289,11 @@ def test_field_docs_name_only_fields_that_exist() -> None:
     # leave its old name behind in another field's description.
     import re
 
+    from ganops.spec.evaluation import GANEvaluationSpec
     from ganops.spec.generation import GANGenerationSpec
     from ganops.spec.models import GANJobSpec
 
-    for model in (GANJobSpec, GANGenerationSpec):
+    for model in (GANJobSpec, GANGenerationSpec, GANEvaluationSpec):
         paths = _field_paths(model)
         # A dotted name that starts with one of the spec's sections, quoted or not.
         sections = "|".join(model.model_fields)
@@ -308,4 +309,15 @@ def test_field_docs_name_only_fields_that_exist() -> None:
             for ref in mention.findall(doc):
                 checked += 1
                 assert ref.rstrip(".") in paths, f"{model.__name__}.{path}: its description names {ref}, no field"
-        assert checked or model is GANGenerationSpec  # the pattern finds what it should
+        assert checked or model is not GANJobSpec  # the pattern finds what it should
+
+
+def test_every_evaluation_field_is_documented_and_the_kinds_share_the_loader() -> None:
+    from ganops.spec.evaluation import GANEvaluation, GANEvaluationSpec
+    from ganops.spec.loader import loads_model
+
+    assert [n for n, f in GANEvaluationSpec.model_fields.items() if not f.description] == []
+    ev = loads_model(GANEvaluation, "metadata: {name: e}\nspec: {run_id: abc, metrics: [fid]}\n", "inline")
+    assert ev.kind == "GANEvaluation" and ev.spec.metrics == ["fid"] and ev.spec.num_samples is None
+    with pytest.raises(SpecError, match="set exactly one of run_id and model"):
+        loads_model(GANEvaluation, "metadata: {name: e}\nspec: {}\n", "inline")

@@ -14,27 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from ganops.errors import UserError
-from ganops.evaluate.scores import METRIC_VALUES, Scores
+from ganops.evaluate.scores import Scores
 from ganops.evaluate.weights import SHA_FIELD, WEIGHTS_FIELD
 from ganops.generate.source import Source
+from ganops.spec.evaluation import GANEvaluationSpec
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class EvaluateOptions:
-    """What the command line sets; None: the training spec's value."""
-
-    num_samples: int | None = None
-    metrics: tuple[str, ...] | None = None
-    inception_weights: str | None = None
-    inception_sha256: str | None = None
-    reference_split: str | None = None
-    data_root: str | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    device: str | None = None
 
 
 @dataclass
@@ -44,40 +32,23 @@ class EvaluateResult:
     elapsed_s: float
 
 
-def parse_metrics(text: str | None) -> tuple[str, ...] | None:
-    """``fid,kid`` → ("fid", "kid"); every problem names --metrics."""
-    if text is None:
-        return None
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRIC_VALUES]
-    if unknown or not names:
-        raise UserError(f"--metrics: unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(METRIC_VALUES)}")
-    if len(set(names)) != len(names):
-        raise UserError(f"--metrics: {text!r} names a metric twice")
-    return tuple(names)
-
-
-def check_options(opts: EvaluateOptions) -> None:
-    """The checks that need no run, before MLflow is asked anything."""
-    if opts.num_samples is not None and opts.num_samples < 2:
-        raise UserError(f"--num-samples: must be at least 2 (got {opts.num_samples}): FID needs a covariance")
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise UserError(f"--batch-size: must be >= 1 (got {opts.batch_size})")
-    sha = opts.inception_sha256
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
-        raise UserError(f"--inception-sha256: expected 64 hex digits, got {sha!r}")
-
-
 def evaluate(
-    source: Source, opts: EvaluateOptions, *, log: bool = True, show_progress: bool = True, echo: Echo = print
+    source: Source,
+    opts: GANEvaluationSpec,
+    *,
+    show_progress: bool = True,
+    echo: Echo = print,
+    spec_doc: dict[str, Any] | None = None,
 ) -> EvaluateResult:
-    """``show_progress``: live lines on stderr while the reference statistics and the samples are computed."""
+    """Score ``source``'s generator as ``opts`` says (unset fields: the training spec's
+    ``eval``); ``opts.log`` records the scores as an MLflow run, with ``spec_doc`` (the
+    resolved GANEvaluation) as ``evaluation.yaml``. ``show_progress``: live lines on stderr
+    while the reference statistics and the samples are computed."""
     import torch
 
     from ganops.evaluate.evaluator import EvalSettings, Evaluator
     from ganops.generate.source import load_generator
 
-    check_options(opts)
     spec = source.job.spec
     if opts.data_root:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": opts.data_root})})
@@ -93,7 +64,7 @@ def evaluate(
     sha_field = "--inception-sha256" if from_flag or opts.inception_sha256 else f"{SHA_FIELD} (or --inception-sha256)"
     overrides: dict[str, Any] = {"weights": weights, "sha256": sha, "weights_field": weights_field,
                                  "sha_field": sha_field}  # fmt: skip
-    for name, value in (("num_samples", opts.num_samples), ("metrics", opts.metrics), ("batch_size", opts.batch_size),
+    for name, value in (("num_samples", opts.num_samples), ("metrics", tuple(opts.metrics) if opts.metrics else None), ("batch_size", opts.batch_size),
                         ("seed", opts.seed), ("reference_split", opts.reference_split)):  # fmt: skip
         if value is not None:
             overrides[name] = value
@@ -124,7 +95,7 @@ def evaluate(
     assert scores is not None
     elapsed = time.time() - t0
     scores.record.update({"model_uri": source.model_uri, "training_run_id": source.run_id})
-    run_id = _log_run(source, settings, scores, elapsed) if log else None
+    run_id = _log_run(source, settings, scores, elapsed, spec_doc) if opts.log else None
     return EvaluateResult(scores, run_id, elapsed)
 
 
@@ -142,7 +113,7 @@ def _device(name: str | None) -> Any:
     return device
 
 
-def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> str:
+def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float, spec_doc: dict[str, Any] | None) -> str:
     """The evaluation's own MLflow run: options as params, scores as metrics, the record as an artifact."""
     from ganops.tracking import aside
 
@@ -160,7 +131,10 @@ def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float) -> s
     status = "FAILED"
     try:
         aside.log_metrics(uri, run_id, {**scores.mlflow_metrics(), "eval/time_s": elapsed})
-        aside.log_files(uri, run_id, {"scores.json": aside.json_bytes(scores.record)})
+        files = {"scores.json": aside.json_bytes(scores.record)}
+        if spec_doc is not None:  # the evaluation as asked, where the MLflow UI shows it
+            files["evaluation.yaml"] = yaml.safe_dump(spec_doc, sort_keys=False).encode()
+        aside.log_files(uri, run_id, files)
         status = "FINISHED"
     finally:
         aside.close_run(uri, run_id, status)
