@@ -321,3 +321,23 @@ def test_every_evaluation_field_is_documented_and_the_kinds_share_the_loader() -
     assert ev.kind == "GANEvaluation" and ev.spec.metrics == ["fid"] and ev.spec.num_samples is None
     with pytest.raises(SpecError, match="set exactly one of run_id and model"):
         loads_model(GANEvaluation, "metadata: {name: e}\nspec: {}\n", "inline")
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "message"),
+    [
+        ({"best_of": 2, "z_file": "z.npy"}, "spec.best_of", "cannot be combined with z_file"),
+        ({"interpolate": 4, "best_of": 3}, "spec.interpolate", "cannot be combined with z_file (--z) or best_of"),
+        ({"interpolate": 1}, "spec.interpolate", "needs at least 2 steps"),
+    ],
+)
+def test_generation_option_combinations_are_refused_by_the_spec_itself(fields: dict, path: str, message: str) -> None:
+    # The spec holds these rules, so a GANGeneration applied with kubectl is refused by the
+    # operator as `ganops generate` refuses the flags, before any model is looked up.
+    from ganops.spec.generation import GANGeneration
+    from ganops.spec.loader import validate_model
+
+    doc = {"metadata": {"name": "g"}, "spec": {"run_id": "abc", "out": "s3://b/o", **fields}}
+    with pytest.raises(SpecError) as e:
+        validate_model(GANGeneration, doc)
+    assert e.value.field == path and message in str(e.value)

@@ -54,15 +54,6 @@ class GenerateOptions:
                 raise UserError(f"{flag}: must be >= {least} (got {str(value)[:80]})", field=flag)
         if self.truncation is not None and not (self.truncation > 0 and math.isfinite(self.truncation)):
             raise UserError(f"--truncation: must be > 0 and finite (got {self.truncation})", field="--truncation")
-        if self.z_file and self.best_of > 1:
-            raise UserError(
-                "--best-of: cannot be combined with --z (the vectors are given, there is nothing to pick from)",
-                field="--best-of",
-            )
-        if self.interpolate is not None and (self.z_file or self.best_of > 1):
-            raise UserError("--interpolate: cannot be combined with --z or --best-of", field="--interpolate")
-        if self.interpolate is not None and self.interpolate < 2:
-            raise UserError(f"--interpolate: needs at least 2 steps (got {self.interpolate})", field="--interpolate")
         if not self.formats or any(f not in FORMATS for f in self.formats):
             raise UserError(f"--format: expected png, npz or both (got {','.join(self.formats)})", field="--format")
         if self.z_file is not None and (not self.z_file.strip() or "\0" in self.z_file):

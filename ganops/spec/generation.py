@@ -77,6 +77,20 @@ class GANGenerationSpec(_Strict):
             raise FieldValueError("run_id", "set exactly one of run_id and model")
         return self
 
+    @model_validator(mode="after")
+    def _combinations(self) -> GANGenerationSpec:
+        # Checked wherever the spec is (the CLI, the operator, the remote driver), before any
+        # model is looked up.
+        if self.z_file and self.best_of > 1:
+            raise FieldValueError(
+                "best_of", "cannot be combined with z_file (--z): the vectors are given, there is nothing to pick from"
+            )
+        if self.interpolate is not None and (self.z_file or self.best_of > 1):
+            raise FieldValueError("interpolate", "cannot be combined with z_file (--z) or best_of")
+        if self.interpolate is not None and self.interpolate < 2:
+            raise FieldValueError("interpolate", f"needs at least 2 steps (got {self.interpolate})")
+        return self
+
 
 class GANGeneration(_Resource):
     apiVersion: Literal["ganops.io/v1alpha1"] = API_VERSION  # noqa: N815 - Kubernetes field name
