@@ -23,6 +23,9 @@ from ganops.spec.models import GANJob, batchnorm_critic
 if TYPE_CHECKING:
     from ganops.evaluate.job import EvaluateResult
     from ganops.generate.job import GenerateResult
+    from ganops.generate.source import Source
+    from ganops.spec.evaluation import GANEvaluationSpec
+    from ganops.spec.generation import GANGenerationSpec
     from ganops.targets import JobStatus, Target
     from ganops.train.launch import RunResult
 
@@ -172,19 +175,13 @@ def generate(
 ) -> GenerateResult:
     """Run the generation ``gen`` here (``spec.workers`` > 1: on Ray workers, the embedded
     Ray or the cluster at ``address``). ``spec.tracking.uri`` unset means $MLFLOW_TRACKING_URI."""
-    import os
 
     from ganops.generate.job import generate as run
     from ganops.generate.latents import count_z
     from ganops.generate.options import GenerateOptions
-    from ganops.generate.source import resolve
 
     s = gen.spec
-    uri = s.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise UserError("spec.tracking.uri: which MLflow holds the model? (or set MLFLOW_TRACKING_URI)",
-                        field="spec.tracking.uri")  # fmt: skip
-    source = resolve(uri, run_id=s.run_id, model=s.model)
+    source = _model_source(s)
     num = s.num if s.num is not None else (count_z(s.z_file) if s.z_file else 64)
     opts = GenerateOptions.from_spec(s, num)
     echo(f"generator: {source.describe()}")
@@ -222,16 +219,23 @@ def evaluate(ev: GANEvaluation, *, show_progress: bool = True, echo: Callable[[s
     precision/recall as ``ev.spec`` says (unset fields: the training spec's ``eval``); with
     ``spec.log``, recorded as its own MLflow run. ``spec.tracking.uri`` unset means
     $MLFLOW_TRACKING_URI."""
-    import os
 
     from ganops.evaluate.job import evaluate as run
-    from ganops.generate.source import resolve
 
     s = ev.spec
-    uri = s.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    source = _model_source(s)
+    echo(f"generator: {source.describe()}")
+    return run(source, s, show_progress=show_progress, echo=echo, spec_doc=ev.to_dict())
+
+
+def _model_source(spec: GANGenerationSpec | GANEvaluationSpec) -> Source:
+    """The generator ``spec`` names, looked up in its MLflow ($MLFLOW_TRACKING_URI when unset)."""
+    import os
+
+    from ganops.generate.source import resolve
+
+    uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise UserError("spec.tracking.uri: which MLflow holds the model? (or set MLFLOW_TRACKING_URI)",
                         field="spec.tracking.uri")  # fmt: skip
-    source = resolve(uri, run_id=s.run_id, model=s.model)
-    echo(f"generator: {source.describe()}")
-    return run(source, s, show_progress=show_progress, echo=echo, spec_doc=ev.to_dict())
+    return resolve(uri, run_id=spec.run_id, model=spec.model)

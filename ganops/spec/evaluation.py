@@ -10,22 +10,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from ganops.errors import FieldValueError
-from ganops.spec.generation import GenerationTracking
-from ganops.spec.models import API_VERSION, METRICS, Metadata, PathStr, PositiveInt, Seed, _Resource, _Strict
+from ganops.spec.generation import GenerationTracking, ModelSource
+from ganops.spec.models import API_VERSION, METRICS, Metadata, PathStr, PositiveInt, Seed, _Resource
 
 EVALUATION_KIND = "GANEvaluation"
 # Where Inception runs: a torch device name.
 _DEVICE = r"cpu|cuda(:[0-9]{1,2})?|mps"
 
 
-class GANEvaluationSpec(_Strict):
-    run_id: str | None = None
-    """The training run whose generator to score."""
-    model: str | None = None
-    """Or a registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."""
+class GANEvaluationSpec(ModelSource):
     num_samples: Annotated[int, Field(ge=2)] | None = None
     """Generated (and reference) images (unset: the run's `eval.num_samples`); FID needs a covariance, so >= 2."""
     metrics: list[Literal["fid", "kid", "is", "pr"]] | None = None
@@ -49,12 +44,6 @@ class GANEvaluationSpec(_Strict):
     """Record the scores as an MLflow evaluation run tagged with the training run."""
     tracking: GenerationTracking = Field(default_factory=GenerationTracking)
     """Where the model's run is, and where this evaluation's own run goes."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> GANEvaluationSpec:
-        if (self.run_id is None) == (self.model is None):
-            raise FieldValueError("run_id", "set exactly one of run_id and model")
-        return self
 
     @field_validator("inception_sha256")
     @classmethod

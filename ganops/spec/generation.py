@@ -33,11 +33,22 @@ class GenerationTracking(_Strict):
     """MLflow tracking URI (default: the cluster's, i.e. the operator's MLFLOW_TRACKING_URI)."""
 
 
-class GANGenerationSpec(_Strict):
+class ModelSource(_Strict):
+    """The generator a job uses: a training run's, or a registered version (exactly one)."""
+
     run_id: str | None = None
     """The training run whose generator to use."""
     model: str | None = None
     """Or a registered generator: models:/NAME@ALIAS or models:/NAME/VERSION."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.run_id is None) == (self.model is None):
+            raise FieldValueError("run_id", "set exactly one of run_id and model")
+        return self
+
+
+class GANGenerationSpec(ModelSource):
     out: RequiredPath
     """Output: s3://bucket/prefix (or a path every node shares); must not hold a finished job."""
     num: PositiveInt | None = None
@@ -70,12 +81,6 @@ class GANGenerationSpec(_Strict):
     """Where the model's run is, and where this job's own run goes."""
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     """Pod sizes and image on Kubernetes (unset: the operator's defaults)."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> GANGenerationSpec:
-        if (self.run_id is None) == (self.model is None):
-            raise FieldValueError("run_id", "set exactly one of run_id and model")
-        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> GANGenerationSpec:
