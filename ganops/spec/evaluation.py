@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from ganops.spec.generation import GenerationTracking, ModelSource
-from ganops.spec.models import API_VERSION, METRICS, Metadata, PathStr, PositiveInt, Seed, _Resource
+from ganops.spec.models import API_VERSION, Metadata, PathStr, PositiveInt, Seed, _Resource, check_metrics
 
 EVALUATION_KIND = "GANEvaluation"
 # Where Inception runs: a torch device name.
@@ -59,14 +59,7 @@ class GANEvaluationSpec(ModelSource):
             raise ValueError("expected cpu, cuda, cuda:N or mps")
         return v
 
-    @field_validator("metrics")
-    @classmethod
-    def _unique(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not v:
-            raise ValueError("name at least one of " + ", ".join(METRICS))
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("lists a metric twice")
-        return v
+    _metrics = field_validator("metrics")(classmethod(lambda _cls, v: check_metrics(v)))
 
 
 class GANEvaluation(_Resource):

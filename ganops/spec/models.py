@@ -284,6 +284,15 @@ class TrackingSpec(_Strict):
 METRICS = ("fid", "kid", "is", "pr")
 
 
+def check_metrics(v: list[str] | None) -> list[str] | None:
+    """A metrics list names at least one metric, and each once."""
+    if v is not None and not v:
+        raise ValueError("name at least one of " + ", ".join(METRICS))
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError("lists a metric twice")
+    return v
+
+
 class EvalSpec(_Strict):
     every_epochs: PositiveInt | None = None
     """Score G every N epochs and at the end (unset: no evaluation during training)."""
@@ -302,14 +311,7 @@ class EvalSpec(_Strict):
     reference_split: Literal["train", "test"] | None = None
     """Split of the real data the scores compare against (default: `data.split`)."""
 
-    @field_validator("metrics")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("name at least one of " + ", ".join(METRICS))
-        if len(set(v)) != len(v):
-            raise ValueError("lists a metric twice")
-        return v
+    _metrics = field_validator("metrics")(classmethod(lambda _cls, v: check_metrics(v)))
 
 
 # The image size of each dataset with a fixed one; `fake` defaults to 32 (ganops.data.fake).
