@@ -324,7 +324,7 @@ def generate(
         }  # fmt: skip
         # A DNS label whatever the model is called (dots, underscores, capitals in a model name).
         name = name or re.sub(r"[^a-z0-9-]+", "-", f"gen-{source[:12]}-{seed}".lower())
-        gen = _generation_from_flags({"metadata": {"name": name}, "spec": spec})
+        gen = _spec_from_flags("GANGeneration", {"metadata": {"name": name}, "spec": spec}, _GENERATE_FLAGS)
     if target != "local":
         where = _remote(target, address, namespace)
         if dry_run:
@@ -339,8 +339,6 @@ def generate(
         return
     if gen.spec.tracking.uri is None:
         gen.spec.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(storage)[0]
-    if gen.spec.z_file and gen.spec.num is None:
-        gen.spec.num = _count_z(gen.spec.z_file)
     r = client.generate(gen, address=address, show_progress=not quiet, echo=_err)
     _err(
         f"done: {r.count} images in {r.shards} shards, {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
@@ -379,23 +377,6 @@ def _spec_from_flags(kind: str, doc: dict[str, Any], flags: dict[str, str]) -> A
 
         lines = [f"{flag(path)}: {message}" for path, message in e.problems]
         raise UserError("\n".join(lines), field=flag(e.field or "")) from None
-
-
-def _generation_from_flags(doc: dict[str, Any]) -> Any:
-    """The GANGeneration the flags stand for; errors name the flag."""
-    return _spec_from_flags("GANGeneration", doc, _GENERATE_FLAGS)
-
-
-def _count_z(path: str) -> int:
-    """--num defaults to the number of vectors in --z."""
-    from ganops.generate.latents import count_z
-
-    try:
-        return count_z(path)  # checks the shape: a 0-D array has no len()
-    except FileNotFoundError:
-        raise UserError(f"--z: no such file {path}") from None
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"--z: cannot read {path} ({e})") from None
 
 
 @cli.command()

@@ -181,13 +181,17 @@ def generate(
     from ganops.generate.options import GenerateOptions
 
     s = gen.spec
+    # `num` unset: one image per --z vector, else 64. Counted before MLflow is asked anything,
+    # so a bad --z file is refused first (read_z_file names --z); the spec kept with the
+    # output says what was made.
+    resolved = gen.model_copy(deep=True)
+    resolved.spec.num = s.num if s.num is not None else (count_z(s.z_file) if s.z_file else 64)
+    opts = GenerateOptions.from_spec(s, resolved.spec.num)
     source = _model_source(s)
-    num = s.num if s.num is not None else (count_z(s.z_file) if s.z_file else 64)
-    opts = GenerateOptions.from_spec(s, num)
     echo(f"generator: {source.describe()}")
     return run(
         source, opts, s.out, workers=s.workers, gpus_per_worker=s.gpus_per_worker, address=address,
-        show_progress=show_progress, echo=echo, spec=gen.to_dict(),
+        show_progress=show_progress, echo=echo, spec=resolved.to_dict(),
     )  # fmt: skip
 
 
