@@ -55,10 +55,11 @@ from ganops import spec as gspec
 from ganops import storage
 from ganops.errors import UserError
 from ganops.generate import core, latents, writer
-from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.generate.options import ModelInfo
 from ganops.images import to_uint8
 from ganops.nets import build_generator, resolve_config
 from ganops.nets.export import GeneratorExport
+from ganops.spec.generation import GANGenerationSpec
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
@@ -111,7 +112,10 @@ def ganops_side(
     """(A) one shard of a job: ``generate_shard`` then ``write_shard``, as ``ganops generate`` runs it."""
 
     def run(out_dir: str, start: int, stop: int, round_: int) -> dict[str, float]:
-        opts = GenerateOptions(num=args.images, seed=round_, batch_size=args.batch_size, shard_size=args.shard_size)
+        opts = GANGenerationSpec(
+            run_id="bench", out=out_dir, num=args.images, seed=round_, batch_size=args.batch_size,
+            shard_size=args.shard_size,
+        )  # fmt: skip
         shard = start // args.shard_size
         t0 = time.perf_counter()
         result = core.generate_shard(g, None, opts, info, shard, start, stop, device)

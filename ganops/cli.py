@@ -16,17 +16,9 @@ from typing import Any
 import click
 
 from ganops import __version__
+from ganops.cli_options import dump_as, err, set_option
 from ganops.errors import UserError
-
-SET_HELP = "Override a spec field, e.g. --set spec.train.epochs=3 (repeatable; YAML values)."
-
-
-def _set_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=SET_HELP)(f)
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
+from ganops.operator_cli import operator
 
 
 def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
@@ -42,9 +34,12 @@ def cli() -> None:
     """Train GANs data-parallel on Ray Train; track them in MLflow."""
 
 
+cli.add_command(operator)
+
+
 @cli.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@_set_option
+@set_option
 def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     """Validate SPEC and print the resolved spec (all defaults filled in)."""
     from ganops.client import load_job, preflight
@@ -60,7 +55,7 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     where = (
         f"; data: {info.num_images} images of {shape}" if info else f"; data not checked ({data.root} not found here)"
     )
-    _err(f"{spec_file}: valid{where}")
+    err(f"{spec_file}: valid{where}")
 
 
 def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,7 +89,7 @@ def _remote(target: str | None, address: str | None, namespace: str | None, *, a
 
 @cli.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False), required=False)
-@_set_option
+@set_option
 @click.option(
     "--target", type=click.Choice(["local", "ray", "k8s"]), envvar="GANOPS_TARGET", default="local",
     show_default=True,
@@ -125,14 +120,12 @@ def submit(
     writing a checkpoint. With --target ray or k8s the job runs on the cluster and this
     command returns once it is accepted: follow it with `ganops logs -f NAME`.
     """
-    from ganops.client import load_job, load_job_text, preflight
+    from ganops.client import load_job, load_job_b64, preflight
     from ganops.client import submit as sdk_submit
     from ganops.spec import dump
 
     if spec_b64:
-        from ganops.entrypoint import decode_spec
-
-        job = load_job_text(decode_spec(spec_b64), "--spec-b64", list(overrides))
+        job = load_job_b64(spec_b64, list(overrides))
     elif spec_file:
         job = load_job(spec_file, list(overrides), resolve_paths=target != "k8s")
     else:
@@ -144,9 +137,9 @@ def submit(
         click.echo(dump(job), nl=False)
     if dry_run:
         preflight(job)
-        _err(f"{spec_file or 'spec'}: valid (dry run: nothing submitted)")
+        err(f"{spec_file or 'spec'}: valid (dry run: nothing submitted)")
         return
-    result = sdk_submit(job, address=address, restart=restart, show_progress=not quiet, echo=_err)
+    result = sdk_submit(job, address=address, restart=restart, show_progress=not quiet, echo=err)
     if not result.trained:
         return
     _summary(result)
@@ -157,33 +150,24 @@ def _submit_remote(
     restart: bool, quiet: bool,
 ) -> None:  # fmt: skip
     from ganops import client
-    from ganops.targets.output import render
 
     if "://" not in job.spec.storage:
-        _err(
+        err(
             f"warning: spec.storage is the path {job.spec.storage}; on the cluster that is each pod's own disk "
             "unless it is shared (set s3://bucket/prefix to keep checkpoints)"
         )
     where = client.Remote(target, address=address, namespace=namespace)  # type: ignore[arg-type]
     if dry_run:
-        click.echo(_dump(client.remote_request(job, where, restart=restart), output or "yaml"), nl=False)
-        _err("dry run: nothing submitted")
+        click.echo(dump_as(client.remote_request(job, where, restart=restart), output or "yaml"), nl=False)
+        err("dry run: nothing submitted")
         return
     status = client.submit_remote(job, where, restart=restart)
     if output:
-        click.echo(render([status], output, single=True), nl=False)
+        click.echo(client.render([status], output, single=True), nl=False)
     elif not quiet:
-        click.echo(render([status], "table"), nl=False)
+        click.echo(client.render([status], "table"), nl=False)
     where_ns = f" in namespace {status.namespace}" if status.namespace else ""
-    _err(f"submitted {job.name}{where_ns}: follow it with `ganops logs -f {job.name} --target {target}`")
-
-
-def _dump(obj: Any, fmt: str) -> str:
-    import json
-
-    import yaml
-
-    return json.dumps(obj, indent=2) + "\n" if fmt == "json" else yaml.safe_dump(obj, sort_keys=False)
+    err(f"submitted {job.name}{where_ns}: follow it with `ganops logs -f {job.name} --target {target}`")
 
 
 @cli.command()
@@ -196,10 +180,9 @@ def _dump(obj: Any, fmt: str) -> str:
 def status(name: str, target: str | None, address: str | None, namespace: str | None, output: str) -> None:
     """Show the job NAME: phase, times, MLflow run, latest checkpoint, message."""
     from ganops import client
-    from ganops.targets.output import render
 
     st = client.status(name, _remote(target, address, namespace))
-    click.echo(render([st], "wide" if output == "table" else output, single=True), nl=False)
+    click.echo(client.render([st], "wide" if output == "table" else output, single=True), nl=False)
 
 
 @cli.command(name="list")
@@ -214,10 +197,9 @@ def list_jobs(
 ) -> None:
     """List ganops jobs (training and generation), newest first."""
     from ganops import client
-    from ganops.targets.output import render
 
     rows = client.list_jobs(_remote(target, address, namespace, all_namespaces=all_namespaces))
-    click.echo(render(rows, output), nl=False)
+    click.echo(client.render(rows, output), nl=False)
 
 
 @cli.command()
@@ -247,7 +229,7 @@ def cancel(name: str, target: str | None, address: str | None, namespace: str | 
     from ganops import client
 
     st = client.cancel(name, _remote(target, address, namespace))
-    _err(f"{name}: {st.phase}" + (f" ({st.message})" if st.message else ""))
+    err(f"{name}: {st.phase}" + (f" ({st.message})" if st.message else ""))
 
 
 @cli.command()
@@ -298,15 +280,10 @@ def generate(
     interrupted job never looks complete), and records the job as its own MLflow run.
     With --target ray or k8s it runs as a job on the cluster (a GANGeneration on k8s).
     """
-    from ganops import client, tracking
-    from ganops.tracking import embedded_store
+    from ganops import client
 
     if spec_b64:  # a remote driver: the GANGeneration itself, validated as the submitter's was
-        from ganops.entrypoint import decode_spec
-        from ganops.spec.generation import GANGeneration
-        from ganops.spec.loader import loads_model
-
-        gen = loads_model(GANGeneration, decode_spec(spec_b64), "--spec-b64")
+        gen = client.load_generation_b64(spec_b64)
     else:
         if out is None:
             raise click.UsageError("missing option '--out' / '-o'")
@@ -320,7 +297,7 @@ def generate(
             "workers": workers, "gpus_per_worker": gpus_per_worker,
             # On a Ray cluster the driver is another process, maybe another machine: give it
             # the store this command would use. On k8s the cluster's own MLflow is the default.
-            "tracking": {"uri": tracking_uri or (embedded_store(storage)[0] if target != "k8s" else None)},
+            "tracking": {"uri": tracking_uri or (client.embedded_tracking_uri(storage) if target != "k8s" else None)},
         }  # fmt: skip
         # A DNS label whatever the model is called (dots, underscores, capitals in a model name).
         name = name or re.sub(r"[^a-z0-9-]+", "-", f"gen-{source[:12]}-{seed}".lower())
@@ -328,23 +305,21 @@ def generate(
     if target != "local":
         where = _remote(target, address, namespace)
         if dry_run:
-            click.echo(_dump(client.remote_request(gen, where), "yaml"), nl=False)
-            _err("dry run: nothing submitted")
+            click.echo(dump_as(client.remote_request(gen, where), "yaml"), nl=False)
+            err("dry run: nothing submitted")
             return
-        from ganops.targets.output import render
-
         st = client.submit_remote(gen, where)
-        click.echo(render([st], "table"), nl=False)
-        _err(f"submitted {gen.name}: follow it with `ganops logs -f {gen.name} --target {target}`")
+        click.echo(client.render([st], "table"), nl=False)
+        err(f"submitted {gen.name}: follow it with `ganops logs -f {gen.name} --target {target}`")
         return
     if gen.spec.tracking.uri is None:
-        gen.spec.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(storage)[0]
-    r = client.generate(gen, address=address, show_progress=not quiet, echo=_err)
-    _err(
+        gen.spec.tracking.uri = os.environ.get("MLFLOW_TRACKING_URI") or client.embedded_tracking_uri(storage)
+    r = client.generate(gen, address=address, show_progress=not quiet, echo=err)
+    err(
         f"done: {r.count} images in {r.shards} shards, {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
         f"  output       {r.out_uri}\n  manifest     {r.manifest_uri}\n"
         + (f"  preview      {r.preview_uri}\n" if r.preview_uri else "")
-        + tracking.summary_line(r.generation_run_id or "-")
+        + client.run_line(r.generation_run_id or "-")
     )
 
 
@@ -391,70 +366,14 @@ def ui(storage: str, host: str, port: int) -> None:
     Jobs without spec.tracking.uri (and no MLFLOW_TRACKING_URI) log to a local SQLite
     store under their storage root; this shows it. Ctrl-C stops the UI.
     """
-    from ganops import tracking
+    from ganops import client
 
-    cmd, address = tracking.ui_command(storage, host, port)
-    _err(f"MLflow UI for {storage}: {address}  (Ctrl-C to stop)")
+    cmd, address = client.ui_command(storage, host, port)
+    err(f"MLflow UI for {storage}: {address}  (Ctrl-C to stop)")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
     sys.stderr.flush()
     # Become the server: Ctrl-C and SIGTERM reach it directly, and no child outlives us.
     os.execve(cmd[0], cmd, env)
-
-
-@cli.group()
-def operator() -> None:
-    """The Kubernetes operator: run it, or see what it would create."""
-
-
-@operator.command(name="run")
-@click.option("--namespace", "-n", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
-@click.option("--all-namespaces", "-A", is_flag=True, help="Watch every namespace (needs the cluster-wide RBAC).")
-@click.option("--liveness", metavar="URL", help="Serve a health endpoint, e.g. http://0.0.0.0:8080/healthz.")
-@click.option("--kubeconfig", envvar="KUBECONFIG", help="Kube config (default: in-cluster, else ~/.kube/config).")
-def operator_run(
-    namespaces: tuple[str, ...], all_namespaces: bool, liveness: str | None, kubeconfig: str | None
-) -> None:
-    """Run the operator until SIGINT/SIGTERM: GANJobs and GANGenerations become RayJobs."""
-    if bool(namespaces) == all_namespaces:
-        raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")
-    from ganops.k8s import operator as op
-
-    # A bad GANOPS_* value fails here, not per job.
-    config = op.OperatorConfig.from_env(namespaces=namespaces, all_namespaces=all_namespaces, kubeconfig=kubeconfig)
-    op.run(config, liveness=liveness)
-
-
-@operator.command()
-@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
-@_set_option
-@click.option("--namespace", "-n", default="default", show_default=True)
-def render(spec_file: str, overrides: tuple[str, ...], namespace: str) -> None:
-    """Print the RayJob the operator would create for the GANJob of SPEC.
-
-    Defaults come from the same GANOPS_* environment variables as the operator's.
-    """
-    from ganops.client import load_job
-    from ganops.k8s.objects import custom_object
-    from ganops.k8s.render import Defaults
-    from ganops.k8s.render import render as render_rayjob
-
-    job = load_job(spec_file, list(overrides), resolve_paths=False)
-    obj = custom_object(job, namespace)
-    obj["metadata"]["uid"] = "<GANJob uid>"
-    click.echo(_dump(render_rayjob(obj, Defaults.from_env()), "yaml"), nl=False)
-
-
-@operator.command()
-@click.option("--out-dir", type=click.Path(file_okay=False), help="Write one file per CRD here (default: print).")
-def crd(out_dir: str | None) -> None:
-    """The GANJob and GANGeneration CRDs, generated from the spec models."""
-    from ganops.k8s import crd as crds
-
-    if out_dir:
-        for path in crds.write(out_dir):
-            _err(f"wrote {path}")
-    else:
-        click.echo("---\n".join(crds.crd_files().values()), nl=False)
 
 
 @cli.command()
@@ -497,9 +416,7 @@ def evaluate(
     the real-data statistics are computed once and cached under the run's storage. Prints
     the scores and records them as an MLflow run tagged with the training run.
     """
-    from ganops import client, tracking
-    from ganops.evaluate.job import table
-    from ganops.tracking import embedded_store
+    from ganops import client
 
     source = run_id or (model_uri or "").rsplit("/", 1)[-1].replace("@", "-")
     spec = {
@@ -507,15 +424,15 @@ def evaluate(
         "metrics": [m.strip().lower() for m in metrics.split(",") if m.strip()] if metrics is not None else None,
         "inception_weights": inception_weights, "inception_sha256": inception_sha256,
         "reference_split": reference_split, "data_root": data_root, "batch_size": batch_size, "seed": seed,
-        "device": device, "log": log, "tracking": {"uri": tracking_uri or embedded_store(storage)[0]},
+        "device": device, "log": log, "tracking": {"uri": tracking_uri or client.embedded_tracking_uri(storage)},
     }  # fmt: skip
     name = re.sub(r"[^a-z0-9-]+", "-", f"eval-{source[:12]}".lower()).strip("-")
     ev = _spec_from_flags("GANEvaluation", {"metadata": {"name": name}, "spec": spec}, _EVALUATE_FLAGS)
-    result = client.evaluate(ev, show_progress=not quiet, echo=_err)
-    click.echo(table(result.scores))
-    _err(f"done in {result.elapsed_s:.1f}s")
+    result = client.evaluate(ev, show_progress=not quiet, echo=err)
+    click.echo(result.scores.table())
+    err(f"done in {result.elapsed_s:.1f}s")
     if result.evaluation_run_id:
-        _err(tracking.summary_line(result.evaluation_run_id))
+        err(client.run_line(result.evaluation_run_id))
 
 
 # The flag each GANEvaluation field comes from: errors name what the user typed.
@@ -539,13 +456,15 @@ def _summary(r: Any) -> None:
     ]
     if r.gif_uri:
         lines.append(f"  training GIF   {r.gif_uri}")
+    if r.restarts:
+        lines.append(f"  recovered      {r.restarts} time(s) from lost workers (spec.scaling.max_failures)")
     if r.mlflow_run_id:
-        from ganops import tracking
+        from ganops import client
 
-        lines.append(tracking.summary_line(r.mlflow_run_id, r.mlflow_hint or ""))
+        lines.append(client.run_line(r.mlflow_run_id, r.mlflow_hint or ""))
     if r.stopped_early:
         lines.append("  resume with the same command")
-    _err("\n".join(lines))
+    err("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -554,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="ganops", standalone_mode=False)
     except click.exceptions.Abort:
-        _err("aborted")
+        err("aborted")
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -562,10 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         if debug:
             raise
-        _err(f"error: {e}")
+        err(f"error: {e}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        _err("interrupted")
+        err("interrupted")
         sys.exit(130)
 
 

@@ -46,6 +46,23 @@ def load_job_text(text: str, source: str, overrides: list[str] | None = None) ->
     return _resolve_paths(loads(text, source, overrides))
 
 
+def load_job_b64(b64: str, overrides: list[str] | None = None) -> GANJob:
+    """``load_job_text`` for a spec that came base64-encoded (``submit --spec-b64``: what
+    a remote driver's entrypoint carries)."""
+    from ganops.entrypoint import decode_spec
+
+    return load_job_text(decode_spec(b64), "--spec-b64", overrides)
+
+
+def load_generation_b64(b64: str) -> GANGeneration:
+    """The GANGeneration a remote driver received (``generate --spec-b64``), validated as
+    the submitter's was."""
+    from ganops.entrypoint import decode_spec
+    from ganops.spec.loader import loads_model
+
+    return loads_model(GANGeneration, decode_spec(b64), "--spec-b64")
+
+
 def _resolve_paths(job: GANJob) -> GANJob:
     spec = job.spec
     if spec.data.root and "://" not in spec.data.root:
@@ -177,22 +194,19 @@ def generate(
     Ray or the cluster at ``address``). ``spec.tracking.uri`` unset means $MLFLOW_TRACKING_URI."""
 
     from ganops.generate.job import generate as run
-    from ganops.generate.latents import count_z
-    from ganops.generate.options import GenerateOptions
+    from ganops.generate.latents import read_z_file
 
     s = gen.spec
-    # `num` unset: one image per --z vector, else 64. Counted before MLflow is asked anything,
-    # so a bad --z file is refused first (read_z_file names --z); the spec kept with the
-    # output says what was made.
+    # `num` unset: one image per --z vector, else 64. The file is read (once) before MLflow is
+    # asked anything, so a bad --z file is refused first; the spec kept with the output says
+    # what was made.
+    z_file = read_z_file(s.z_file) if s.z_file else None
     resolved = gen.model_copy(deep=True)
-    resolved.spec.num = s.num if s.num is not None else (count_z(s.z_file) if s.z_file else 64)
-    opts = GenerateOptions.from_spec(s, resolved.spec.num)
+    if s.num is None:
+        resolved.spec.num = len(z_file[0]) if z_file is not None else 64
     source = _model_source(s)
     echo(f"generator: {source.describe()}")
-    return run(
-        source, opts, s.out, workers=s.workers, gpus_per_worker=s.gpus_per_worker, address=address,
-        show_progress=show_progress, echo=echo, spec=resolved.to_dict(),
-    )  # fmt: skip
+    return run(source, resolved, z_file=z_file, address=address, show_progress=show_progress, echo=echo)
 
 
 def status(name: str, where: Remote) -> JobStatus:
@@ -230,6 +244,40 @@ def evaluate(ev: GANEvaluation, *, show_progress: bool = True, echo: Callable[[s
     source = _model_source(s)
     echo(f"generator: {source.describe()}")
     return run(source, s, show_progress=show_progress, echo=echo, spec_doc=ev.to_dict())
+
+
+# -- tracking and output ------------------------------------------------------------------
+
+
+def embedded_tracking_uri(storage_root: str) -> str:
+    """The MLflow tracking URI of the embedded (SQLite) store of a storage root: where jobs
+    without ``spec.tracking.uri`` (and no $MLFLOW_TRACKING_URI) log."""
+    from ganops import tracking
+
+    return tracking.embedded_store(storage_root)[0]
+
+
+def ui_command(storage_root: str, host: str = "127.0.0.1", port: int = 5000) -> tuple[list[str], str]:
+    """The ``mlflow ui`` command line that serves a storage root's embedded store, and its address."""
+    from ganops import tracking
+
+    return tracking.ui_command(storage_root, host, port)
+
+
+def run_line(run_id: str, hint: str = "") -> str:
+    """The MLflow run's line in a command's closing summary (what ``ganops logs`` and the
+    SDK's status recognise as the run of a driver's output)."""
+    from ganops import tracking
+
+    return tracking.summary_line(run_id, hint)
+
+
+def render(statuses: list[JobStatus], fmt: str = "table", *, single: bool = False) -> str:
+    """Job statuses as ``kubectl get`` prints them: ``table``, ``wide``, ``yaml`` or ``json``
+    (``single``: one object rather than a list)."""
+    from ganops.targets.output import render as render_rows
+
+    return render_rows(statuses, fmt, single=single)
 
 
 def _model_source(spec: GANGenerationSpec | GANEvaluationSpec) -> Source:

@@ -92,6 +92,14 @@ class ResourceError(UserError):
     exit_code = 3
 
 
+class JobFailedError(UserError):
+    """The job stopped for a reason its message explains, with its checkpoints kept: a run
+    that diverged, workers lost more often than ``spec.scaling.max_failures`` allows.
+    Shown without a traceback; the settings it names are the user's to change."""
+
+    exit_code = 1
+
+
 class FieldValueError(ValueError):
     """A model validator's complaint about one of the model's fields (``field`` is its
     path relative to the model, e.g. ``root`` or ``train.batch_size``).

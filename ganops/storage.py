@@ -42,6 +42,11 @@ CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
 # whole transfer).
 CONNECT_TIMEOUT_S = 5.0
 STALL_TIMEOUT_S = 60.0
+# Every S3 request (checkpoint uploads included) is tried this many times: transient
+# errors (HTTP 5xx, 503 SlowDown, throttling, dropped connections) are retried with the
+# AWS SDK's backoff, so up to S3_ATTEMPTS - 1 failures in a row cost a little time, not
+# the checkpoint. (pyarrow's own default is 3 attempts.)
+S3_ATTEMPTS = 5
 CHECK_CONNECT_TIMEOUT_S = 3.0
 CHECK_READ_TIMEOUT_S = 10.0
 DOWNLOAD_THREADS = 16
@@ -94,7 +99,11 @@ def _region() -> str | None:
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": STALL_TIMEOUT_S}
+    kwargs: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "request_timeout": STALL_TIMEOUT_S,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+    }
     endpoint = _endpoint()
     if endpoint:
         parsed = urlparse(endpoint[0])
@@ -185,16 +194,47 @@ def replace_dir_from_local(local: str, fs: pafs.FileSystem, dest: str, *, last: 
     Train's storage filesystem), ``last`` after all others: a marker written last means
     the files before it are complete. A directory already at ``dest`` is a leftover of an
     interrupted write (it never got its marker) and is deleted first."""
-    if fs.get_file_info(dest).type != pafs.FileType.NotFound:
-        fs.delete_dir(dest)
-    fs.create_dir(dest, recursive=True)
-    for name in sorted(os.listdir(local), key=lambda n: n == last):
-        pafs.copy_files(
-            os.path.join(local, name),
-            posixpath.join(dest, name),
-            source_filesystem=pafs.LocalFileSystem(),
-            destination_filesystem=fs,
-        )
+    try:
+        if fs.get_file_info(dest).type != pafs.FileType.NotFound:
+            fs.delete_dir(dest)
+        fs.create_dir(dest, recursive=True)
+        for name in sorted(os.listdir(local), key=lambda n: n == last):
+            if name == last:
+                _fault_point("before-marker", dest)
+            pafs.copy_files(
+                os.path.join(local, name),
+                posixpath.join(dest, name),
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
+    except OSError as e:
+        # Past the retries (S3_ATTEMPTS per request): say what was being written. Without
+        # its marker the directory is never trusted; what was written before is untouched.
+        where = f"{fs.type_name}://{dest}" if fs.type_name == "s3" else dest
+        raise OSError(f"could not write {where} (each request tried {S3_ATTEMPTS} times): {e}") from e
+
+
+def _fault_point(point: str, dest: str) -> None:
+    """A crash on purpose, for the tests of what a crash leaves behind (tests/test_failures.py).
+
+    ``GANOPS_FAULT=POINT:NAME:FLAG`` SIGKILLs this process at ``POINT`` while writing a
+    directory named ``NAME``, once: only if the file ``FLAG`` does not exist yet (it is
+    created first). Unset, this is one dictionary lookup.
+    """
+    fault = os.environ.get("GANOPS_FAULT")
+    if not fault:
+        return
+    at, name, flag = (fault.split(":", 2) + ["", ""])[:3]
+    if at != point or posixpath.basename(dest.rstrip("/")) != name or not flag:
+        return
+    try:
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable(loc: Location, *, field: str = STORAGE_FIELD) -> None:

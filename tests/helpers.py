@@ -53,3 +53,15 @@ def cli_in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
         code = int(e.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def generation(out: str = "/nowhere", *, run_id: str = "run", formats: tuple[str, ...] | None = None, **fields: object):
+    """A validated ``GANGeneration`` (what ``client.generate`` runs), its fields as keyword
+    arguments; ``formats`` as a tuple of ``png``/``npz`` stands for ``format``."""
+    from ganops.spec.generation import GANGeneration
+    from ganops.spec.loader import validate_model
+
+    if formats is not None:
+        fields["format"] = "both" if set(formats) == {"png", "npz"} else formats[0]
+    spec = {"run_id": run_id, "out": out, **fields}
+    return validate_model(GANGeneration, {"metadata": {"name": "gen"}, "spec": spec})

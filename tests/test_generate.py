@@ -14,11 +14,10 @@ import pytest
 from ganops import jobdir
 from ganops.errors import UserError
 from ganops.generate.job import generate
-from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator, resolve
 from ganops.tracking import embedded_store
 from tests.conftest import mnist_job, run
-from tests.helpers import run_cli
+from tests.helpers import generation, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -96,9 +95,12 @@ def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempP
 
 
 def _gen(source: Source, out: Path | str, **kw: object):
-    workers = kw.pop("workers", 1)
-    opts = GenerateOptions(**{"num": 40, "batch_size": 16, "shard_size": 16, **kw})
-    return generate(source, opts, str(out), workers=workers, show_progress=False, echo=lambda _m: None)
+    """The engine, given ``source``, as client.generate runs it (the --z file read once)."""
+    from ganops.generate.latents import read_z_file
+
+    gen = generation(str(out), **{"num": 40, "batch_size": 16, "shard_size": 16, **kw})
+    z_file = read_z_file(gen.spec.z_file) if gen.spec.z_file else None
+    return generate(source, gen, z_file=z_file, show_progress=False, echo=lambda _m: None)
 
 
 def _pngs(out: Path) -> dict[str, bytes]:
@@ -123,7 +125,7 @@ def test_the_cli_writes_images_shards_a_preview_and_the_manifest_last(trained: S
     manifest = writer.verify(storage.locate(str(out)))  # every checksum matches what is on disk
     assert manifest["count"] == 300 and [s["count"] for s in manifest["shards"]] == [128, 128, 44]
     assert manifest["model_uri"] == trained.model_uri and manifest["training_run_id"] == trained.run_id
-    assert manifest["seed"] == 3 and manifest["options"]["formats"] == ["png", "npz"]
+    assert manifest["seed"] == 3 and manifest["spec"]["spec"]["format"] == "both"
     assert len(_pngs(out)) == 300 and (out / "preview.png").exists()
     shard = np.load(out / "npz" / "shard_00002.npz")
     assert shard["images"].shape == (44, 28, 28, 1) and shard["images"].dtype == np.uint8
@@ -212,7 +214,7 @@ def test_best_of_ranks_each_generator_with_the_discriminator_saved_with_it(champ
 
     def ranked_by(source: Source, checkpoint: str) -> np.ndarray:
         g, d = load_generator(source), _discriminator_of(checkpoint, source)
-        return core.generate_shard(g, d, GenerateOptions(**opts), source.info, 0, 0, 12, torch.device("cpu")).images
+        return core.generate_shard(g, d, generation(**opts).spec, source.info, 0, 0, 12, torch.device("cpu")).images
 
     # The champion (epoch 1, the job's best/) ranks with best/'s D, not with the latest (epoch 2) D.
     for model in ("models:/gen-champion@champion", f"models:/gen-champion/{champion['champion_version']}"):

@@ -18,13 +18,22 @@ from PIL import Image
 from ganops import jobdir, storage
 from ganops.errors import UserError
 from ganops.generate import core, latents, writer
-from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.generate.options import ModelInfo
 from ganops.generate.source import Source, discriminator_checkpoint, load_discriminator
 from ganops.nets import build_discriminator, build_generator
 from ganops.nets.export import GeneratorExport
+from ganops.spec.generation import GANGenerationSpec
 from ganops.spec.models import ModelSpec
+from tests.helpers import generation
 
 CPU = torch.device("cpu")
+
+
+def _opts(**fields: object) -> GANGenerationSpec:
+    """A validated generation spec (num resolved, as client.generate leaves it)."""
+    return generation(**fields).spec
+
+
 SHAPE = (1, 28, 28)
 LATENT = 16
 CLASSES = 10
@@ -85,21 +94,21 @@ def test_shard_ranges_cover_every_index_exactly_once(num: int, size: int) -> Non
 
 
 def test_a_shards_latents_are_the_same_whatever_order_the_shards_are_made_in() -> None:
-    opts = GenerateOptions(num=50, seed=7, shard_size=20)
-    ranges = latents.shard_ranges(opts.num, opts.shard_size)
+    opts = _opts(num=50, seed=7, shard_size=20)
+    ranges = latents.shard_ranges(opts.count, opts.shard_size)
     forward = [latents.shard_latents(opts, INFO, s, *r)[0] for s, r in enumerate(ranges)]
     backward = [latents.shard_latents(opts, INFO, s, *r)[0] for s, r in reversed(list(enumerate(ranges)))][::-1]
     for a, b in zip(forward, backward, strict=True):
         assert a.dtype == np.float32 and np.array_equal(a, b)
     assert [len(z) for z in forward] == [20, 20, 10]
     assert not np.array_equal(forward[0][:10], forward[2])  # shards draw from their own streams
-    other_seed = latents.shard_latents(GenerateOptions(num=50, seed=8, shard_size=20), INFO, 0, 0, 20)[0]
+    other_seed = latents.shard_latents(_opts(num=50, seed=8, shard_size=20), INFO, 0, 0, 20)[0]
     assert not np.allclose(other_seed, forward[0])
 
 
 def test_truncation_bounds_every_entry_and_resamples_rather_than_clips() -> None:
     t = 0.5
-    opts = GenerateOptions(num=200, truncation=t)
+    opts = _opts(num=200, truncation=t)
     z, _ = latents.shard_latents(opts, INFO, 0, 0, 200)
     assert z.shape == (200, LATENT)
     assert np.abs(z).max() <= t
@@ -108,62 +117,62 @@ def test_truncation_bounds_every_entry_and_resamples_rather_than_clips() -> None
     hist, _ = np.histogram(z, bins=10, range=(-t, t))
     assert hist.min() > 0.05 * z.size
     assert np.array_equal(z, latents.shard_latents(opts, INFO, 0, 0, 200)[0])
-    with pytest.raises(UserError, match="--truncation"):
-        latents.shard_latents(GenerateOptions(num=4, truncation=0.0), INFO, 0, 0, 4)
+    with pytest.raises(UserError, match="truncation"):  # refused by the spec, before any latent
+        _opts(num=4, truncation=0.0)
 
 
 def test_class_index_gives_every_image_that_class() -> None:
-    _, labels = latents.shard_latents(GenerateOptions(num=30, class_index=4), INFO_COND, 1, 10, 30)
+    _, labels = latents.shard_latents(_opts(num=30, class_index=4), INFO_COND, 1, 10, 30)
     assert labels is not None and labels.dtype == np.int64
     assert labels.tolist() == [4] * 20
 
 
 def test_classes_cycle_with_the_image_index_by_default_and_unconditional_models_get_none() -> None:
-    _, labels = latents.shard_latents(GenerateOptions(num=30), INFO_COND, 1, 7, 30)
+    _, labels = latents.shard_latents(_opts(num=30), INFO_COND, 1, 7, 30)
     assert labels.tolist() == [i % CLASSES for i in range(7, 30)]
-    assert latents.shard_latents(GenerateOptions(num=30), INFO, 0, 0, 30)[1] is None
+    assert latents.shard_latents(_opts(num=30), INFO, 0, 0, 30)[1] is None
 
 
 def test_best_of_candidates_carry_their_images_label() -> None:
-    opts = GenerateOptions(num=12, best_of=3)
+    opts = _opts(num=12, best_of=3)
     z, labels = latents.shard_latents(opts, INFO_COND, 0, 5, 12)
     assert z.shape == (7 * 3, LATENT)
     assert labels.tolist() == [i % CLASSES for i in range(5, 12) for _ in range(3)]
     # Each image's first candidate is the vector best-of-1 uses: best-of only adds choices.
-    assert np.array_equal(z[::3], latents.shard_latents(GenerateOptions(num=12), INFO_COND, 0, 5, 12)[0])
+    assert np.array_equal(z[::3], latents.shard_latents(_opts(num=12), INFO_COND, 0, 5, 12)[0])
     # and candidate c of an image is the same whatever K (> c) is, with --truncation too.
     for t in (None, 0.9):
-        two = latents.shard_latents(GenerateOptions(num=12, best_of=2, truncation=t), INFO, 0, 5, 12)[0]
-        five = latents.shard_latents(GenerateOptions(num=12, best_of=5, truncation=t), INFO, 0, 5, 12)[0]
+        two = latents.shard_latents(_opts(num=12, best_of=2, truncation=t), INFO, 0, 5, 12)[0]
+        five = latents.shard_latents(_opts(num=12, best_of=5, truncation=t), INFO, 0, 5, 12)[0]
         assert np.array_equal(two.reshape(7, 2, LATENT), five.reshape(7, 5, LATENT)[:, :2])
 
 
 def test_vectors_from_a_z_file_are_used_as_they_are() -> None:
     z_all = np.random.default_rng(0).standard_normal((9, LATENT)).astype(np.float32)
     labels_all = np.arange(9) % 3
-    z, labels = latents.shard_latents(GenerateOptions(num=9), INFO_COND, 1, 4, 9, z_all, labels_all)
+    z, labels = latents.shard_latents(_opts(num=9), INFO_COND, 1, 4, 9, z_all, labels_all)
     assert np.array_equal(z, z_all[4:9]) and labels.tolist() == labels_all[4:9].tolist()
-    with pytest.raises(UserError, match="--best-of"):
-        latents.shard_latents(GenerateOptions(num=9, best_of=2), INFO, 0, 0, 9, z_all)
+    with pytest.raises(UserError, match="best_of"):  # the spec refuses best-of with given vectors
+        _opts(num=9, best_of=2, z_file="z.npy")
 
 
 # --- interpolation -----------------------------------------------------------------------
 
 
 def test_interpolation_walks_start_and_end_on_anchors_that_consecutive_walks_share() -> None:
-    opts = GenerateOptions(num=4, interpolate=6, seed=3)
+    opts = _opts(num=4, interpolate=6, seed=3)
     z, labels = latents.interpolation_latents(opts, INFO)
     assert z.shape == (4, 6, LATENT) and z.dtype == np.float32 and labels is None
-    anchors = latents.shard_latents(GenerateOptions(num=5, seed=3), INFO, 0, 0, 5)[0]  # images 0..4 of seed 3
+    anchors = latents.shard_latents(_opts(num=5, seed=3), INFO, 0, 0, 5)[0]  # images 0..4 of seed 3
     for i in range(4):
         assert np.array_equal(z[i, 0], anchors[i]) and np.array_equal(z[i, -1], anchors[i + 1])
     assert np.array_equal(z[:-1, -1], z[1:, 0])
     assert np.array_equal(z, latents.interpolation_latents(opts, INFO)[0])
-    assert not np.allclose(z, latents.interpolation_latents(GenerateOptions(num=4, interpolate=6, seed=4), INFO)[0])
+    assert not np.allclose(z, latents.interpolation_latents(_opts(num=4, interpolate=6, seed=4), INFO)[0])
 
 
 def test_slerp_keeps_the_norm_between_the_anchors_norms_where_a_straight_line_would_sag() -> None:
-    z, _ = latents.interpolation_latents(GenerateOptions(num=8, interpolate=9), INFO)
+    z, _ = latents.interpolation_latents(_opts(num=8, interpolate=9), INFO)
     for walk in z.astype(np.float64):
         norms = np.linalg.norm(walk, axis=1)
         lo, hi = sorted((norms[0], norms[-1]))
@@ -173,15 +182,20 @@ def test_slerp_keeps_the_norm_between_the_anchors_norms_where_a_straight_line_wo
 
 
 def test_interpolation_gives_each_walk_one_class() -> None:
-    _, labels = latents.interpolation_latents(GenerateOptions(num=12, interpolate=3), INFO_COND)
+    _, labels = latents.interpolation_latents(_opts(num=12, interpolate=3), INFO_COND)
     assert labels.tolist() == [i % CLASSES for i in range(12)]
-    _, labels = latents.interpolation_latents(GenerateOptions(num=3, interpolate=3, class_index=2), INFO_COND)
+    _, labels = latents.interpolation_latents(_opts(num=3, interpolate=3, class_index=2), INFO_COND)
     assert labels.tolist() == [2, 2, 2]
-    with pytest.raises(UserError, match="--interpolate"):
-        latents.interpolation_latents(GenerateOptions(num=3, interpolate=1), INFO)
+    with pytest.raises(UserError, match="interpolate"):
+        _opts(num=3, interpolate=1)
 
 
 # --- --z files ---------------------------------------------------------------------------
+
+
+def _load_z(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """A --z file as generate reads it: once (read_z_file), then checked against the model."""
+    return latents.check_z(latents.read_z_file(path), path, info)
 
 
 def _save_npy(path: Path, a: np.ndarray) -> str:
@@ -191,20 +205,20 @@ def _save_npy(path: Path, a: np.ndarray) -> str:
 
 def test_a_npy_z_file_round_trips(tmp_path: Path) -> None:
     z = np.random.default_rng(1).standard_normal((5, LATENT))
-    got, labels = latents.load_z_file(_save_npy(tmp_path / "z.npy", z), INFO)
+    got, labels = _load_z(_save_npy(tmp_path / "z.npy", z), INFO)
     assert got.dtype == np.float32 and np.array_equal(got, z.astype(np.float32)) and labels is None
 
 
 def test_a_npz_z_file_round_trips_with_its_labels(tmp_path: Path) -> None:
     z = np.random.default_rng(2).standard_normal((6, LATENT)).astype(np.float32)
     np.savez(tmp_path / "z.npz", z=z, labels=np.array([0, 9, 3, 3, 1, 2]))
-    got, labels = latents.load_z_file(str(tmp_path / "z.npz"), INFO_COND)
+    got, labels = _load_z(str(tmp_path / "z.npz"), INFO_COND)
     assert np.array_equal(got, z) and labels.tolist() == [0, 9, 3, 3, 1, 2] and labels.dtype == np.int64
 
 
 def test_a_z_file_may_carry_the_class_as_its_last_column_like_the_mlflow_model_input(tmp_path: Path) -> None:
     x = GeneratorExport(build_generator(_spec(True), SHAPE, CLASSES)).example_input(4)
-    got, labels = latents.load_z_file(_save_npy(tmp_path / "x.npy", x), INFO_COND)
+    got, labels = _load_z(_save_npy(tmp_path / "x.npy", x), INFO_COND)
     assert np.array_equal(got, x[:, :LATENT]) and labels.tolist() == [0, 1, 2, 3]
 
 
@@ -213,7 +227,7 @@ def test_a_z_file_is_read_from_s3(bucket: str) -> None:
     buf = io.BytesIO()
     np.save(buf, z)
     storage.write_bytes(storage.locate(f"s3://{bucket}/in/z.npy"), buf.getvalue())
-    got, _ = latents.load_z_file(f"s3://{bucket}/in/z.npy", INFO)
+    got, _ = _load_z(f"s3://{bucket}/in/z.npy", INFO)
     assert np.array_equal(got, z)
 
 
@@ -243,19 +257,19 @@ def test_a_bad_z_file_is_a_user_error_naming_the_flag(
     else:
         np.save(path, content)
     with pytest.raises(UserError, match=f"^--z: .*{message}"):
-        latents.load_z_file(str(path), info)
+        _load_z(str(path), info)
 
 
 def test_a_missing_z_file_is_a_user_error_naming_the_flag(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="^--z: no such file"):
-        latents.load_z_file(str(tmp_path / "absent.npy"), INFO)
+        _load_z(str(tmp_path / "absent.npy"), INFO)
 
 
 # --- G and D -----------------------------------------------------------------------------
 
 
 def test_generated_images_are_uint8_and_byte_identical_for_the_same_seed_and_batch_size(g: GeneratorExport) -> None:
-    opts = GenerateOptions(num=40, seed=5)
+    opts = _opts(num=40, seed=5)
     z, labels = latents.shard_latents(opts, INFO, 0, 0, 40)
     a = core.generate_images(g, z, labels, INFO, 16, CPU)
     b = core.generate_images(g, latents.shard_latents(opts, INFO, 0, 0, 40)[0], None, INFO, 16, CPU)
@@ -266,7 +280,7 @@ def test_generated_images_are_uint8_and_byte_identical_for_the_same_seed_and_bat
 
 
 def test_a_conditional_generator_gets_the_class_as_its_last_input_column(g_cond: GeneratorExport) -> None:
-    z = latents.shard_latents(GenerateOptions(num=4), INFO, 0, 0, 4)[0]
+    z = latents.shard_latents(_opts(num=4), INFO, 0, 0, 4)[0]
     same_z = np.repeat(z[:1], 2, axis=0)
     images = core.generate_images(g_cond, same_z, np.array([1, 7]), INFO_COND, 8, CPU)
     assert not np.array_equal(images[0], images[1])  # the class changes the image
@@ -295,13 +309,13 @@ def test_scores_are_the_discriminators_logits_in_eval_mode(d: torch.nn.Module) -
 def test_best_of_four_keeps_images_the_discriminator_rates_higher_than_best_of_one(
     g: GeneratorExport, d: torch.nn.Module
 ) -> None:
-    one = core.generate_shard(g, d, GenerateOptions(num=64, seed=11), INFO, 0, 0, 64, CPU)
-    four = core.generate_shard(g, d, GenerateOptions(num=64, seed=11, best_of=4), INFO, 0, 0, 64, CPU)
+    one = core.generate_shard(g, d, _opts(num=64, seed=11), INFO, 0, 0, 64, CPU)
+    four = core.generate_shard(g, d, _opts(num=64, seed=11, best_of=4), INFO, 0, 0, 64, CPU)
     assert one.scores is None and four.images.shape == (64, *SHAPE) and four.z.shape == (64, LATENT)
     baseline = core.score(d, one.images, None, 256, CPU)
     assert four.scores.mean() > baseline.mean()
     # What was kept: for each image, the best of its own four candidates, with its z and score.
-    cands, _ = latents.shard_latents(GenerateOptions(num=64, seed=11, best_of=4), INFO, 0, 0, 64)
+    cands, _ = latents.shard_latents(_opts(num=64, seed=11, best_of=4), INFO, 0, 0, 64)
     all_scores = core.score(d, core.generate_images(g, cands, None, INFO, 256, CPU), None, 256, CPU).reshape(64, 4)
     best = all_scores.argmax(axis=1)
     assert set(best.tolist()) == {0, 1, 2, 3}  # not always the first: D did choose
@@ -313,7 +327,7 @@ def test_best_of_four_keeps_images_the_discriminator_rates_higher_than_best_of_o
 def test_best_of_keeps_every_images_class_for_conditional_models(
     g_cond: GeneratorExport, d_cond: torch.nn.Module
 ) -> None:
-    r = core.generate_shard(g_cond, d_cond, GenerateOptions(num=30, best_of=3), INFO_COND, 1, 10, 30, CPU)
+    r = core.generate_shard(g_cond, d_cond, _opts(num=30, best_of=3), INFO_COND, 1, 10, 30, CPU)
     assert r.labels.tolist() == [i % CLASSES for i in range(10, 30)]
     assert len(r.scores) == 20
 
@@ -331,7 +345,7 @@ def test_image_i_depends_only_on_the_seed_and_i_whatever_num_and_shard_size(
     gen, disc, info = (g_cond, d_cond, INFO_COND) if conditional else (g, d, INFO)
 
     def run(num: int, shard_size: int) -> tuple[np.ndarray, np.ndarray]:
-        opts = GenerateOptions(num=num, seed=4, shard_size=shard_size, batch_size=5, **extra)
+        opts = _opts(num=num, seed=4, shard_size=shard_size, batch_size=5, **extra)
         parts = [core.generate_shard(gen, disc, opts, info, s, *r, CPU)
                  for s, r in enumerate(latents.shard_ranges(num, shard_size))]  # fmt: skip
         return np.concatenate([p.images for p in parts]), np.concatenate([p.z for p in parts])
@@ -347,7 +361,7 @@ def test_image_i_depends_only_on_the_seed_and_i_whatever_num_and_shard_size(
 
 def test_best_of_without_a_discriminator_is_refused(g: GeneratorExport) -> None:
     with pytest.raises(ValueError, match="discriminator"):
-        core.generate_shard(g, None, GenerateOptions(num=4, best_of=2), INFO, 0, 0, 4, CPU)
+        core.generate_shard(g, None, _opts(num=4, best_of=2), INFO, 0, 0, 4, CPU)
 
 
 # --- which D ranks: the one saved with G ---------------------------------------------------
@@ -399,13 +413,13 @@ def test_best_of_takes_d_from_the_checkpoint_saved_with_the_generator_and_checks
 
 
 def _run(
-    g: torch.nn.Module, info: ModelInfo, out: storage.Location, opts: GenerateOptions, pool: Executor | None = None
+    g: torch.nn.Module, info: ModelInfo, out: storage.Location, opts: GANGenerationSpec, pool: Executor | None = None
 ) -> tuple[list[core.ShardResult], dict]:
     results, records = [], []
-    for shard, (start, stop) in enumerate(latents.shard_ranges(opts.num, opts.shard_size)):
+    for shard, (start, stop) in enumerate(latents.shard_ranges(opts.count, opts.shard_size)):
         results.append(core.generate_shard(g, None, opts, info, shard, start, stop, CPU))
         records.append(writer.write_shard(out, results[-1], opts.formats, opts.save_z, pool))
-    manifest = {"count": opts.num, "seed": opts.seed, "options": opts.to_dict(), "shards": records}
+    manifest = {"count": opts.count, "seed": opts.seed, "spec": opts.model_dump(), "shards": records}
     return results, manifest
 
 
@@ -421,7 +435,7 @@ def test_shards_manifest_and_verify_round_trip(
     uri = str(tmp_path / "gen") if where == "local" else f"s3://{request.getfixturevalue('bucket')}/gen"
     out = storage.locate(uri)
     assert writer.existing_output(out) is None
-    opts = GenerateOptions(num=23, seed=2, shard_size=10, formats=formats, save_z=True)
+    opts = _opts(num=23, seed=2, shard_size=10, formats=formats, save_z=True)
     with ThreadPoolExecutor(2) as pool:  # processes are tested below; threads start faster
         results, manifest = _run(g_cond, INFO_COND, out, opts, pool)
     assert writer.existing_output(out) == "partial"
@@ -464,7 +478,7 @@ def test_shards_manifest_and_verify_round_trip(
 
 def test_a_deleted_file_fails_verification(g: GeneratorExport, tmp_path: Path) -> None:
     out = storage.locate(str(tmp_path / "gen"))
-    _, manifest = _run(g, INFO, out, GenerateOptions(num=5, formats=("png",)))
+    _, manifest = _run(g, INFO, out, _opts(num=5, formats=("png",)))
     writer.write_manifest(out, manifest)
     writer.verify(out)
     (tmp_path / "gen" / "png" / "00000" / "0000003.png").unlink()
@@ -490,7 +504,7 @@ def test_worker_processes_threads_and_no_pool_write_the_same_files(
     where: str, g: GeneratorExport, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     root = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('bucket')}"
-    opts = GenerateOptions(num=30, shard_size=30, formats=("png", "npz"))
+    opts = _opts(num=30, shard_size=30, formats=("png", "npz"))
     with writer.make_pool(2) as pool:
         _, procs = _run(g, INFO, storage.locate(f"{root}/p"), opts, pool)
     with ThreadPoolExecutor(2) as pool:

@@ -17,11 +17,10 @@ import pytest
 
 from ganops.cli import main
 from ganops.generate.job import generate
-from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, resolve
 from ganops.tracking import embedded_store
 from tests.conftest import mnist_job, run
-from tests.helpers import REPO
+from tests.helpers import REPO, generation
 from tests.test_evaluate import _random_inception_bytes
 
 pytestmark = pytest.mark.slow
@@ -106,8 +105,8 @@ def test_generate_with_q_prints_no_progress_line_but_still_its_summary(
 def test_shards_made_by_ray_workers_are_counted_on_the_drivers_line(
     trained: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    opts = GenerateOptions(num=70, batch_size=16, shard_size=16)
-    result = generate(trained, opts, str(tmp_path / "gen"), workers=2, show_progress=True, echo=lambda _m: None)
+    gen = generation(str(tmp_path / "gen"), num=70, batch_size=16, shard_size=16, workers=2)
+    result = generate(trained, gen, show_progress=True, echo=lambda _m: None)
     assert result.count == 70
     _assert_counts_to(capsys.readouterr().err, "generating", 70)
 

@@ -398,7 +398,10 @@ def test_cancel_stops_the_driver_after_it_writes_a_checkpoint(ray_head: Head, jo
 def test_generate_runs_on_the_cluster_from_the_trained_run(ray_head: Head, jobs: Jobs, tmp_path: Path) -> None:
     from ganops.generate.writer import verify
 
-    run_id = status(ray_head, jobs.short)["mlflow_run_id"]
+    # The training job must have finished (and logged G) whichever tests ran before this one.
+    trained = wait_for(ray_head, jobs.short, ("Succeeded", "Failed", "Cancelled"))
+    assert trained["phase"] == "Succeeded", trained
+    run_id = trained["mlflow_run_id"]
     out = tmp_path / "gen"
     code, table, err = ganops(ray_head, "generate", "--target", "ray", "--run-id", run_id, "--tracking-uri",
                               jobs.tracking, "--num", "24", "--batch-size", "16", "--shard-size", "16",

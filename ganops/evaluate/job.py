@@ -139,17 +139,3 @@ def _log_run(source: Source, settings: Any, scores: Scores, elapsed: float, spec
     finally:
         aside.close_run(uri, run_id, status)
     return run_id
-
-
-def table(scores: Scores) -> str:
-    """The scores as a small aligned table, with what they were computed from."""
-    rows = [(k, f"{v:.6g}") for k, v in scores.values.items()]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{'metric':<{width}}  value"] + [f"{k:<{width}}  {v}" for k, v in rows]
-    r = scores.record
-    ref = r["reference"]
-    lines.append(
-        f"({r['num_samples']} generated vs {ref['num_images']} {ref['dataset']} {ref['split']} images; "
-        f"Inception {str(r.get('inception_sha256'))[:8]})"
-    )
-    return "\n".join(lines)

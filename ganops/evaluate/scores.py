@@ -37,6 +37,19 @@ class Scores:
     def mlflow_metrics(self) -> dict[str, float]:
         return {MLFLOW_PREFIX + k: v for k, v in self.values.items()}
 
+    def table(self) -> str:
+        """The scores as a small aligned table, with what they were computed from."""
+        rows = [(k, f"{v:.6g}") for k, v in self.values.items()]
+        width = max(len(k) for k, _ in rows)
+        lines = [f"{'metric':<{width}}  value"] + [f"{k:<{width}}  {v}" for k, v in rows]
+        r = self.record
+        ref = r["reference"]
+        lines.append(
+            f"({r['num_samples']} generated vs {ref['num_images']} {ref['dataset']} {ref['split']} images; "
+            f"Inception {str(r.get('inception_sha256'))[:8]})"
+        )
+        return "\n".join(lines)
+
 
 def compute(fake: Features, ref: Reference, metrics: Sequence[str]) -> Scores:
     unknown = [m for m in metrics if m not in METRIC_VALUES]

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from ganops.generate.latents import shard_latents
-from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.generate.options import ModelInfo
 from ganops.images import to_uint8
 from ganops.model_input import join_class_np
+from ganops.spec.generation import GANGenerationSpec
 
 
 @dataclass
@@ -167,7 +168,7 @@ def score(
 def generate_shard(
     g: nn.Module,
     d: nn.Module | None,
-    opts: GenerateOptions,
+    opts: GANGenerationSpec,
     info: ModelInfo,
     shard: int,
     start: int,

@@ -13,9 +13,10 @@ import numpy as np
 
 from ganops import __version__, storage
 from ganops.errors import UserError
-from ganops.generate.options import GenerateOptions
+from ganops.generate.latents import ZFile
 from ganops.generate.source import Source, load_discriminator, load_generator
 from ganops.progress import ImageProgress
+from ganops.spec.generation import GANGeneration, GANGenerationSpec
 
 Echo = Callable[[str], None]
 
@@ -32,16 +33,19 @@ class GenerateResult:
     preview_uri: str | None
 
 
-def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarray | None, np.ndarray | None, Any, Any]:
+def check(
+    source: Source, opts: GANGenerationSpec, z_file: ZFile | None
+) -> tuple[np.ndarray | None, np.ndarray | None, Any, Any]:
     """Every check that can fail, before any image is made.
 
-    Returns the latents and labels from --z, and with --best-of the generator and the
-    discriminator saved with it (None, None without).
+    Returns the latents and labels from --z (``z_file``: the file as ``client.generate``
+    read it), and with --best-of the generator and the discriminator saved with it (None,
+    None without).
     """
     from ganops.generate import latents, writer
 
-    # The options checked themselves when they were made (GenerateOptions), and the spec
-    # they came from its combinations (GANGenerationSpec): what is left needs the model.
+    # The spec checked its fields and their combinations when it was validated: what is
+    # left needs the model.
     info = source.info
     if opts.class_index is not None:
         if not info.num_classes:
@@ -53,16 +57,18 @@ def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarr
             )
     z_all = labels_all = None
     if opts.z_file:
-        z_all, labels_all = latents.load_z_file(opts.z_file, info)
-        if len(z_all) != opts.num:
-            raise UserError(f"--num: {opts.num} does not match the {len(z_all)} vectors in --z {opts.z_file}")
+        if z_file is None:
+            raise ValueError("check: the spec names a --z file that was not read")
+        z_all, labels_all = latents.check_z(z_file, opts.z_file, info)
+        if len(z_all) != opts.count:
+            raise UserError(f"--num: {opts.count} does not match the {len(z_all)} vectors in --z {opts.z_file}")
         if labels_all is not None and opts.class_index is not None:
             raise UserError("--class: the --z file carries its own class column")
     g = d = None
     if opts.best_of > 1:  # D must be the one saved with this G, exist and load
         g = load_generator(source)
         d = load_discriminator(source, g)
-    out = storage.locate(out_uri)
+    out = storage.locate(opts.out)
     state = writer.existing_output(out)
     if state == "complete":
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
@@ -71,7 +77,7 @@ def check(source: Source, opts: GenerateOptions, out_uri: str) -> tuple[np.ndarr
 
 
 def _local_shards(
-    source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
+    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: list[tuple[int, int]],
     z_all: np.ndarray | None, labels_all: np.ndarray | None, g: Any, d: Any,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
     """Shards in this process; PNG encoding and uploads use every core through the pool."""
@@ -89,7 +95,7 @@ def _local_shards(
 
 
 def _ray_shards(
-    source: Source, opts: GenerateOptions, out: storage.Location, ranges: list[tuple[int, int]],
+    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: list[tuple[int, int]],
     z_all: np.ndarray | None, labels_all: np.ndarray | None, workers: int, gpus_per_worker: float,
     address: str | None,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
@@ -126,7 +132,7 @@ def _ray_shards(
             ray.kill(actor)
 
 
-def _interpolation(source: Source, opts: GenerateOptions, out: storage.Location) -> dict[str, Any]:
+def _interpolation(source: Source, opts: GANGenerationSpec, out: storage.Location) -> dict[str, Any]:
     """Walks between seeds: a grid (one row per walk) and a GIF that moves along every walk."""
     import torch
 
@@ -164,23 +170,24 @@ def _put(out: storage.Location, name: str, data: bytes) -> str:
 
 def generate(
     source: Source,
-    opts: GenerateOptions,
-    out_uri: str,
+    gen: GANGeneration,
     *,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
+    z_file: ZFile | None = None,
     address: str | None = None,
     show_progress: bool = True,
     echo: Echo = print,
-    spec: dict[str, Any] | None = None,
 ) -> GenerateResult:
-    """Make the images. ``spec``: the resolved GANGeneration this run stands for, kept in the
-    manifest and logged with the run (``generation.yaml``)."""
+    """Make the images that ``gen`` (resolved by ``client.generate``: ``num`` set) asks for,
+    with the generator of ``source``; ``gen`` itself is kept in the manifest and logged with
+    the run (``generation.yaml``). ``spec.workers`` > 1: on Ray workers, the embedded Ray
+    or the cluster at ``address``."""
     from ganops.generate import latents, writer
 
-    z_all, labels_all, g, d = check(source, opts, out_uri)
-    out = storage.locate(out_uri)
-    run_id = _open_run(source, opts, out.uri, workers, spec)
+    opts = gen.spec
+    workers, gpus_per_worker, spec = opts.workers, opts.gpus_per_worker, gen.to_dict()
+    z_all, labels_all, g, d = check(source, opts, z_file)
+    out = storage.locate(opts.out)
+    run_id = _open_run(source, opts, out.uri, spec)
     t0 = time.time()
     status = "FAILED"
     try:
@@ -191,7 +198,6 @@ def generate(
             "generation_run_id": run_id,
             "job": source.job.name,
             "seed": opts.seed,
-            "options": opts.to_dict(),
             "image_shape": list(source.info.image_shape),
             "latent_dim": source.info.latent_dim,
             "num_classes": source.info.num_classes,
@@ -205,7 +211,7 @@ def generate(
             manifest.update({"kind": "interpolation", "count": walk["walks"] * walk["steps"], **walk})
             count, n_shards = manifest["count"], 0
         else:
-            ranges = latents.shard_ranges(opts.num, opts.shard_size)
+            ranges = latents.shard_ranges(opts.count, opts.shard_size)
             if workers > 1 and len(ranges) > 1:
                 stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
             else:
@@ -213,7 +219,7 @@ def generate(
             records = []
             # Counted here, in the driver, as each shard comes back written (from this process
             # or any Ray worker): one line for the whole job, wherever its shards are made.
-            with ImageProgress("generating", opts.num, enabled=show_progress) as progress:
+            with ImageProgress("generating", opts.count, enabled=show_progress) as progress:
                 for record, first in stream:
                     records.append(record)
                     if first is not None:
@@ -240,17 +246,17 @@ def generate(
 # -- the generation's own MLflow run ------------------------------------------------------
 
 
-def _open_run(source: Source, opts: GenerateOptions, out_uri: str, workers: int, spec: dict[str, Any] | None) -> str:
+def _open_run(source: Source, opts: GANGenerationSpec, out_uri: str, spec: dict[str, Any]) -> str:
     import yaml
 
     from ganops.tracking import aside
 
     tags = {**source.run_tags("generate"), "ganops.output": out_uri}
-    params: dict[str, Any] = {**opts.to_dict(), "out": out_uri, "workers": workers, "model_uri": source.model_uri}
+    params = {**opts.params(), "out": out_uri, "workers": opts.workers, "model_uri": source.model_uri}
     run_id = aside.open_run(source.tracking_uri, source.experiment_id, f"{source.job.name}-generate", tags, params)
-    if spec is not None:  # the job as asked, where the MLflow UI shows it
-        text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
-        aside.log_files(source.tracking_uri, run_id, {"generation.yaml": text.encode()})
+    # The job as asked (and resolved), where the MLflow UI shows it.
+    text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+    aside.log_files(source.tracking_uri, run_id, {"generation.yaml": text.encode()})
     return run_id
 
 

@@ -21,13 +21,17 @@ import numpy as np
 
 from ganops import storage
 from ganops.errors import UserError
-from ganops.generate.options import GenerateOptions, ModelInfo
+from ganops.generate.options import ModelInfo
 from ganops.model_input import split_class_np
+from ganops.spec.generation import GANGenerationSpec
 
 # Rejection sampling for --truncation draws at most this many values per pass (16 MiB of
 # float32): enough that any sensible threshold finishes in one or two passes, bounded so a
 # tiny one costs time rather than memory.
 _MAX_DRAW = 1 << 22
+
+ZFile = tuple[np.ndarray, np.ndarray | None]
+"""A --z file's arrays as stored: (z, labels or None), from ``read_z_file``."""
 
 
 def shard_ranges(num: int, shard_size: int) -> list[tuple[int, int]]:
@@ -39,8 +43,8 @@ def shard_ranges(num: int, shard_size: int) -> list[tuple[int, int]]:
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of image ``index``: a function of (seed, index) only."""
-    if seed < 0:
-        raise UserError(f"--seed: must be >= 0 (got {seed})")
+    if seed < 0:  # the spec refuses it (Seed); SeedSequence would too, less clearly
+        raise ValueError(f"image_rng: seed must be >= 0 (got {seed})")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(index,))))
 
 
@@ -63,8 +67,8 @@ def sample_z(rng: np.random.Generator, n: int, latent_dim: int, truncation: floa
     if truncation is None:
         return z
     t = float(truncation)
-    if not (t > 0 and math.isfinite(t)):
-        raise UserError(f"--truncation: must be > 0 and finite (got {truncation})")
+    if not (t > 0 and math.isfinite(t)):  # the spec refuses it; here it would never finish
+        raise ValueError(f"sample_z: truncation must be > 0 and finite (got {truncation})")
     flat = z.reshape(-1)
     bad = np.flatnonzero(np.abs(flat) > t)
     # P(|N(0,1)| <= t): draw enough per pass to refill every rejected entry at once.
@@ -78,7 +82,7 @@ def sample_z(rng: np.random.Generator, n: int, latent_dim: int, truncation: floa
     return z
 
 
-def image_labels(opts: GenerateOptions, info: ModelInfo, start: int, stop: int) -> np.ndarray | None:
+def image_labels(opts: GANGenerationSpec, info: ModelInfo, start: int, stop: int) -> np.ndarray | None:
     """int64 class of images start..stop-1: --class, else index % num_classes (balanced)."""
     if not info.num_classes:
         return None
@@ -88,7 +92,7 @@ def image_labels(opts: GenerateOptions, info: ModelInfo, start: int, stop: int) 
 
 
 def shard_latents(
-    opts: GenerateOptions,
+    opts: GANGenerationSpec,
     info: ModelInfo,
     shard: int,
     start: int,
@@ -104,12 +108,8 @@ def shard_latents(
     n = stop - start
     if n < 0:
         raise ValueError(f"shard {shard}: stop {stop} < start {start}")
-    k = opts.best_of
-    if k < 1:
-        raise UserError(f"--best-of: must be >= 1 (got {k})")
+    k = opts.best_of  # >= 1, and 1 with z_all: GANGenerationSpec's rules
     if z_all is not None:
-        if k > 1:
-            raise UserError("--best-of: cannot be combined with --z (each vector in the file is one image)")
         if stop > len(z_all):
             raise ValueError(f"shard {shard}: images {start}..{stop} but --z holds {len(z_all)} vectors")
         z = np.ascontiguousarray(z_all[start:stop], dtype=np.float32)
@@ -125,9 +125,9 @@ def shard_latents(
     return z, labels
 
 
-def read_z_file(path: str, latent_dim: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The arrays of a --z file, checked to be a non-empty 2-D array of numbers (z as
-    stored, labels unchecked). ``latent_dim`` only words the messages."""
+def read_z_file(path: str) -> ZFile:
+    """The arrays of a --z file (local or s3://), checked to be a non-empty 2-D array of
+    numbers (z as stored, labels unchecked): what can be said before the model is known."""
     if not path or "\0" in path:
         raise UserError(f"--z: {path[:80]!r} is not a file name", field="--z")
     loc = storage.locate(path)
@@ -151,26 +151,20 @@ def read_z_file(path: str, latent_dim: int | None = None) -> tuple[np.ndarray, n
         raise UserError(f"--z: {path} holds {z.dtype} values; expected floats", field="--z")
     if z.ndim != 2:
         # A 0-D array has no len(): say what it is rather than fail counting it.
-        want = f"[N, {latent_dim}]" if latent_dim else "[N, latent_dim]"
-        raise UserError(f"--z: {path} is {z.ndim}-D with shape {z.shape}; expected {want}", field="--z")
+        raise UserError(f"--z: {path} is {z.ndim}-D with shape {z.shape}; expected [N, latent_dim]", field="--z")
     if len(z) == 0:
         raise UserError(f"--z: {path} holds no vectors", field="--z")
     return z, labels
 
 
-def count_z(path: str) -> int:
-    """How many vectors a --z file holds (--num defaults to it)."""
-    return len(read_z_file(path)[0])
+def check_z(stored: ZFile, path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+    """The latents of a --z file (read once, by ``read_z_file``) checked against the model.
 
-
-def load_z_file(path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
-    """Latents from --z: ``.npy`` [N, latent_dim] or ``.npz`` with ``z`` and optional ``labels``.
-
-    A conditional model also takes [N, latent_dim + 1] with the class as the last column
-    (the MLflow model's own input). Local paths and s3:// alike. Returns (z float32,
-    labels int64 or None).
+    ``.npy`` [N, latent_dim] or ``.npz`` with ``z`` and optional ``labels``; a conditional
+    model also takes [N, latent_dim + 1] with the class as the last column (the MLflow
+    model's own input). Returns (z float32, labels int64 or None).
     """
-    z, labels = read_z_file(path, info.latent_dim)
+    z, labels = stored
     width, d = z.shape[1], info.latent_dim
     if info.num_classes and width == d + 1:
         if labels is not None:
@@ -224,7 +218,7 @@ def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out
 
 
-def interpolation_latents(opts: GenerateOptions, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
+def interpolation_latents(opts: GANGenerationSpec, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
     """Walks between seeds: z float32 [walks=num, steps=interpolate, latent_dim], labels [walks].
 
     Anchor i is the vector of image i of a plain run with the same seed and --truncation;
@@ -232,13 +226,11 @@ def interpolation_latents(opts: GenerateOptions, info: ModelInfo) -> tuple[np.nd
     share an endpoint. Conditional models: one class per walk, --class or walk % num_classes.
     """
     steps = opts.interpolate
-    if steps is None or steps < 2:
-        raise UserError(f"--interpolate: needs at least 2 steps (got {steps})")
-    if opts.num < 1:
-        raise UserError(f"--num: needs at least one walk (got {opts.num})")
+    if steps is None:
+        raise ValueError("interpolation_latents: the spec has no interpolate")
     anchors = np.concatenate(
-        [image_latents(opts.seed, i, 1, info.latent_dim, opts.truncation) for i in range(opts.num + 1)]
+        [image_latents(opts.seed, i, 1, info.latent_dim, opts.truncation) for i in range(opts.count + 1)]
     )
     t = np.linspace(0.0, 1.0, steps)
-    z = np.stack([slerp(anchors[i], anchors[i + 1], t) for i in range(opts.num)]).astype(np.float32)
-    return z, image_labels(opts, info, 0, opts.num)
+    z = np.stack([slerp(anchors[i], anchors[i + 1], t) for i in range(opts.count)]).astype(np.float32)
+    return z, image_labels(opts, info, 0, opts.count)

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from ganops.generate.options import GenerateOptions
 from ganops.generate.source import Source, load_discriminator, load_generator
+from ganops.spec.generation import GANGenerationSpec
 
 
 class GenerateWorker:
     def __init__(
-        self, source: Source, opts: GenerateOptions, out_uri: str, z: Any, env: dict[str, str], threads: int
+        self, source: Source, opts: GANGenerationSpec, out_uri: str, z: Any, env: dict[str, str], threads: int
     ) -> None:
         import torch
 

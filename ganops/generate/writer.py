@@ -57,8 +57,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ganops import storage
-from ganops.generate.options import FORMATS
 from ganops.images import grid, png_bytes
+
+FORMATS = ("png", "npz")  # the kinds of file a shard can hold (GANGenerationSpec.formats)
 
 if TYPE_CHECKING:
     # Only for the annotation: this module imports no torch, so a process pool's workers

@@ -82,6 +82,24 @@ class GANGenerationSpec(ModelSource):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     """Pod sizes and image on Kubernetes (unset: the operator's defaults)."""
 
+    @property
+    def count(self) -> int:
+        """`num` once resolved: the engine runs only specs that ``client.generate`` resolved."""
+        if self.num is None:
+            raise ValueError("GANGenerationSpec.num is unresolved (client.generate fills it in)")
+        return self.num
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The shard formats `format` asks for."""
+        return ("png", "npz") if self.format == "both" else (self.format,)
+
+    def params(self) -> dict[str, object]:
+        """What decides the images (logged as the generation run's MLflow params)."""
+        keep = ("num", "seed", "batch_size", "truncation", "class_index", "best_of", "interpolate", "z_file",
+                "save_z", "format", "shard_size")  # fmt: skip
+        return {k: getattr(self, k) for k in keep}
+
     @model_validator(mode="after")
     def _combinations(self) -> GANGenerationSpec:
         # Checked wherever the spec is (the CLI, the operator, the remote driver), before any

@@ -224,6 +224,16 @@ class TrainSpec(_Strict):
     """Seed for weights, data order and noise; each rank derives its own (0 to 2**53 - 1)."""
     log_every_steps: PositiveInt = 50
     """Report progress and metrics every N steps (rank 0, batched)."""
+    on_divergence: Literal["stop", "rollback"] = "stop"
+    """A non-finite loss or weight (checked every 10 steps and before every checkpoint):
+    `stop` ends the job at once with an error naming the step and the loss (no checkpoint
+    is written from the diverged state); `rollback` reloads the newest complete checkpoint
+    and continues with both learning rates times `rollback_lr_factor`, at most
+    `max_rollbacks` times."""
+    rollback_lr_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """What each rollback multiplies the learning rates by (kept in later checkpoints)."""
+    max_rollbacks: Annotated[int, Field(ge=1, le=100)] = 3
+    """Rollbacks allowed in one run before a divergence stops it."""
 
     @model_validator(mode="after")
     def _clip_once(self) -> TrainSpec:
@@ -247,6 +257,11 @@ class ScalingSpec(_Strict):
     """One GPU per worker."""
     resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | None = None
     """Ray resources each worker reserves, e.g. {CPU: 4, GPU: 1} (default: an even share of the CPUs)."""
+    max_failures: Annotated[int, Field(ge=0, le=1000)] = 3
+    """Worker-group failures survived (a worker process or node lost: OOM kill, preemption,
+    node drain): Ray Train restarts every worker and they resume from the newest complete
+    checkpoint. 0: the first failure fails the job. Errors in the job itself (bad data, a
+    diverged run) are not retried."""
     sync_batchnorm: bool = False
     """Normalise G's and D's BatchNorm layers over the global batch instead of each worker's
     share, so the same global batch trains the same on 1 or N workers. Costs one all-reduce
@@ -257,6 +272,12 @@ class ScalingSpec(_Strict):
 class CheckpointSpec(_Strict):
     every_epochs: PositiveInt = 1
     """Write a checkpoint every N epochs (and always at the end)."""
+    every_steps: PositiveInt | None = None
+    """Also write one every N steps, mid-epoch too: a lost worker or preempted node then
+    costs at most N steps (a mid-epoch checkpoint resumes exactly, as Ctrl-C's does)."""
+    every_minutes: Annotated[float, Field(gt=0, le=10080)] | None = None
+    """Also write one when this many minutes have passed since the last (checked every 10
+    steps): bounds the work lost in wall time, whatever a step costs."""
     keep: PositiveInt = 3
     """Keep the newest N checkpoints."""
     keep_best: Literal["fid"] | None = None

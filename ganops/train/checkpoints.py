@@ -34,6 +34,7 @@ class Position:
     epoch: int = 0  # completed epochs
     batch: int = 0  # batches done in the current epoch
     step: int = 0  # batches done in total (D steps)
+    rollbacks: int = 0  # divergences rolled back from in this run (spec.train.on_divergence)
 
 
 @dataclass
@@ -54,14 +55,34 @@ class Checkpoints:
         self.job, self.jobdir, self.step, self.ranks, self.pos, self.noise = job, jd, step, ranks, pos, noise
 
     # -- restore ------------------------------------------------------------------------
-    def restore(self, resume_from: str | None) -> None:
-        """From Ray Train's checkpoint after a restart, else ``resume_from`` (the driver's pick)."""
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None and resume_from:
-            loc = storage.locate(resume_from)
+    def restore(self, resume_from: str | None) -> str | None:
+        """From the newest complete checkpoint in the job's storage, else Ray Train's, else
+        ``resume_from`` (the driver's pick); returns the checkpoint's name (None: none).
+
+        The marker decides, not Ray: after a worker is lost, Ray Train's own checkpoint can
+        be one behind, because a checkpoint whose files and marker were written counts for
+        Ray only once every rank's report has reached its controller (a worker killed in
+        between left Ray's at None, and the run restarted from scratch)."""
+        latest = self.jobdir.latest_checkpoint()
+        if latest is not None:
+            loc = storage.locate(latest.uri)
             ckpt = ray.train.Checkpoint(loc.path, loc.fs)
+        else:
+            ckpt = ray.train.get_checkpoint()
+            if ckpt is None and resume_from:
+                loc = storage.locate(resume_from)
+                ckpt = ray.train.Checkpoint(loc.path, loc.fs)
         if ckpt is None:
-            return
+            return None
+        self._load(ckpt)
+        return posixpath.basename(ckpt.path.rstrip("/"))
+
+    def restore_from(self, uri: str) -> None:
+        """From the checkpoint at ``uri`` (a rollback: the newest complete one)."""
+        loc = storage.locate(uri)
+        self._load(ray.train.Checkpoint(loc.path, loc.fs))
+
+    def _load(self, ckpt: ray.train.Checkpoint) -> None:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, jobdir.STATE_FILE), map_location="cpu", weights_only=True)
         self.step.load_state_dict(state["nets"])

@@ -21,7 +21,7 @@ import yaml
 
 from ganops import jobdir, rayinit, storage
 from ganops.data import ImageInfo
-from ganops.errors import ResourceError, UserError
+from ganops.errors import JobFailedError, ResourceError, UserError
 from ganops.spec import dump
 from ganops.spec.models import GANJob
 from ganops.timings import mark
@@ -43,6 +43,8 @@ class RunResult:
     stopped_early: bool
     elapsed_s: float
     trained: bool = True
+    restarts: int = 0
+    """Times the workers were restarted after one was lost (``spec.scaling.max_failures``)."""
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     mlflow_hint: str | None = None
@@ -190,6 +192,8 @@ class _Start:
     jd: jobdir.JobDir
     archived: str | None
     latest: jobdir.CheckpointInfo | None
+    restarts: int = 0
+    """Worker-group restarts Ray Train made (lost workers), once training has run."""
 
 
 def run(
@@ -231,6 +235,7 @@ def run(
             echo(f"warning: could not mark MLflow run {run_ref.run_id} {status}: {e}")
         mark("driver.mlflow_close")
     result = _result(start.jd, job, latest_after, start.latest, start.archived, stopped, t0)
+    result.restarts = start.restarts
     result.mlflow_run_id = run_ref.run_id
     result.tracking_uri = tracking.redact(run_ref.tracking_uri)
     result.mlflow_hint = tracking.ui_address_hint(run_ref, job.spec.storage)
@@ -339,7 +344,9 @@ def _train(
             storage_path=posixpath.dirname(ckpt_loc.path),
             storage_filesystem=ckpt_loc.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=0),
+            # Lost workers (OOM kills, preemptions, drains) restart the group from the newest
+            # checkpoint; failures no retry can fix end the next group at once (JobControl.fail).
+            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         ),
     )  # fmt: skip
     try:
@@ -347,16 +354,57 @@ def _train(
             with ProgressDisplay(control, _total_steps(job, info), show_line=show_progress, echo=echo):
                 _fit_off_main_thread(trainer)
         mark("driver.fit")
+        _raise_recorded_failure(control)
     except KeyboardInterrupt:
         raise
+    except UserError:
+        raise
     except Exception as e:
+        _raise_recorded_failure(control)
         user = _user_error_in(e)
         if user is not None:
             raise user from None
+        if isinstance(e, ray.train.TrainingFailedError):
+            raise JobFailedError(_lost_workers_message(e, job, control)) from None
         raise
     finally:
+        start.restarts = _restarts(control)
         ray.kill(control)
     return start.jd.latest_checkpoint()
+
+
+def _raise_recorded_failure(control: Any) -> None:
+    """What a worker recorded as not worth retrying (bad input, divergence), as the error."""
+    import ray
+
+    failure = ray.get(control.failure.remote())
+    if failure is not None:
+        raise failure["error"]
+
+
+def _restarts(control: Any) -> int:
+    """How often Ray Train restarted the worker group (0 when it cannot be asked)."""
+    import ray
+
+    try:
+        return max(0, int(ray.get(control.attempts.remote(), timeout=10)) - 1)
+    except Exception:  # noqa: BLE001 - a count for the summary, never the job's outcome
+        return 0
+
+
+def _lost_workers_message(e: BaseException, job: GANJob, control: Any) -> str:
+    """The failure after the last allowed restart: how many, the limit, the first cause."""
+    limit = job.spec.scaling.max_failures
+    causes = getattr(e, "worker_failures", None) or {}
+    first = next(iter(causes.values()), e)
+    cause = str(first).strip().splitlines()[0][:300] if str(first).strip() else type(first).__name__
+    restarts = _restarts(control)
+    latest = jobdir.JobDir(job.spec.storage, job.name).latest_checkpoint()
+    kept = f"; the newest complete checkpoint is kept: {latest.uri}" if latest else ""
+    return (
+        f"training failed: workers were lost {restarts + 1} time(s), more than spec.scaling.max_failures={limit} "
+        f"allows ({type(first).__name__}: {cause}){kept}. Submit again to resume from it"
+    )
 
 
 def _total_steps(job: GANJob, info: ImageInfo) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from ganops import data as gdata
 from ganops import images, jobdir, storage
+from ganops.errors import JobFailedError, UserError
 from ganops.spec import validate
 from ganops.spec.models import GANJob
 from ganops.timings import mark
@@ -32,9 +33,18 @@ from ganops.train.evaluation import EvalRound
 from ganops.train.ranks import Ranks, rank_seed
 from ganops.train.step import GANStep
 
-# How often rank 0 asks the driver whether Ctrl-C was pressed (the answer is broadcast so
-# every rank stops at the same batch).
-STOP_POLL_BATCHES = 10
+# How often the ranks agree (one small all-reduce) on whether Ctrl-C was pressed, a timed
+# checkpoint is due, or a loss went non-finite, so that every rank acts at the same batch.
+POLL_BATCHES = 10
+
+
+class _DivergedError(Exception):
+    """A non-finite loss or weight, seen by every rank at the same batch."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reason = ""
+
 
 __all__ = ["MLflowRun", "Worker", "WorkerConfig", "rank_seed", "train_loop_per_worker"]
 
@@ -73,7 +83,6 @@ class Worker:
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device() if spec.scaling.use_gpu else torch.device("cpu")
         self.ranks = r = Ranks(ctx.get_world_rank(), ctx.get_world_size(), device)
-        self.rank, self.world, self.device = r.rank, r.world, device
         self.jobdir = jobdir.JobDir(spec.storage, self.job.name)
         self.control = ray.get_actor(config.control) if config.control else None
         self.tracker = None
@@ -126,51 +135,176 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
-        self.checkpoints.restore(self.config.resume_from)
+        restored = self.checkpoints.restore(self.config.resume_from)
+        self._announce_attempt(restored)
         spec = self.spec
         if self.eval is not None:
             self.eval.start(self.data)
+        self._last_save = time.monotonic()
         stop = False
         t_log, steps_since_log = time.perf_counter(), 0
         while self.pos.epoch < spec.train.epochs and not stop:
             t_epoch = time.perf_counter()
             self.step.g.train()
             self.step.d.train()
-            for real, y in self.batches.epoch(self.pos.epoch, start=self.pos.batch):
-                # (1) D on real and fake, (2) G through D: the GAN step (ganops.train.step)
-                self.step.train_batch(real, y)
-                self.pos.batch += 1
-                self.pos.step += 1
-                steps_since_log += 1
-                if self.pos.step % spec.train.log_every_steps == 0:
+            save_at_epoch_end = False
+            try:
+                for real, y in self.batches.epoch(self.pos.epoch, start=self.pos.batch):
+                    # (1) D on real and fake, (2) G through D: the GAN step (ganops.train.step)
+                    self.step.train_batch(real, y)
+                    self.pos.batch += 1
+                    self.pos.step += 1
+                    steps_since_log += 1
+                    every = spec.checkpoint.every_steps
+                    save = every is not None and self.pos.step % every == 0
+                    if self.pos.step % POLL_BATCHES == 0:
+                        stop, save_due = self._poll()  # raises _DivergedError
+                        if stop:
+                            break
+                        save = save or save_due
+                    if self.pos.step % spec.train.log_every_steps == 0:
+                        now = time.perf_counter()
+                        self._log_progress(now - t_log, steps_since_log)
+                        t_log, steps_since_log = now, 0
+                    if save and self.pos.batch < self.batches_per_epoch:
+                        self._checkpoint(self._metrics(), final=False)  # mid-epoch
+                    elif save:
+                        save_at_epoch_end = True
+                if stop:
+                    break
+                mark(f"rank{self.ranks.rank}.epoch{self.pos.epoch + 1}")
+                # Curves get a point at every epoch end too, however short the epoch.
+                if steps_since_log:
                     now = time.perf_counter()
                     self._log_progress(now - t_log, steps_since_log)
                     t_log, steps_since_log = now, 0
-                if self.pos.step % STOP_POLL_BATCHES == 0 and self._stop_requested():
-                    stop = True
-                    break
-            if stop:
-                break
-            mark(f"rank{self.rank}.epoch{self.pos.epoch + 1}")
-            # Curves get a point at every epoch end too, however short the epoch.
-            if steps_since_log:
-                now = time.perf_counter()
-                self._log_progress(now - t_log, steps_since_log)
-                t_log, steps_since_log = now, 0
-            self.pos.epoch += 1
-            self.pos.batch = 0
-            self._end_of_epoch(time.perf_counter() - t_epoch)
-        mark(f"rank{self.rank}.trained")
+                self.pos.epoch += 1
+                self.pos.batch = 0
+                self._end_of_epoch(time.perf_counter() - t_epoch, save_at_epoch_end)
+            except _DivergedError as d:
+                if not self._roll_back(d):
+                    self._fail_diverged(d)
+                    return
+                t_log, steps_since_log = time.perf_counter(), 0
+        mark(f"rank{self.ranks.rank}.trained")
         if stop and steps_since_log:  # and where the run stopped
             self._log_progress(time.perf_counter() - t_log, steps_since_log)
         if stop:
-            self.checkpoints.save_and_report(self._metrics(), final=True)
+            try:
+                self._checkpoint(self._metrics(), final=True)
+            except _DivergedError as d:  # Ctrl-C on a diverged run: keep the good checkpoints
+                self._fail_diverged(d)
+                return
         if self.ranks.is_chief and spec.samples.gif and not stop:
             self._write_gif()
             mark("rank0.gif")
         if self.ranks.is_chief and not stop:
             self._log_model()
             mark("rank0.model")
+
+    # -- failures: retries, divergence ---------------------------------------------------
+    def _announce_attempt(self, restored: str | None) -> None:
+        """After Ray Train restarted the worker group (a worker was lost), say so and from where."""
+        if not self.ranks.is_chief or self.control is None:
+            return
+        attempt = ray.get(self.control.start_attempt.remote())
+        if attempt == 1:
+            return
+        where = (
+            f"{restored} (epoch {self.pos.epoch}, batch {self.pos.batch}, step {self.pos.step})"
+            if restored
+            else "the start (no checkpoint had been written)"
+        )
+        limit = self.spec.scaling.max_failures
+        self.control.note.remote(
+            f"recovered: a worker was lost; restarted the workers (retry {attempt - 1} of "
+            f"spec.scaling.max_failures={limit}) and resumed from {where}"
+        )
+        if self.tracker is not None:
+            self.tracker.set_tag("ganops.restarts", str(attempt - 1))
+
+    def _poll(self) -> tuple[bool, bool]:
+        """Every POLL_BATCHES batches, one small all-reduce: has Ctrl-C been pressed, is a
+        timed checkpoint due (rank 0 decides both), has any rank's loss gone non-finite."""
+        flags = torch.zeros(3, device=self.ranks.device)
+        if self.ranks.is_chief:
+            if self.control is not None:
+                flags[0] = float(ray.get(self.control.stop_requested.remote()))
+            minutes = self.spec.checkpoint.every_minutes
+            flags[1] = float(minutes is not None and time.monotonic() - self._last_save >= minutes * 60)
+        bad = self.step.nonfinite()
+        flags[2] = float(bool(bad))
+        self.ranks.max_tensor(flags)
+        if flags[2]:
+            raise _DivergedError(self._divergence_message(bad))
+        return bool(flags[0]), bool(flags[1])
+
+    def _check_finite(self) -> None:
+        """Before a checkpoint: losses and weights finite on every rank, else _DivergedError."""
+        bad = self.step.nonfinite()
+        weights_ok = self.step.weights_finite()
+        flag = torch.tensor([float(bool(bad) or not weights_ok)], device=self.ranks.device)
+        self.ranks.max_tensor(flag)
+        if flag[0]:
+            if not weights_ok and not bad:
+                bad = {"weights": self.pos.step}
+            raise _DivergedError(self._divergence_message(bad))
+
+    def _divergence_message(self, bad: dict[str, int]) -> str:
+        """What went non-finite where, over every rank (all ranks call this together)."""
+        seen: dict[str, tuple[int, int]] = {}
+        for rank, mine in enumerate(self.ranks.all_gather(bad)):
+            for name, at in mine.items():
+                if name not in seen or at < seen[name][0]:
+                    seen[name] = (at, rank)
+        what = ", ".join(f"{name} not finite from step {at} (rank {rank})" for name, (at, rank) in sorted(seen.items()))
+        return f"training diverged at step {self.pos.step}: {what or 'a non-finite value'}"
+
+    def _roll_back(self, d: _DivergedError) -> bool:
+        """``on_divergence: rollback``: every rank reloads the newest complete checkpoint and
+        scales the learning rates; False when that is not allowed (then the run stops)."""
+        train = self.spec.train
+        if train.on_divergence != "rollback":
+            return False
+        done = self.pos.rollbacks
+        if done >= train.max_rollbacks:
+            d.reason = f"it diverged again after {done} rollbacks (spec.train.max_rollbacks={train.max_rollbacks})"
+            return False
+        latest = self.jobdir.latest_checkpoint()
+        if latest is None:
+            d.reason = "no checkpoint to roll back to had been written yet"
+            return False
+        scale = self.step.lr_scale * train.rollback_lr_factor  # compounds over rollbacks
+        self.checkpoints.restore_from(latest.uri)
+        self.pos.rollbacks = done + 1
+        self.step.scale_lr(scale)
+        self.step.clear_nonfinite()
+        if self.ranks.is_chief:
+            message = (
+                f"{d}; rolled back to {latest.name} (step {self.pos.step}) with the learning rates x{scale:g} "
+                f"(rollback {done + 1} of spec.train.max_rollbacks={train.max_rollbacks})"
+            )
+            if self.control is not None:
+                self.control.warn.remote(message)
+            if self.tracker is not None:
+                self.tracker.set_tag("ganops.rollbacks", str(done + 1))
+        return True
+
+    def _fail_diverged(self, d: _DivergedError) -> None:
+        """Stop every rank without writing a checkpoint; the driver raises the message."""
+        message = f"{d}" + (f"; {d.reason}" if d.reason else "")
+        message += ". The newest complete checkpoint is kept; lower the learning rates or set spec.train.on_divergence: rollback"
+        if self.ranks.is_chief:
+            if self.tracker is not None:
+                self.tracker.set_tag("ganops.diverged", message[:4000])
+            if self.control is not None:
+                ray.get(self.control.fail.remote(JobFailedError(message, field="spec.train"), "diverged"))
+
+    def _checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
+        """A checkpoint of the current state, never of a diverged one (raises _DivergedError)."""
+        self._check_finite()
+        self.checkpoints.save_and_report(metrics, final=final)
+        self._last_save = time.monotonic()
 
     def finish(self) -> None:
         """Flush rank 0's MLflow writes (retried through short outages)."""
@@ -181,7 +315,7 @@ class Worker:
         if self.control is not None:
             self.control.warn.remote(message)
 
-    def _end_of_epoch(self, epoch_time: float) -> None:
+    def _end_of_epoch(self, epoch_time: float, save: bool = False) -> None:
         spec = self.spec
         e = self.pos.epoch
         if self.ranks.is_chief and (e % spec.samples.every_epochs == 0 or e == spec.train.epochs):
@@ -192,8 +326,8 @@ class Worker:
         last = e == spec.train.epochs
         if self.eval is not None and (e % (spec.eval.every_epochs or 1) == 0 or last):
             self.eval.run()
-        if e % spec.checkpoint.every_epochs == 0 or last:
-            self.checkpoints.save_and_report(metrics, final=last)
+        if save or e % spec.checkpoint.every_epochs == 0 or last:
+            self._checkpoint(metrics, final=last)
         else:
             ray.train.report(metrics)
 
@@ -225,21 +359,14 @@ class Worker:
             }
         )
 
-    def _stop_requested(self) -> bool:
-        flag = torch.zeros(1, device=self.device)
-        if self.ranks.is_chief and self.control is not None:
-            flag[0] = float(ray.get(self.control.stop_requested.remote()))
-        self.ranks.broadcast_tensor(flag)
-        return bool(flag.item())
-
     # -- outputs (rank 0) -------------------------------------------------------------
     @torch.no_grad()
     def _write_grid(self, epoch: int) -> None:
         net = self.step.sampler
         was_training = net.training
         net.eval()
-        y = self.noise.y.to(self.device) if self.noise.y is not None else None
-        imgs = net(self.noise.z.to(self.device), y).float().cpu().numpy()
+        y = self.noise.y.to(self.ranks.device) if self.noise.y is not None else None
+        imgs = net(self.noise.z.to(self.ranks.device), y).float().cpu().numpy()
         net.train(was_training)
         tile = images.grid(images.to_uint8(imgs), ncols=self.noise.cols)
         png = images.png_bytes(tile)
@@ -289,10 +416,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     rank = ray.train.get_context().get_world_rank()
     mark(f"rank{rank}.start")
-    worker = Worker(config)
-    mark(f"rank{rank}.ready")
+    control = ray.get_actor(config.control) if config.control else None
+    if control is not None and ray.get(control.failure.remote()) is not None:
+        # Ray Train restarted the group after a failure that retrying cannot fix (recorded
+        # below, or a divergence): end at once; the driver raises the recorded error.
+        return
     try:
-        worker.run()
-    finally:
-        worker.finish()
-        mark(f"rank{rank}.done")
+        worker = Worker(config)
+        mark(f"rank{rank}.ready")
+        try:
+            worker.run()
+        finally:
+            worker.finish()
+            mark(f"rank{rank}.done")
+    except UserError as e:
+        # Bad input fails the same way on every retry: record it so that Ray Train's restart
+        # (spec.scaling.max_failures is for lost workers) ends at once, and the driver says it.
+        if control is not None:
+            ray.get(control.fail.remote(e, "user"))
+        raise

@@ -29,7 +29,7 @@ class ProgressDisplay:
     """Polls the control actor in a thread; the line itself is a ``LiveLine`` (redrawn on a
     TTY, a line every 10 s at most in logs, and the last one).
 
-    Warnings from the workers (whose own output stays in Ray's logs) are printed too,
+    Warnings and notes from the workers (whose own output stays in Ray's logs) are printed too,
     with or without the progress line.
     """
 
@@ -48,7 +48,7 @@ class ProgressDisplay:
         self.echo = echo or (lambda m: print(m, file=sys.stderr, flush=True))
         self.line = LiveLine(redraw_s=0.0)  # a TTY redraw per poll (interval_s) is already few
         self.tty = self.line.tty and show_line
-        self._warnings_seen = 0
+        self._messages_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="ganops-progress")
         self._last_step = -1
@@ -77,12 +77,12 @@ class ProgressDisplay:
         rate = done / (now - self._first[1])
         return (self.total_steps - step) / rate
 
-    def _relay_warnings(self) -> None:
-        new = ray.get(self.control.warnings.remote(self._warnings_seen), timeout=5)
-        self._warnings_seen += len(new)
-        for message in new:
+    def _relay_messages(self) -> None:
+        new = ray.get(self.control.messages.remote(self._messages_seen), timeout=5)
+        self._messages_seen += len(new)
+        for level, message in new:
             self.line.clear()
-            self.echo(f"warning: {message}")
+            self.echo(f"warning: {message}" if level == "warning" else message)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -91,7 +91,7 @@ class ProgressDisplay:
 
     def _poll(self, final: bool = False) -> None:
         try:
-            self._relay_warnings()
+            self._relay_messages()
             p = ray.get(self.control.progress.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - the display must never take the run down
             return

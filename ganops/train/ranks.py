@@ -57,6 +57,11 @@ class Ranks:
         if self.world > 1:
             dist.broadcast(t, src=0)
 
+    def max_tensor(self, t: torch.Tensor) -> None:
+        """The element-wise maximum over the ranks into ``t`` on every rank, in place."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over the ranks: one small all-reduce."""
         if self.world == 1:

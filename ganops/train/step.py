@@ -136,6 +136,11 @@ class GANStep:
         self.stats = StepStats(torch.zeros(len(self.stat_names), device=device))
         self._batches = 0
         self._bf16 = spec.train.precision == "bf16"
+        # The step at which d_loss / g_loss was first non-finite (-1: not yet). Kept on the
+        # device and read only when the loop checks (every few steps): no sync per step.
+        self._first_bad = torch.full((2,), -1.0, device=device)
+        self.lr_scale = 1.0
+        """What rollbacks after a divergence have multiplied the spec's learning rates by."""
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """Forward passes only: PyTorch advises against running backward under autocast."""
@@ -192,6 +197,7 @@ class GANStep:
         self._clip(list(self.d.parameters()))
         self.opt_d.step()
         with torch.no_grad():
+            self._watch(0, loss)
             s = self.stats.sums
             s[0] += loss.detach()
             if self.loss.probabilistic:
@@ -216,8 +222,40 @@ class GANStep:
         self.opt_g.step()
         if self.g_ema is not None:
             self._update_ema()
+        with torch.no_grad():
+            self._watch(1, loss)
         self.stats.sums[1] += loss.detach()
         self.stats.g_steps += 1
+
+    def _watch(self, which: int, loss: Tensor) -> None:
+        """Remember the first step at which loss ``which`` (0: D's, 1: G's) was not finite."""
+        first = self._first_bad[which]
+        bad = ~torch.isfinite(loss.detach()) & (first < 0)
+        self._first_bad[which] = torch.where(bad, torch.full_like(first, self._batches), first)
+
+    def nonfinite(self) -> dict[str, int]:
+        """The losses that went non-finite since the last ``clear_nonfinite``, with the step
+        at which each did first (one device sync)."""
+        steps = self._first_bad.tolist()
+        return {name: int(at) for name, at in zip(("d_loss", "g_loss"), steps, strict=True) if at >= 0}
+
+    def clear_nonfinite(self) -> None:
+        self._first_bad.fill_(-1.0)
+        self.stats.reset()
+
+    def weights_finite(self) -> bool:
+        """Whether every weight of G, D (and the EMA) is finite (one sum per net)."""
+        nets = [self.g, self.d] + ([self.g_ema] if self.g_ema is not None else [])
+        with torch.no_grad():
+            total = sum(p.double().sum() for net in nets for p in net.parameters())
+        return bool(torch.isfinite(torch.as_tensor(total)))
+
+    def scale_lr(self, scale: float) -> None:
+        """Set the learning rates to the spec's times ``scale`` (kept in checkpoints)."""
+        self.lr_scale = scale
+        for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -255,6 +293,7 @@ class GANStep:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "batches": self._batches,
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -268,8 +307,7 @@ class GANStep:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         # The optimizer state carries the old learning rates; the resolved spec wins, so a
-        # resumed job can change them.
-        for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d)):
-            for group in opt.param_groups:
-                group["lr"] = lr
+        # resumed job can change them (times what rollbacks scaled them by).
+        self.scale_lr(float(state.get("lr_scale", 1.0)))
         self._batches = int(state.get("batches", 0))
+        self.clear_nonfinite()

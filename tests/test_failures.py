@@ -1,0 +1,373 @@
+"""Issue 14: training survives what goes wrong on real clusters, and says what happened.
+
+Real faults where they can be caused for real: a Ray Train worker process SIGKILLed
+mid-epoch, a run whose learning rate really makes it diverge, an S3 endpoint (moto's real
+server behind a proxy) answering 503. The one fault that cannot be timed from outside, a
+crash between a checkpoint's files and its marker, is injected at exactly that point
+(``GANOPS_FAULT``, see ``ganops.storage._fault_point``), and the process really dies there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganops import client, jobdir
+from ganops.errors import JobFailedError
+from tests.conftest import mnist_job
+
+pytestmark = pytest.mark.slow
+
+# 2 workers, 4,096 digits: 64 steps an epoch (~10 s here), long enough to kill a worker
+# mid-epoch after the first checkpoint (every 20 steps).
+LONG = ("spec.scaling.num_workers=2", "spec.data.limit=4096", "spec.train.log_every_steps=10")
+
+
+def _submit(job, lines: list[str]):
+    return client.submit(job, show_progress=False, echo=lines.append)
+
+
+def _train_workers() -> list[int]:
+    """PIDs of the live Ray Train worker processes (Ray names them in their command line)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::RayTrainWorker"):
+            pids.append(int(entry))
+    return pids
+
+
+def _kill_a_worker_after_first_checkpoint(jd: jobdir.JobDir, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL one training worker as soon as the first complete checkpoint exists."""
+    while not stop.is_set():
+        if jd.complete_checkpoints():
+            workers = _train_workers()
+            if workers:
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+                return
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def killer() -> Iterator:
+    threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    def start(jd: jobdir.JobDir) -> list[int]:
+        killed: list[int] = []
+        stop = threading.Event()
+        t = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(jd, killed, stop), daemon=True)
+        t.start()
+        threads.append((t, stop))
+        return killed
+
+    yield start
+    for t, stop in threads:
+        stop.set()
+        t.join(timeout=5)
+
+
+def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_resumes_from_its_newest_checkpoint(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path, killer
+) -> None:
+    from mlflow import MlflowClient
+
+    job = mnist_job(tmp_path, mnist_root, *LONG, "spec.train.epochs=2", "spec.checkpoint.every_steps=20",
+                    "spec.checkpoint.keep=10", "spec.scaling.max_failures=2")  # fmt: skip
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    killed = killer(jd)
+    lines: list[str] = []
+    result = _submit(job, lines)
+
+    assert killed, "no training worker was found to kill"
+    recovered = [line for line in lines if line.startswith("recovered:")]
+    assert len(recovered) == 1 and result.restarts == 1, lines  # exactly one retry used
+    assert "retry 1 of spec.scaling.max_failures=2" in recovered[0]
+    # Resumed from a mid-epoch checkpoint that existed when the worker died, not from scratch.
+    names = {c.name: c for c in jd.complete_checkpoints()}
+    resumed_from = recovered[0].split("resumed from ")[1].split(" ")[0]
+    assert resumed_from in names and names[resumed_from].batch > 0 and names[resumed_from].epoch == 0, recovered
+    # The job reached its last epoch, at the right position.
+    assert result.epochs_done == 2 and not result.stopped_early
+    latest = jd.latest_checkpoint()
+    assert latest is not None and (latest.epoch, latest.batch, latest.step) == (2, 0, 128)
+    # One MLflow run, whose curves go on after the restart, marked with it.
+    mlflow = MlflowClient(f"sqlite:///{Path(job.spec.storage) / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("ganops").experiment_id])
+    assert [r.info.run_id for r in runs] == [result.mlflow_run_id]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["ganops.restarts"] == "1"
+    steps = [m.step for m in mlflow.get_metric_history(result.mlflow_run_id, "g_loss")]
+    assert max(steps) == 128 and {10, 60, 120} <= set(steps)
+
+
+def test_more_lost_workers_than_allowed_fail_clearly_and_keep_the_checkpoints(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path, killer
+) -> None:
+    job = mnist_job(tmp_path, mnist_root, *LONG, "spec.train.epochs=2", "spec.checkpoint.every_steps=20",
+                    "spec.scaling.max_failures=0")  # fmt: skip
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    killed = killer(jd)
+    with pytest.raises(JobFailedError, match=r"spec\.scaling\.max_failures=0") as e:
+        _submit(job, [])
+    assert killed
+    latest = jd.latest_checkpoint()
+    assert latest is not None and latest.uri in str(e.value)  # named, and intact:
+    state = torch.load(Path(latest.uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["position"]["step"] == latest.step > 0
+
+
+def test_a_crash_between_a_checkpoints_files_and_its_marker_leaves_the_previous_one_in_use(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 dies (SIGKILL) after writing epoch_0002's files, before its marker; Ray Train
+    # restarts the workers, which must resume from epoch_0001, the newest complete one.
+    flag = tmp_path / "fault-fired"
+    monkeypatch.setenv("GANOPS_FAULT", f"before-marker:epoch_0002:{flag}")
+    job = mnist_job(tmp_path / "runs", mnist_root, "spec.train.epochs=3", "spec.scaling.num_workers=1",
+                    "spec.checkpoint.keep=10", "spec.scaling.max_failures=1")  # fmt: skip
+    lines: list[str] = []
+    result = _submit(job, lines)
+    assert flag.exists(), "the fault never fired"
+    recovered = [line for line in lines if line.startswith("recovered:")]
+    assert len(recovered) == 1 and "resumed from epoch_0001 (epoch 1, batch 0" in recovered[0], lines
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    assert [c.name for c in jd.complete_checkpoints()] == ["epoch_0001", "epoch_0002", "epoch_0003"]
+    assert result.epochs_done == 3
+
+
+def test_without_retries_the_half_written_checkpoint_is_never_resumed_from(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag = tmp_path / "fault-fired"
+    monkeypatch.setenv("GANOPS_FAULT", f"before-marker:epoch_0002:{flag}")
+    sets = ("spec.train.epochs=3", "spec.scaling.num_workers=1", "spec.scaling.max_failures=0")
+    job = mnist_job(tmp_path / "runs", mnist_root, *sets)
+    with pytest.raises(JobFailedError):
+        _submit(job, [])
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    half = Path(job.spec.storage) / job.name / jobdir.CHECKPOINTS / "epoch_0002"
+    assert (half / jobdir.STATE_FILE).exists() and not (half / jobdir.MARKER).exists()
+    assert jd.latest_checkpoint().name == "epoch_0001"
+    monkeypatch.delenv("GANOPS_FAULT")
+    lines: list[str] = []
+    result = _submit(mnist_job(tmp_path / "runs", mnist_root, *sets), lines)
+    assert result.resumed_from.endswith("epoch_0001") and result.epochs_done == 3
+
+
+# -- divergence ---------------------------------------------------------------------------
+
+# Adam moves every weight by about the learning rate on its first step: at 1e30 the next
+# forward passes overflow float32, for real.
+EXPLODE = ("spec.train.lr=1e30",)
+
+
+def _one_good_epoch(storage: Path, mnist_root: Path) -> None:
+    first = client.submit(mnist_job(storage, mnist_root, "spec.train.epochs=1", "spec.scaling.num_workers=2"),
+                          show_progress=False, echo=lambda _m: None)  # fmt: skip
+    assert first.epochs_done == 1
+
+
+def test_a_diverging_run_stops_at_once_naming_the_step_and_loss_and_keeps_the_good_checkpoint(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    _one_good_epoch(tmp_path, mnist_root)
+    job = mnist_job(tmp_path, mnist_root, "spec.train.epochs=3", "spec.scaling.num_workers=2", *EXPLODE)
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    good = jd.latest_checkpoint()
+    lines: list[str] = []
+    with pytest.raises(JobFailedError, match=r"training diverged at step \d+: .*(d_loss|g_loss) not finite") as e:
+        _submit(job, lines)
+    step = int(str(e.value).split("at step ")[1].split(":")[0])
+    assert good.step < step <= good.step + 10  # within one check (every 10 steps) of epoch 1's end
+    assert [c.name for c in jd.complete_checkpoints()] == [good.name]  # nothing written over it
+    state = torch.load(Path(good.uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["nets"]["g"].values() if v.is_floating_point())
+    mlflow = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("ganops").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["ganops.diverged"].startswith(f"training diverged at step {step}")
+
+
+def test_rollback_reloads_the_last_good_checkpoint_with_smaller_learning_rates(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    _one_good_epoch(tmp_path, mnist_root)
+    # One rollback scales 1e30 down to 2e-4 (the job's own rate): the run then trains on.
+    factor = 2e-4 / 1e30
+    job = mnist_job(tmp_path, mnist_root, "spec.train.epochs=2", "spec.scaling.num_workers=2", *EXPLODE,
+                    "spec.train.on_divergence=rollback", f"spec.train.rollback_lr_factor={factor}")  # fmt: skip
+    lines: list[str] = []
+    result = _submit(job, lines)
+    rolled = [line for line in lines if "rolled back to epoch_0001" in line]
+    assert len(rolled) == 1 and "rollback 1 of spec.train.max_rollbacks=3" in rolled[0], lines
+    assert result.epochs_done == 2
+    state = torch.load(Path(result.latest_checkpoint) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["position"]["rollbacks"] == 1 and math.isclose(state["nets"]["lr_scale"], factor, rel_tol=1e-9)
+    assert math.isclose(state["nets"]["opt_d"]["param_groups"][0]["lr"], 2e-4, rel_tol=1e-6)
+    assert all(torch.isfinite(v).all() for v in state["nets"]["d"].values() if v.is_floating_point())
+
+
+def test_a_run_that_keeps_diverging_stops_after_max_rollbacks(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    _one_good_epoch(tmp_path, mnist_root)
+    job = mnist_job(tmp_path, mnist_root, "spec.train.epochs=2", "spec.scaling.num_workers=2", *EXPLODE,
+                    "spec.train.on_divergence=rollback", "spec.train.max_rollbacks=2")  # fmt: skip
+    lines: list[str] = []
+    with pytest.raises(JobFailedError, match=r"diverged again after 2 rollbacks \(spec\.train\.max_rollbacks=2\)"):
+        _submit(job, lines)
+    assert sum("rolled back to epoch_0001" in line for line in lines) == 2
+    assert [c.name for c in jobdir.JobDir(job.spec.storage, job.name).complete_checkpoints()] == ["epoch_0001"]
+
+
+# -- a flaky object store -----------------------------------------------------------------
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the real S3 server that answers the next ``fail_puts`` PUT
+    requests with 503 SlowDown (what S3 says under load) and forwards everything else."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        up = urlparse(upstream)
+        proxy = self
+        self.fail_puts = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                """The request body as sent: a chunked one (the AWS SDK's aws-chunked uploads
+                with checksum trailers) is kept framed, to be forwarded byte for byte."""
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                out = b""
+                while True:
+                    line = self.rfile.readline()
+                    out += line
+                    size = int(line.split(b";")[0], 16)
+                    if size == 0:
+                        while True:  # trailers, up to the empty line
+                            line = self.rfile.readline()
+                            out += line
+                            if line in (b"\r\n", b"\n", b""):
+                                return out
+                    out += self.rfile.read(size) + self.rfile.readline()
+
+            def _handle(self) -> None:
+                body = self._body()
+                with proxy.lock:
+                    fail = self.command == "PUT" and proxy.fail_puts > 0
+                    if fail:
+                        proxy.fail_puts -= 1
+                        proxy.failed += 1
+                if fail:
+                    err = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(err)))
+                    self.end_headers()
+                    self.wfile.write(err)
+                    return
+                # A chunked body goes on chunked (http.client sends it as it is framed).
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                if "transfer-encoding" not in {k.lower() for k in headers}:
+                    headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                head = self.command == "HEAD"  # its Content-Length is the object's size: keep it
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection") and (head or k.lower() != "content-length"):
+                        self.send_header(k, v)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815 - http.server's names
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def flaky_s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyS3]:
+    proxy = FlakyS3(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy
+    proxy.close()
+
+
+def _local_checkpoint(tmp_path: Path, name: str) -> str:
+    d = tmp_path / name
+    d.mkdir()
+    (d / jobdir.STATE_FILE).write_bytes(os.urandom(300_000))
+    (d / jobdir.SPEC_FILE).write_text("kind: GANJob\n")
+    (d / jobdir.MARKER).write_text('{"step": 1}')
+    return str(d)
+
+
+@pytest.mark.parametrize("failures", [1, 4])
+def test_checkpoint_uploads_ride_out_a_few_503s_from_s3(flaky_s3: FlakyS3, bucket: str, tmp_path: Path,
+                                                        failures: int) -> None:  # fmt: skip
+    from ganops import storage
+
+    loc = storage.locate(f"s3://{bucket}/job/checkpoints")
+    flaky_s3.fail_puts = failures
+    storage.replace_dir_from_local(_local_checkpoint(tmp_path, "epoch_0001"), loc.fs, loc.child("epoch_0001").path,
+                                   last=jobdir.MARKER)  # fmt: skip
+    assert flaky_s3.failed == failures
+    done = jobdir._complete(loc)
+    assert [c.name for c in done] == ["epoch_0001"]
+    assert storage.read_bytes(loc.child("epoch_0001").child(jobdir.STATE_FILE)) == (
+        Path(tmp_path / "epoch_0001" / jobdir.STATE_FILE).read_bytes()
+    )
+
+
+def test_an_s3_store_failing_past_the_retries_is_a_clear_error_and_loses_nothing(
+    flaky_s3: FlakyS3, bucket: str, tmp_path: Path
+) -> None:
+    from ganops import storage
+
+    loc = storage.locate(f"s3://{bucket}/job/checkpoints")
+    storage.replace_dir_from_local(_local_checkpoint(tmp_path, "epoch_0001"), loc.fs, loc.child("epoch_0001").path,
+                                   last=jobdir.MARKER)  # fmt: skip
+    flaky_s3.fail_puts = 1000
+    with pytest.raises(OSError, match=rf"could not write s3://{bucket}/job/checkpoints/epoch_0002 \(each request tried {storage.S3_ATTEMPTS} times\).*(SLOW_DOWN|SlowDown)"):  # fmt: skip
+        storage.replace_dir_from_local(_local_checkpoint(tmp_path, "epoch_0002"), loc.fs,
+                                       loc.child("epoch_0002").path, last=jobdir.MARKER)  # fmt: skip
+    assert flaky_s3.failed == storage.S3_ATTEMPTS  # one request, tried S3_ATTEMPTS times, then given up
+    flaky_s3.fail_puts = 0
+    assert [c.name for c in jobdir._complete(loc)] == ["epoch_0001"]  # the earlier one is whole
