@@ -109,9 +109,10 @@ def _remote(target: str | None, address: str | None, namespace: str | None, *, a
 )
 @click.option("--quiet", "-q", is_flag=True, help="No resolved spec and no live progress line.")
 @click.option("--spec-b64", hidden=True, help="The spec inline (the remote driver's entrypoint).")
+@click.option("--restart-token", hidden=True, help="--restart once per token (a RayJob's retries resume).")
 def submit(
     spec_file: str | None, overrides: tuple[str, ...], target: str, address: str | None, namespace: str | None,
-    dry_run: bool, output: str | None, restart: bool, quiet: bool, spec_b64: str | None,
+    dry_run: bool, output: str | None, restart: bool, quiet: bool, spec_b64: str | None, restart_token: str | None,
 ) -> None:  # fmt: skip
     """Train the GAN described by SPEC.
 
@@ -139,7 +140,10 @@ def submit(
         preflight(job)
         err(f"{spec_file or 'spec'}: valid (dry run: nothing submitted)")
         return
-    result = sdk_submit(job, address=address, restart=restart, show_progress=not quiet, echo=err)
+    result = sdk_submit(
+        job, address=address, restart=restart or bool(restart_token), restart_token=restart_token,
+        show_progress=not quiet, echo=err,
+    )  # fmt: skip
     if not result.trained:
         return
     _summary(result)

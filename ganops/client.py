@@ -125,15 +125,21 @@ def submit(
     *,
     address: str | None = None,
     restart: bool = False,
+    restart_token: str | None = None,
     show_progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> RunResult:
-    """Train ``job`` on Ray: the embedded local Ray, or the cluster at ``address``."""
+    """Train ``job`` on Ray: the embedded local Ray, or the cluster at ``address``.
+
+    An existing run of the job resumes; ``restart`` moves it aside and starts over. With a
+    ``restart_token`` it starts over once per token: a retry of the same submission (the
+    next attempt of a RayJob) resumes what the first attempt began."""
     info = preflight(job)
     preflight_eval_weights(job, address=address, echo=echo)
     from ganops.train.launch import run
 
-    return run(job, info, address=address, restart=restart, show_progress=show_progress, echo=echo)
+    return run(job, info, address=address, restart=restart, restart_token=restart_token,
+               show_progress=show_progress, echo=echo)  # fmt: skip
 
 
 # -- jobs on a cluster: the same verbs for every remote target ---------------------------

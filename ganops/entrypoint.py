@@ -35,11 +35,17 @@ def decode_spec(b64: str) -> str:
     return base64.b64decode(b64.encode(), validate=True).decode()
 
 
-def train_command(job: GANJob, *, restart: bool = False) -> str:
-    """``ganops submit`` on the cluster's own Ray (RAY_ADDRESS there); it resumes by itself."""
+def train_command(job: GANJob, *, restart: bool = False, restart_token: str | None = None) -> str:
+    """``ganops submit`` on the cluster's own Ray (RAY_ADDRESS there); it resumes by itself.
+
+    ``restart_token`` (with ``restart``): start over once per token, so that a retried
+    driver (a RayJob's next attempt, ``backoffLimit``) resumes instead of starting over again.
+    """
     # --target local: the driver trains right there, whatever GANOPS_TARGET the node has.
     args = ["ganops", "submit", "--target", "local", "--spec-b64", encode_spec(job)]
-    if restart:
+    if restart and restart_token:
+        args += ["--restart-token", restart_token]
+    elif restart:
         args.append("--restart")
     return shlex.join(args)
 

@@ -41,6 +41,7 @@ MARKER = "checkpoint.json"
 STATE_FILE = "state.pt"
 GIF_FILE = "training.gif"
 BEST_FILE = "best.json"
+RESTART_TOKEN_FILE = "restart-token"
 
 _CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_batch_(\d{5,}))?$")
 
@@ -141,10 +142,24 @@ class JobDir:
     def sample_grids(self) -> list[str]:
         return [n for n in storage.list_dir(self.samples) if re.match(r"^epoch_\d+\.png$", n)]
 
+    def restart_token(self) -> str | None:
+        """The token of the --restart that began this run (``submit --restart-token``)."""
+        try:
+            return storage.read_bytes(self.root.child(RESTART_TOKEN_FILE)).decode().strip() or None
+        except (FileNotFoundError, OSError, UnicodeDecodeError):
+            return None
+
+    def write_restart_token(self, token: str) -> None:
+        storage.write_bytes(self.root.child(RESTART_TOKEN_FILE), token.encode())
+
     def archive(self) -> str:
         """Move the whole job directory aside (``--restart``) and return where it went."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         dest = storage.locate(f"{self.root.uri}.restart-{stamp}")
+        n = 1
+        while storage.exists(dest):  # two restarts within a second
+            n += 1
+            dest = storage.locate(f"{self.root.uri}.restart-{stamp}-{n}")
         storage.move_dir(self.root, dest)
         return dest.uri
 

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from ganops.errors import UserError
+from ganops.faults import fault_point
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
@@ -200,7 +201,7 @@ def replace_dir_from_local(local: str, fs: pafs.FileSystem, dest: str, *, last: 
         fs.create_dir(dest, recursive=True)
         for name in sorted(os.listdir(local), key=lambda n: n == last):
             if name == last:
-                _fault_point("before-marker", dest)
+                fault_point("before-marker", posixpath.basename(dest.rstrip("/")))
             pafs.copy_files(
                 os.path.join(local, name),
                 posixpath.join(dest, name),
@@ -212,29 +213,6 @@ def replace_dir_from_local(local: str, fs: pafs.FileSystem, dest: str, *, last: 
         # its marker the directory is never trusted; what was written before is untouched.
         where = f"{fs.type_name}://{dest}" if fs.type_name == "s3" else dest
         raise OSError(f"could not write {where} (each request tried {S3_ATTEMPTS} times): {e}") from e
-
-
-def _fault_point(point: str, dest: str) -> None:
-    """A crash on purpose, for the tests of what a crash leaves behind (tests/test_failures.py).
-
-    ``GANOPS_FAULT=POINT:NAME:FLAG`` SIGKILLs this process at ``POINT`` while writing a
-    directory named ``NAME``, once: only if the file ``FLAG`` does not exist yet (it is
-    created first). Unset, this is one dictionary lookup.
-    """
-    fault = os.environ.get("GANOPS_FAULT")
-    if not fault:
-        return
-    at, name, flag = (fault.split(":", 2) + ["", ""])[:3]
-    if at != point or posixpath.basename(dest.rstrip("/")) != name or not flag:
-        return
-    try:
-        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable(loc: Location, *, field: str = STORAGE_FIELD) -> None:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ganops.spec.models import GANJob
-from tests.helpers import JOBS, REPO, free_port
+from tests.helpers import JOBS, REPO, MlflowServer
 
 MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 
@@ -103,31 +100,13 @@ def mlflow_server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="mlflow")
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home}/mlflow.db",
-         "--artifacts-destination", "s3://mlflow/artifacts", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+    server = MlflowServer(
+        tmp_path_factory.mktemp("mlflow-server"), artifacts="s3://mlflow/artifacts",
+        env={"MLFLOW_S3_ENDPOINT_URL": s3_server},
     )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start; see {home / 'server.log'}")
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    server.start(timeout_s=120)
+    yield server.uri
+    server.stop(signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")

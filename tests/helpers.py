@@ -7,9 +7,12 @@ and imports these too.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,55 @@ def generation(out: str = "/nowhere", *, run_id: str = "run", formats: tuple[str
         fields["format"] = "both" if set(formats) == {"png", "npz"} else formats[0]
     spec = {"run_id": run_id, "out": out, **fields}
     return validate_model(GANGeneration, {"metadata": {"name": "gen"}, "spec": spec})
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (SQLite metadata, artifacts in ``artifacts`` or under ``home``)
+    on a free port, that can be killed and started again on the same port and store."""
+
+    def __init__(self, home: Path, artifacts: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.artifacts = artifacts or str(home / "artifacts")
+        self.env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 180) -> None:
+        log = open(self.home / "server.log", "ab")  # the server writes it; our handle closes below
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.home}/mlflow.db",
+             "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True,  # its own process group: uvicorn and its job runners go with it
+        )  # fmt: skip
+        log.close()
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mlflow server did not start; see {self.home / 'server.log'}") from None
+                time.sleep(0.3)
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """The whole process group (``mlflow server`` serves from worker processes of its own,
+        which would go on answering if only the parent died): SIGKILL is a crash, refused
+        connections at once; SIGTERM a shutdown."""
+        if self.proc is None:
+            return
+        for s in (sig, signal.SIGKILL):  # then whatever a SIGTERM left behind
+            try:
+                os.killpg(self.proc.pid, s)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc = None

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ import torch
 from ganops import client, jobdir
 from ganops.errors import JobFailedError
 from tests.conftest import mnist_job
+from tests.helpers import MlflowServer
 
 pytestmark = pytest.mark.slow
 
@@ -35,29 +37,26 @@ def _submit(job, lines: list[str]):
     return client.submit(job, show_progress=False, echo=lines.append)
 
 
-def _train_workers() -> list[int]:
-    """PIDs of the live Ray Train worker processes (Ray names them in their command line)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith(b"ray::RayTrainWorker"):
-            pids.append(int(entry))
-    return pids
+def _rank_pid(job_name: str, rank: int) -> int | None:
+    """The process of ``rank`` of this test's job (in this process, on the session's Ray),
+    from the job's control actor, once that rank has started."""
+    import ray
+
+    prefix = f"ganops-control-{job_name}-{os.getpid()}-"
+    for name in ray.util.list_named_actors():
+        if name.startswith(prefix):
+            return ray.get(ray.get_actor(name).worker_pids.remote()).get(rank)
+    return None
 
 
-def _kill_a_worker_after_first_checkpoint(jd: jobdir.JobDir, killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL one training worker as soon as the first complete checkpoint exists."""
+def _kill_after_first_checkpoint(jd: jobdir.JobDir, rank: int, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the worker of ``rank`` as soon as the job's first complete checkpoint exists."""
     while not stop.is_set():
         if jd.complete_checkpoints():
-            workers = _train_workers()
-            if workers:
-                os.kill(workers[-1], signal.SIGKILL)
-                killed.append(workers[-1])
+            pid = _rank_pid(jd.root.uri.rstrip("/").rsplit("/", 1)[-1], rank)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
                 return
         time.sleep(0.05)
 
@@ -66,10 +65,10 @@ def _kill_a_worker_after_first_checkpoint(jd: jobdir.JobDir, killed: list[int], 
 def killer() -> Iterator:
     threads: list[tuple[threading.Thread, threading.Event]] = []
 
-    def start(jd: jobdir.JobDir) -> list[int]:
+    def start(jd: jobdir.JobDir, rank: int = 0) -> list[int]:
         killed: list[int] = []
         stop = threading.Event()
-        t = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(jd, killed, stop), daemon=True)
+        t = threading.Thread(target=_kill_after_first_checkpoint, args=(jd, rank, killed, stop), daemon=True)
         t.start()
         threads.append((t, stop))
         return killed
@@ -80,15 +79,19 @@ def killer() -> Iterator:
         t.join(timeout=5)
 
 
+# Rank 0 writes the checkpoints and logs to MLflow: losing it loses its unsent metric points
+# unless they were sent before the checkpoint the run resumes from (they are, now; the first
+# CI run of this test, killing rank 0, found steps 10 and 20 missing from the curves).
+@pytest.mark.parametrize("victim", [0, 1], ids=["rank0", "rank1"])
 def test_a_worker_killed_mid_epoch_is_replaced_and_the_run_resumes_from_its_newest_checkpoint(
-    ray_cluster: None, mnist_root: Path, tmp_path: Path, killer
+    ray_cluster: None, mnist_root: Path, tmp_path: Path, killer, victim: int
 ) -> None:
     from mlflow import MlflowClient
 
     job = mnist_job(tmp_path, mnist_root, *LONG, "spec.train.epochs=2", "spec.checkpoint.every_steps=20",
                     "spec.checkpoint.keep=10", "spec.scaling.max_failures=2")  # fmt: skip
     jd = jobdir.JobDir(job.spec.storage, job.name)
-    killed = killer(jd)
+    killed = killer(jd, victim)
     lines: list[str] = []
     result = _submit(job, lines)
 
@@ -119,7 +122,7 @@ def test_more_lost_workers_than_allowed_fail_clearly_and_keep_the_checkpoints(
     job = mnist_job(tmp_path, mnist_root, *LONG, "spec.train.epochs=2", "spec.checkpoint.every_steps=20",
                     "spec.scaling.max_failures=0")  # fmt: skip
     jd = jobdir.JobDir(job.spec.storage, job.name)
-    killed = killer(jd)
+    killed = killer(jd, 1)
     with pytest.raises(JobFailedError, match=r"spec\.scaling\.max_failures=0") as e:
         _submit(job, [])
     assert killed
@@ -371,3 +374,111 @@ def test_an_s3_store_failing_past_the_retries_is_a_clear_error_and_loses_nothing
     assert flaky_s3.failed == storage.S3_ATTEMPTS  # one request, tried S3_ATTEMPTS times, then given up
     flaky_s3.fail_puts = 0
     assert [c.name for c in jobdir._complete(loc)] == ["epoch_0001"]  # the earlier one is whole
+
+
+# -- retried drivers (a RayJob's backoffLimit) --------------------------------------------
+
+
+def test_a_restarted_submission_starts_over_once_and_its_retries_resume(tmp_path: Path, mnist_root: Path) -> None:
+    from ganops.train import launch
+
+    job = mnist_job(tmp_path, mnist_root)
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    (Path(jd.root.path) / jobdir.CHECKPOINTS).mkdir(parents=True)  # an earlier run of the job
+    lines: list[str] = []
+    first = launch._starting_point(job, True, lines.append, restart_token="uid-1")
+    assert first.archived is not None and "moved to" in lines[-1]
+    # The same submission retried (the RayJob's next attempt): resume, do not start over again.
+    (Path(jd.root.path) / jobdir.CHECKPOINTS).mkdir(parents=True)
+    retry = launch._starting_point(job, True, lines.append, restart_token="uid-1")
+    assert retry.archived is None and "already started" in lines[-1]
+    assert (Path(jd.root.path) / jobdir.CHECKPOINTS).is_dir()
+    # A new submission (a new GANJob, a new token) starts over again.
+    assert launch._starting_point(job, True, lines.append, restart_token="uid-2").archived is not None
+
+
+# -- a tracking outage --------------------------------------------------------------------
+
+
+def test_a_tracking_outage_mid_run_costs_no_retry_and_no_metric_points(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    epochs = 12  # 768 steps, ~2 min: the server is back well before the run ends
+    job = mnist_job(tmp_path / "runs", mnist_root, *LONG, f"spec.train.epochs={epochs}",
+                    "spec.train.log_every_steps=1", "spec.checkpoint.every_epochs=4",
+                    f"spec.tracking.uri={server.uri}")  # fmt: skip
+    jd = jobdir.JobDir(job.spec.storage, job.name)
+    lines: list[str] = []
+    box: dict[str, Any] = {}
+
+    def submit() -> None:
+        try:
+            box["result"] = _submit(job, lines)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            box["error"] = e
+
+    trainer = threading.Thread(target=submit, daemon=True)
+    trainer.start()
+    try:
+        deadline = time.time() + 300
+        while not jd.complete_checkpoints() and time.time() < deadline and trainer.is_alive():
+            time.sleep(0.2)
+        assert jd.complete_checkpoints(), "the run never reached its first checkpoint"
+        server.stop()
+        time.sleep(60)
+        assert trainer.is_alive(), "the run ended during the outage: make it longer"
+        server.start()
+        trainer.join(timeout=900)
+        assert "error" not in box, box.get("error")
+        result = box["result"]
+        assert result.restarts == 0 and result.epochs_done == epochs  # no Ray retry, trained on
+        said = [line for line in lines if "MLflow tracking" in line]
+        assert any("is unreachable" in line for line in said) and any("reachable again" in line for line in said), lines
+        steps_total = epochs * 64
+        history = MlflowClient(server.uri).get_metric_history(result.mlflow_run_id, "g_loss")
+        got = {m.step for m in history}
+        assert len(got) >= 0.99 * steps_total, f"{len(got)} of {steps_total} points"
+    finally:
+        server.stop()
+
+
+# -- training health ----------------------------------------------------------------------
+
+
+def test_a_discriminator_learning_100x_faster_is_reported_and_stops_the_run_when_asked(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    # D's learning rate 100x G's: D(G(z)) falls to ~0.01 within ~20 steps and stays there.
+    job = mnist_job(tmp_path, mnist_root, "spec.scaling.num_workers=2", "spec.data.limit=1024",
+                    "spec.train.epochs=4", "spec.train.g_lr=1e-5", "spec.train.d_lr=1e-3",
+                    "spec.train.stop_on=[d_overpowers_g]")  # fmt: skip
+    lines: list[str] = []
+    result = _submit(job, lines)
+    warned = [line for line in lines if "training health at step" in line]
+    assert warned and "d_overpowers_g: D(G(z))" in warned[0], lines
+    assert any(line.startswith("stopping early (spec.train.stop_on)") for line in lines), lines
+    assert result.stopped_early and result.epochs_done < 4  # stopped, with a checkpoint to resume from
+    assert result.latest_checkpoint is not None
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    assert run.data.tags["ganops.health"].startswith("d_overpowers_g: D(G(z))")
+    assert run.data.tags["ganops.stopped"].startswith("d_overpowers_g")
+    assert "ganops.model_uri" in run.data.tags  # a finished run: its generator is logged
+
+
+def test_a_run_with_balanced_learning_rates_stays_healthy(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    job = mnist_job(tmp_path, mnist_root, "spec.scaling.num_workers=2", "spec.data.limit=1024",
+                    "spec.train.epochs=4", "spec.train.stop_on=[d_overpowers_g]")  # fmt: skip
+    lines: list[str] = []
+    result = _submit(job, lines)
+    assert not [line for line in lines if "training health" in line], lines
+    assert result.epochs_done == 4 and not result.stopped_early
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    assert run.data.tags["ganops.health"] == "ok" and "ganops.stopped" not in run.data.tags

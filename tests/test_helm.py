@@ -727,3 +727,4 @@ def test_the_operators_own_job_defaults_are_the_charts() -> None:
     assert (d.worker_cpu, d.worker_memory) == (str(jobs["worker"]["cpu"]), jobs["worker"]["memory"])
     assert (d.head_cpu, d.head_memory) == (str(jobs["head"]["cpu"]), jobs["head"]["memory"])
     assert d.gpu_resource == jobs["gpuResource"]
+    assert d.backoff_limit == jobs["backoffLimit"] > 0  # a failed attempt is retried (and resumes)

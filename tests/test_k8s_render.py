@@ -13,7 +13,7 @@ import yaml
 from ganops.client import load_job
 from ganops.entrypoint import decode_spec
 from ganops.errors import SpecError, UserError
-from ganops.k8s import crd
+from ganops.k8s import RESTART_ANNOTATION, crd
 from ganops.k8s.objects import custom_object
 from ganops.k8s.render import Defaults, render
 from ganops.spec.generation import GANGeneration
@@ -298,3 +298,21 @@ def test_crd_bounds_survive_the_api_servers_float_parsing() -> None:
     for text in crd.crd_files().values():
         for bound in _bounds(yaml.safe_load(text)):
             assert abs(bound) <= 2**53 - 1 and float(bound) == bound, bound
+
+
+def test_a_failed_attempt_is_retried_by_default_and_every_retry_resumes() -> None:
+    # backoffLimit: the spec's, else the operator's default (the chart's jobs.backoffLimit).
+    assert render(_object(JOBS / "mnist_dcgan.yaml"), DEFAULTS)["spec"]["backoffLimit"] == 2
+    five = Defaults.from_env({"GANOPS_BACKOFF_LIMIT": "5"})
+    assert render(_object(JOBS / "mnist_dcgan.yaml"), five)["spec"]["backoffLimit"] == 5
+    none = _object(JOBS / "mnist_dcgan.yaml", "spec.cluster.backoff_limit=0")
+    assert render(none, five)["spec"]["backoffLimit"] == 0
+    with pytest.raises(UserError, match="GANOPS_BACKOFF_LIMIT: expected a whole number"):
+        Defaults.from_env({"GANOPS_BACKOFF_LIMIT": "two"})
+    # Each attempt runs the same entrypoint: a plain one resumes from the checkpoints by
+    # itself; a restarted GANJob's starts over once per GANJob (its uid), not per attempt.
+    assert "--restart" not in render(_object(JOBS / "mnist_dcgan.yaml"), DEFAULTS)["spec"]["entrypoint"]
+    obj = _object(JOBS / "mnist_dcgan.yaml")
+    obj["metadata"]["annotations"] = {RESTART_ANNOTATION: "true"}
+    argv = shlex.split(render(obj, DEFAULTS)["spec"]["entrypoint"])
+    assert argv[argv.index("--restart-token") + 1] == "1234-uid" and "--restart" not in argv

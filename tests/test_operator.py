@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shlex
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -215,7 +216,8 @@ def test_registering_fills_only_the_given_registry(kubeconfig_file: Path) -> Non
     op.register(registry, op.OperatorConfig(namespaces=("a",), kubeconfig=str(kubeconfig_file)))
     changing = {(h.id, h.selector.any_name) for h in registry._changing.get_all_handlers()}
     assert changing == {(i, p) for i in ("created", "cancelled") for p in ("ganjobs", "gangenerations")}
-    assert [h.id for h in registry._watching.get_all_handlers()] == ["rayjob_changed"]
+    watching = sorted((h.id, h.selector.any_name) for h in registry._watching.get_all_handlers())
+    assert watching == [("deleted", "gangenerations"), ("deleted", "ganjobs"), ("rayjob_changed", "rayjobs")]
     assert {h.id for h in registry._activities.get_all_handlers()} == {
         "login",
         "start_mlflow_poller",
@@ -560,6 +562,16 @@ def test_mlflow_run_and_checkpoint_reach_the_status(cluster: dict, admin: Any, c
     st = wait_for("mlflowRunId", lambda: (s := status_of(admin, name)).get("mlflowRunId") and s)
     assert st["mlflowRunId"] == run.info.run_id
     assert st["latestCheckpoint"].endswith("epoch_0001")
+    # The trainer's health verdict (the ganops.health tag) becomes the TrainingHealthy condition.
+    client.set_tag(run.info.run_id, "ganops.health", "d_overpowers_g: D(G(z)) 0.002 < 0.05 in 5 reports")
+
+    def healthy() -> dict[str, Any] | None:
+        return next((c for c in status_of(admin, name).get("conditions", []) if c["type"] == "TrainingHealthy"), None)
+
+    sick = wait_for("TrainingHealthy False", lambda: (c := healthy()) and c["status"] == "False" and c)
+    assert sick["reason"] == "DOverpowersG" and "D(G(z)) 0.002" in sick["message"]
+    client.set_tag(run.info.run_id, "ganops.health", "ok")
+    wait_for("TrainingHealthy True", lambda: (c := healthy()) and c["status"] == "True")
 
 
 @slow
@@ -690,3 +702,70 @@ def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any)
                     assert getattr(e, "status", None) == 404, e
     assert proc.returncode == 0, out[-3000:]
     assert "403" not in out and "Forbidden" not in out, out[-3000:]
+
+
+@slow
+def test_an_operator_killed_right_after_creating_a_rayjob_leaves_exactly_one_and_cleans_up_deletions(
+    kube_api: kube.KubeAPI, cluster: dict, admin: Any
+) -> None:
+    """`ganops operator run` SIGKILLed as soon as its RayJob exists (before it could write the
+    GANJob's status), then started again: the RayJob is adopted, not duplicated or replaced;
+    and a GANJob deleted while the operator runs takes its RayJob with it (here, where no
+    garbage collector runs, through the operator's on-delete handler)."""
+    import signal
+    import subprocess
+    import sys
+
+    name = unique("killed-op")
+    docs = helm.render({}, namespace=OTHER)
+    container = helm.operator_container(docs)
+    args = [a for a in container["args"] if not a.startswith("--liveness") and "8080" not in a]
+    (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]
+    token = kube.sa_token(OTHER, sa["metadata"]["name"])
+    env = {**os.environ, **helm.operator_env(docs), "KUBECONFIG": str(kube_api.kubeconfig(token, OTHER, name="op-k"))}
+    env.pop("HOME", None)
+    exe = str(Path(sys.executable).with_name("ganops"))
+
+    def start(fault: str | None = None) -> subprocess.Popen[str]:
+        extra = {"GANOPS_FAULT": fault} if fault else {}
+        return subprocess.Popen([exe, *container["command"][1:], *args], env={**env, **extra},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    with helm.applied(kube_api, helm.rbac_docs(docs)), tempfile.TemporaryDirectory() as tmp:
+        # The operator SIGKILLs itself right after creating the RayJob (ganops.faults).
+        proc = start(f"after-rayjob-create:{name}:{tmp}/fired")
+        try:
+            body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": name, "namespace": OTHER},
+                    "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
+            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", body)
+            proc.communicate(timeout=60)
+            assert proc.returncode == -signal.SIGKILL and Path(f"{tmp}/fired").exists()
+            first = rayjob(admin, name, ns=OTHER)
+            assert not status_of(admin, name, ns=OTHER).get("phase")  # it died before writing the status
+            proc = start()
+            # The restarted operator resumes the job: it finds its RayJob and marks the job Pending.
+            wait_for("Pending", lambda: status_of(admin, name, ns=OTHER).get("phase") == "Pending", 60)
+            items = admin.list_namespaced_custom_object("ray.io", "v1", OTHER, "rayjobs")["items"]
+            ours = [i for i in items if i["metadata"]["name"] == name]
+            assert len(ours) == 1 and ours[0]["metadata"]["uid"] == first["metadata"]["uid"]
+            t0 = time.time()
+            admin.delete_namespaced_custom_object(G, V, OTHER, "ganjobs", name)
+
+            def gone() -> bool:
+                try:
+                    rayjob(admin, name, ns=OTHER)
+                except Exception as e:  # noqa: BLE001 - ApiException 404: deleted
+                    return getattr(e, "status", None) == 404
+                return False
+
+            wait_for("the RayJob deleted with its GANJob", gone, 30)
+            assert time.time() - t0 < 30
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+            for group, version, plural in ((G, V, "ganjobs"), ("ray.io", "v1", "rayjobs")):
+                try:
+                    admin.delete_namespaced_custom_object(group, version, OTHER, plural, name)
+                except Exception as e:  # noqa: BLE001 - already gone
+                    assert getattr(e, "status", None) == 404, e
+    assert "Traceback" not in out, out[-3000:]

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from ganops import tracking
 from ganops.errors import UserError
 from ganops.spec import dump
 from tests.conftest import S3_KEY_ID, S3_SECRET, mnist_job
-from tests.helpers import free_port
+from tests.helpers import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -202,30 +198,12 @@ def test_a_missing_bucket_fails_before_any_worker_starts(ray_cluster: None, mnis
 # -- a tracking server that drops out ---------------------------------------------------
 
 
-def _start_server(home: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home}/db.sqlite",
-         "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
-    )  # fmt: skip
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
 def test_metrics_logged_while_the_server_is_down_are_buffered_and_written_when_it_returns(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _start_server(tmp_path, port)
+    server = MlflowServer(tmp_path)
+    server.start()
+    uri = server.uri
     try:
         run_id = MlflowClient(uri).create_run("0").info.run_id
         warnings: list[str] = []
@@ -235,8 +213,7 @@ def test_metrics_logged_while_the_server_is_down_are_buffered_and_written_when_i
         while logger.pending() and time.time() < deadline:
             time.sleep(0.1)
         assert logger.pending() == 0
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()  # SIGKILL to the whole group: connections are refused at once
 
         t0 = time.time()
         for step in (2, 3, 4):
@@ -248,14 +225,13 @@ def test_metrics_logged_while_the_server_is_down_are_buffered_and_written_when_i
         assert warnings and "unreachable" in warnings[0] and "retried" in warnings[0]
         assert logger.pending() == 3
 
-        server = _start_server(tmp_path, port)
+        server.start()
         assert logger.close(timeout_s=60)
         history = MlflowClient(uri).get_metric_history(run_id, "d_loss")
         assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
         assert any("reachable again" in w for w in warnings)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 def test_tracking_uris_are_stored_and_printed_without_credentials() -> None:

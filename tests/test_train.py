@@ -53,7 +53,7 @@ def test_checkpoints_are_self_sufficient(two_worker_run) -> None:
     job, result = two_worker_run
     ckpt = Path(result.latest_checkpoint)
     state = load_state(str(ckpt))
-    assert state["position"] == {"epoch": 3, "batch": 0, "step": 24}
+    assert state["position"] == {"epoch": 3, "batch": 0, "step": 24, "rollbacks": 0}
     assert set(state["nets"]) >= {"g", "d", "g_ema", "opt_g", "opt_d"}
     assert state["fixed_z"].shape == (16, 100) and len(state["rng"]) == 2
     saved = client.load_job(ckpt / jobdir.SPEC_FILE)

@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 
 from ganops.errors import SpecError, UserError
+from ganops.faults import fault_point
 from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, PLURALS, VERSION
 from ganops.k8s.client import api_client, api_error, configuration
 from ganops.k8s.render import Defaults, render
@@ -94,7 +95,8 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # kopf's bookkeeping under an annotation prefix of its own: kopf ignores changes to
     # annotations under its prefix, and ganops.io/cancel-requested must be seen. No
     # handler needs a finalizer: deletion is Kubernetes' garbage collection of the owned
-    # RayJob, so nothing blocks a delete while the operator is down.
+    # RayJob (the optional on-delete handler only speeds it up), so nothing blocks a
+    # delete while the operator is down.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ganops.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.ganops.io", key="last-handled-configuration"
@@ -191,6 +193,15 @@ def _register_owner_handlers(registry: kopf.OperatorRegistry, ctx: _Context, plu
             return
         ensure_rayjob(ctx, body, patch, name, namespace)
 
+    # The watch's DELETED event, not kopf.on.delete: that one needs a finalizer (without
+    # one, kopf sees the object only once it is gone, and calls no deletion handler), and a
+    # finalizer would block deletes while the operator is down. Kubernetes' garbage collector
+    # removes an owned RayJob anyway; this only makes it immediate.
+    @kopf.on.event(GROUP, VERSION, plural, id="deleted", registry=registry)
+    def deleted(event: dict[str, Any], body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            delete_owned_rayjob(ctx, body, name, namespace)
+
     cancel_set = {CANCEL_ANNOTATION: kopf.PRESENT}
 
     @kopf.on.update(GROUP, VERSION, plural, id="cancelled", annotations=cancel_set, registry=registry)
@@ -241,6 +252,7 @@ def ensure_rayjob(ctx: _Context, body: kopf.Body, patch: kopf.Patch, name: str, 
 
     try:
         ctx.custom.create_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob)
+        fault_point("after-rayjob-create", name)
     except ApiException as e:
         if e.status != 409:
             if e.status == 422:
@@ -277,6 +289,23 @@ def _adopt_or_replace(ctx: _Context, body: kopf.Body, patch: kopf.Patch, name: s
         if e.status != 404:
             raise _retryable(e) from None
     raise kopf.TemporaryError(f"removed RayJob {name} of an earlier {body['kind']} {name}; recreating", delay=1)
+
+
+def delete_owned_rayjob(ctx: _Context, body: kopf.Body, name: str, namespace: str) -> None:
+    """Delete the RayJob that ``body`` (being deleted) owns, and only that one."""
+    from kubernetes.client.exceptions import ApiException
+
+    rayjob = (body.get("status") or {}).get("rayJobName") or name
+    try:
+        existing = ctx.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob)
+        owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
+        if body["metadata"]["uid"] in owners:
+            ctx.custom.delete_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", rayjob, propagation_policy="Background"
+            )
+    except ApiException as e:
+        if e.status != 404:
+            raise _retryable(e) from None
 
 
 def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str) -> None:
@@ -426,12 +455,34 @@ def poll_mlflow_once(ctx: _Context) -> None:
         except Exception as e:  # noqa: BLE001 - MLflow down must not disturb the jobs
             log.warning("MLflow at %s: %s", uri, e)
             continue
+        health = found.pop("health", None)
         changed = {k: v for k, v in found.items() if status.get(k) != v}
+        conditions = health_conditions(status.get("conditions") or [], health)
+        if conditions is not None:
+            changed["conditions"] = conditions
         if changed:
             meta = obj["metadata"]
             ctx.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, meta["namespace"], PLURALS["GANJob"], meta["name"], {"status": changed}
             )
+
+
+def health_conditions(current: list[dict[str, Any]], health: str | None) -> list[dict[str, Any]] | None:
+    """``current`` with the ``TrainingHealthy`` condition the run's ``ganops.health`` tag
+    says (True for ``ok``; False, the signals as reason and why as message, otherwise); None
+    when nothing changes."""
+    if not health:
+        return None
+    ok = health == "ok"
+    signals = [part.split(":", 1)[0].strip() for part in health.split("; ")] if not ok else []
+    reason = "Healthy" if ok else "".join(w.capitalize() for s in signals for w in s.split("_"))
+    message = "no health signal holds" if ok else health[:1000]
+    old = next((c for c in current if c.get("type") == "TrainingHealthy"), None)
+    status = "True" if ok else "False"
+    if old is not None and (old.get("status"), old.get("reason"), old.get("message")) == (status, reason, message):
+        return None
+    rest = [c for c in current if c.get("type") != "TrainingHealthy"]
+    return [*rest, condition("TrainingHealthy", status, reason, message)]
 
 
 def _poll_forever(ctx: _Context, stop: threading.Event) -> None:

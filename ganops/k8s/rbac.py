@@ -20,7 +20,7 @@ NAMESPACED: frozenset[Rule] = frozenset({
     # is on (OpenShift, many hardened clusters; the test API server too).
     *{("ganops.io", f"{k}/finalizers", "update") for k in _KINDS},
     # create (submit), get (a 409's owner), list/watch (status mirror), patch (cancel =
-    # suspend), delete (a stale RayJob of an earlier job of the same name).
+    # suspend), delete (a stale RayJob of an earlier job of the same name; a deleted job's own).
     *{("ray.io", "rayjobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
     # kopf posts an Event per handler outcome onto the job, for `kubectl describe`.
     ("", "events", "create"),

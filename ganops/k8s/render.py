@@ -30,6 +30,19 @@ MAX_RAYJOB_NAME = 47
 _PLAIN_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 
 
+def _count(key: str, raw: str | None, default: int) -> int:
+    """A whole number >= 0 from the operator's environment, or ``default`` when unset."""
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise UserError(f"{key}: expected a whole number from 0 to 100 (got {raw[:80]!r})", field=key)
+    return value
+
+
 @dataclass(frozen=True)
 class Defaults:
     """The operator's defaults for what a spec's ``cluster`` section leaves unset."""
@@ -44,6 +57,8 @@ class Defaults:
     head_cpu: str = "1"
     head_memory: str = "4Gi"
     gpu_resource: str = "nvidia.com/gpu"
+    backoff_limit: int = 2
+    """Attempts after a failed one (the RayJob's backoffLimit); each resumes from the checkpoints."""
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -73,6 +88,7 @@ class Defaults:
             head_cpu=e.get("GANOPS_HEAD_CPU") or base.head_cpu,
             head_memory=e.get("GANOPS_HEAD_MEMORY") or base.head_memory,
             gpu_resource=e.get("GANOPS_GPU_RESOURCE") or base.gpu_resource,
+            backoff_limit=_count("GANOPS_BACKOFF_LIMIT", e.get("GANOPS_BACKOFF_LIMIT"), base.backoff_limit),
             node_selector=js("GANOPS_NODE_SELECTOR", {}),
             tolerations=js("GANOPS_TOLERATIONS", []),
             env={k: e[k] for k in _PLAIN_ENV if e.get(k)},
@@ -210,7 +226,7 @@ def _rayjob(owner: Owner, entrypoint: str, cluster: ClusterSpec, d: Defaults, wo
         "submissionMode": "K8sJobMode",
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": cluster.ttl_seconds_after_finished,
-        "backoffLimit": cluster.backoff_limit,
+        "backoffLimit": cluster.backoff_limit if cluster.backoff_limit is not None else d.backoff_limit,
         "rayClusterSpec": cluster_spec,
     }
     if cluster.active_deadline_seconds:
@@ -250,7 +266,9 @@ def train_rayjob(job: GANJob, owner: Owner, d: Defaults, *, restart: bool = Fals
         if cpus >= 1:
             run.spec.scaling.resources_per_worker = {"CPU": float(cpus)}
     gpus = 1 if spec.scaling.use_gpu else 0
-    return _rayjob(owner, train_command(run, restart=restart), spec.cluster, d, spec.scaling.num_workers, gpus)
+    # The GANJob's uid: every attempt of this RayJob shares it, so only the first starts over.
+    command = train_command(run, restart=restart, restart_token=owner.uid or None)
+    return _rayjob(owner, command, spec.cluster, d, spec.scaling.num_workers, gpus)
 
 
 def generate_rayjob(gen: GANGeneration, owner: Owner, d: Defaults) -> dict[str, Any]:

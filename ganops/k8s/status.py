@@ -14,7 +14,8 @@ class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     type: str
-    """Submitted, Running, Complete, Failed or Cancelled."""
+    """Submitted, Running, Complete, Failed or Cancelled (the phases), and TrainingHealthy
+    (False while a health signal holds: ganops.train.health)."""
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
     message: str | None = None

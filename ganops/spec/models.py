@@ -234,6 +234,13 @@ class TrainSpec(_Strict):
     """What each rollback multiplies the learning rates by (kept in later checkpoints)."""
     max_rollbacks: Annotated[int, Field(ge=1, le=100)] = 3
     """Rollbacks allowed in one run before a divergence stops it."""
+    fid_patience: Annotated[int, Field(ge=1, le=1000)] = 3
+    """Evaluations in a row with an FID worse than the best before the run counts as
+    regressing (the `fid_regression` health signal)."""
+    stop_on: list[Literal["fid_regression", "d_overpowers_g"]] = Field(default_factory=list, max_length=2)
+    """Health signals that end training early (a final checkpoint is written; with
+    `checkpoint.keep_best: fid` the best one stays in best/): `fid_regression`,
+    `d_overpowers_g`. Either is always reported, as the MLflow tag `ganops.health`."""
 
     @model_validator(mode="after")
     def _clip_once(self) -> TrainSpec:
@@ -437,8 +444,9 @@ class ClusterSpec(_Strict):
     operator's, nvidia.com/gpu)."""
     active_deadline_seconds: PositiveInt | None = None
     """Fail the job after this many seconds (the RayJob's activeDeadlineSeconds)."""
-    backoff_limit: Annotated[int, Field(ge=0)] = 0
-    """Retries of a failed job on a fresh Ray cluster (the RayJob's backoffLimit); each resumes."""
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Retries of a failed job on a fresh Ray cluster (the RayJob's backoffLimit); each resumes
+    from the checkpoints in storage (unset: the operator's default, the chart's `jobs.backoffLimit`, 2)."""
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 600
     """Delete the Ray cluster this long after the job ends (its logs go with it)."""
 
@@ -488,6 +496,14 @@ class GANJobSpec(_Strict):
                 raise FieldValueError(
                     "checkpoint.keep_best", f"'{metric}' needs eval.every_epochs and '{metric}' in eval.metrics"
                 )
+        if "fid_regression" in self.train.stop_on and (
+            self.eval.every_epochs is None or "fid" not in self.eval.metrics
+        ):
+            raise FieldValueError("train.stop_on", "'fid_regression' needs eval.every_epochs and 'fid' in eval.metrics")
+        if "d_overpowers_g" in self.train.stop_on and self.train.loss == "wgan_gp":
+            raise FieldValueError(
+                "train.stop_on", "'d_overpowers_g' is not watched for wgan_gp (its critic has no floor)"
+            )
         return self
 
 

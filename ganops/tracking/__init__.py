@@ -62,6 +62,12 @@ def run_id_in(log: str) -> str | None:
 CHECKPOINT_TAG = "ganops.checkpoint"  # the newest complete checkpoint of a training run
 K8S_UID_TAG = "ganops.k8s_uid"  # the GANJob whose pods trained the run (the operator finds it by this)
 K8S_NAMESPACE_TAG = "ganops.k8s_namespace"
+# What a training run went through (issue 14): the operator and the MLflow UI read these.
+HEALTH_TAG = "ganops.health"  # "ok", or the health signals that hold and why (ganops.train.health)
+RESTARTS_TAG = "ganops.restarts"  # worker-group restarts after lost workers
+ROLLBACKS_TAG = "ganops.rollbacks"  # rollbacks after a divergence
+DIVERGED_TAG = "ganops.diverged"  # why a diverged run stopped
+STOPPED_TAG = "ganops.stopped"  # the spec.train.stop_on signal that ended training early
 
 Warn = Callable[[str], None]
 
@@ -424,6 +430,22 @@ class RunLogger:
     def pending(self) -> int:
         with self._lock:
             return len(self._metrics) + len(self._tasks)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Send what is queued now, waiting at most ``timeout_s``; False: some is still queued
+        (MLflow slow or down: it stays queued and is retried as usual).
+
+        Called before each checkpoint: a worker lost after it resumes from that checkpoint,
+        so the metric points up to it must be in MLflow already (those after it are logged
+        again by the resumed run), or a SIGKILLed rank 0 leaves a hole in the curves."""
+        if self._failing_since is not None:
+            return False  # an outage: do not hold training up; the retries go on
+        self._wake.set()
+        deadline = time.time() + timeout_s
+        while self.pending() and time.time() < deadline and self._failing_since is None:
+            time.sleep(0.02)
+            self._wake.set()
+        return not self.pending()
 
     def _flush(self) -> None:
         """Send everything queued; raises on the first failure, keeping what is unsent."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ganops.tracking import CHECKPOINT_TAG, K8S_UID_TAG, mlflow_client
+from ganops.tracking import CHECKPOINT_TAG, HEALTH_TAG, K8S_UID_TAG, mlflow_client
 
 
 def run_of_k8s_object(tracking_uri: str, uid: str) -> dict[str, Any]:
-    """``{mlflowRunId, latestCheckpoint}`` of the newest run tagged with ``uid``; {} if none."""
+    """``{mlflowRunId, latestCheckpoint, health}`` of the newest run tagged with ``uid``; {} if none."""
     client = mlflow_client(tracking_uri)
     runs = client.search_runs(
         experiment_ids=[e.experiment_id for e in client.search_experiments()],
@@ -25,4 +25,6 @@ def run_of_k8s_object(tracking_uri: str, uid: str) -> dict[str, Any]:
     out = {"mlflowRunId": run.info.run_id}
     if run.data.tags.get(CHECKPOINT_TAG):
         out["latestCheckpoint"] = run.data.tags[CHECKPOINT_TAG]
+    if run.data.tags.get(HEALTH_TAG):
+        out["health"] = run.data.tags[HEALTH_TAG]
     return out

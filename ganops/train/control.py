@@ -21,6 +21,7 @@ class JobControl:
         self._stop = False
         self._attempts = 0
         self._failure: dict[str, Any] | None = None
+        self._pids: dict[int, int] = {}
 
     def push(self, progress: dict[str, Any]) -> None:
         self._progress = progress
@@ -53,6 +54,13 @@ class JobControl:
 
     def attempts(self) -> int:
         return self._attempts
+
+    def worker_started(self, rank: int, pid: int) -> None:
+        self._pids[rank] = pid
+
+    def worker_pids(self) -> dict[int, int]:
+        """The process of each rank of the current worker group (which one to look at, or kill)."""
+        return dict(self._pids)
 
     def fail(self, error: Exception, kind: str) -> None:
         """A failure that retrying cannot fix (``kind``: ``user`` for bad input, ``diverged``),

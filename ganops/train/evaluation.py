@@ -84,8 +84,9 @@ class EvalRound:
             )
             self.tracker.set_tag("ganops.eval.num_samples", str(settings.num_samples))
 
-    def run(self) -> None:
-        """Every rank: score G; rank 0 logs the scores and keeps what improved."""
+    def run(self) -> float | None:
+        """Every rank: score G; rank 0 logs the scores, keeps what improved and returns the
+        FID (None on the other ranks, or without FID)."""
         t0 = time.perf_counter()
         net = self._generator()
         scores = self.evaluator.score(net, self.spec.model.latent_dim, self.step.num_classes)
@@ -104,8 +105,9 @@ class EvalRound:
             self.jobdir.write_eval_record(self.pos.step, scores.record)
             fid = scores.fid
             improved = fid is not None and (self.best is None or fid < float(self.best["fid"]))
+        fid = scores.fid if scores is not None else None
         if not self.ranks.broadcast(improved):
-            return
+            return fid
         best_uri = None
         if self.spec.checkpoint.keep_best:
             metrics = {**vars(self.pos), "eval": scores.values if scores is not None else None,
@@ -114,6 +116,7 @@ class EvalRound:
         if self.ranks.is_chief:
             assert scores is not None
             self._new_best(scores, best_uri)
+        return fid
 
     def _generator(self) -> torch.nn.Module:
         """A copy of the sampler (EMA of G when enabled) with rank 0's weights and buffers.

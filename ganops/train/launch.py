@@ -202,6 +202,7 @@ def run(
     *,
     address: str | None = None,
     restart: bool = False,
+    restart_token: str | None = None,
     show_progress: bool = True,
     echo: Echo = print,
 ) -> RunResult:
@@ -210,7 +211,7 @@ def run(
     (4) close the run and say where everything went."""
     t0 = time.time()
     mark("driver.submit")  # the command's imports, spec load and pre-flight are behind us
-    start = _starting_point(job, restart, echo)
+    start = _starting_point(job, restart, echo, restart_token)
     if start.latest is not None and start.latest.epoch >= job.spec.train.epochs:
         return _result(start.jd, job, start.latest, None, start.archived, False, t0, trained=False)
     storage.write_bytes(start.jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
@@ -242,16 +243,21 @@ def run(
     return result
 
 
-def _starting_point(job: GANJob, restart: bool, echo: Echo) -> _Start:
-    """--restart moves the old run aside; otherwise the newest complete checkpoint, if the
-    spec can load it (a different network or dataset cannot), is where training resumes."""
+def _starting_point(job: GANJob, restart: bool, echo: Echo, restart_token: str | None = None) -> _Start:
+    """--restart moves the old run aside (once per ``restart_token`` when one is given);
+    otherwise the newest complete checkpoint, if the spec can load it (a different network
+    or dataset cannot), is where training resumes."""
     spec = job.spec
     jd = jobdir.JobDir(spec.storage, job.name)
     archived = None
-    if restart and jd.exists():
+    if restart and restart_token and jd.restart_token() == restart_token:
+        echo(f"restart: this submission already started {job.name} over (a retry): resuming it")
+    elif restart and jd.exists():
         archived = jd.archive()
         echo(f"restart: the previous run was moved to {archived}")
     storage.check_writable(jd.root)
+    if restart and restart_token:
+        jd.write_restart_token(restart_token)
     latest = jd.latest_checkpoint()
     if latest is None:
         return _Start(jd, archived, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,11 @@ from ganops.errors import JobFailedError, UserError
 from ganops.spec import validate
 from ganops.spec.models import GANJob
 from ganops.timings import mark
+from ganops.tracking import DIVERGED_TAG, HEALTH_TAG, RESTARTS_TAG, ROLLBACKS_TAG, STOPPED_TAG
 from ganops.train.batches import RankBatches
 from ganops.train.checkpoints import Checkpoints, FixedNoise, Position
 from ganops.train.evaluation import EvalRound
+from ganops.train.health import OK, Health
 from ganops.train.ranks import Ranks, rank_seed
 from ganops.train.step import GANStep
 
@@ -85,11 +88,14 @@ class Worker:
         self.ranks = r = Ranks(ctx.get_world_rank(), ctx.get_world_size(), device)
         self.jobdir = jobdir.JobDir(spec.storage, self.job.name)
         self.control = ray.get_actor(config.control) if config.control else None
+        if self.control is not None:
+            self.control.worker_started.remote(r.rank, os.getpid())
         self.tracker = None
         if r.is_chief and config.mlflow:
             from ganops.tracking import RunLogger
 
             self.tracker = RunLogger(config.mlflow.uri, config.mlflow.run_id, warn=self._warn)
+            self.tracker.set_tag(HEALTH_TAG, OK)  # a fresh verdict for every (re)start
 
         torch.manual_seed(rank_seed(spec.train.seed, 0))  # same initial weights everywhere
         self.data = gdata.load(spec.data)
@@ -108,6 +114,10 @@ class Worker:
         torch.manual_seed(rank_seed(spec.train.seed, r.rank, salt=2))  # dropout differs per rank
         self.noise = self._fixed_noise(info.num_classes)
         self.pos = Position()
+        # Rank 0 watches the training's health (ganops.train.health); a stop_on signal stops
+        # every rank at the next poll or epoch end.
+        self.health = Health(spec.train.loss, spec.train.fid_patience) if r.is_chief else None
+        self._stop_reason: str | None = None
         self.batches = RankBatches(
             self.data.images, self.data.labels, spec.train.batch_size // r.world,
             rank=r.rank, world=r.world, seed=spec.train.seed, device=device,
@@ -180,7 +190,7 @@ class Worker:
                     t_log, steps_since_log = now, 0
                 self.pos.epoch += 1
                 self.pos.batch = 0
-                self._end_of_epoch(time.perf_counter() - t_epoch, save_at_epoch_end)
+                stop = self._end_of_epoch(time.perf_counter() - t_epoch, save_at_epoch_end)
             except _DivergedError as d:
                 if not self._roll_back(d):
                     self._fail_diverged(d)
@@ -195,10 +205,13 @@ class Worker:
             except _DivergedError as d:  # Ctrl-C on a diverged run: keep the good checkpoints
                 self._fail_diverged(d)
                 return
-        if self.ranks.is_chief and spec.samples.gif and not stop:
+        # A run that a health signal stopped (spec.train.stop_on) is finished: GIF and model as
+        # at the last epoch. One stopped by Ctrl-C is to be resumed.
+        finished = not stop or self._stop_reason is not None
+        if self.ranks.is_chief and spec.samples.gif and finished:
             self._write_gif()
             mark("rank0.gif")
-        if self.ranks.is_chief and not stop:
+        if self.ranks.is_chief and finished:
             self._log_model()
             mark("rank0.model")
 
@@ -221,7 +234,7 @@ class Worker:
             f"spec.scaling.max_failures={limit}) and resumed from {where}"
         )
         if self.tracker is not None:
-            self.tracker.set_tag("ganops.restarts", str(attempt - 1))
+            self.tracker.set_tag(RESTARTS_TAG, str(attempt - 1))
 
     def _poll(self) -> tuple[bool, bool]:
         """Every POLL_BATCHES batches, one small all-reduce: has Ctrl-C been pressed, is a
@@ -230,6 +243,7 @@ class Worker:
         if self.ranks.is_chief:
             if self.control is not None:
                 flags[0] = float(ray.get(self.control.stop_requested.remote()))
+            flags[0] = max(flags[0], float(self._stop_reason is not None))
             minutes = self.spec.checkpoint.every_minutes
             flags[1] = float(minutes is not None and time.monotonic() - self._last_save >= minutes * 60)
         bad = self.step.nonfinite()
@@ -287,7 +301,7 @@ class Worker:
             if self.control is not None:
                 self.control.warn.remote(message)
             if self.tracker is not None:
-                self.tracker.set_tag("ganops.rollbacks", str(done + 1))
+                self.tracker.set_tag(ROLLBACKS_TAG, str(done + 1))
         return True
 
     def _fail_diverged(self, d: _DivergedError) -> None:
@@ -296,13 +310,15 @@ class Worker:
         message += ". The newest complete checkpoint is kept; lower the learning rates or set spec.train.on_divergence: rollback"
         if self.ranks.is_chief:
             if self.tracker is not None:
-                self.tracker.set_tag("ganops.diverged", message[:4000])
+                self.tracker.set_tag(DIVERGED_TAG, message[:4000])
             if self.control is not None:
                 ray.get(self.control.fail.remote(JobFailedError(message, field="spec.train"), "diverged"))
 
     def _checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
         """A checkpoint of the current state, never of a diverged one (raises _DivergedError)."""
         self._check_finite()
+        if self.tracker is not None:
+            self.tracker.flush()  # the curves up to this checkpoint survive a lost rank 0
         self.checkpoints.save_and_report(metrics, final=final)
         self._last_save = time.monotonic()
 
@@ -315,7 +331,8 @@ class Worker:
         if self.control is not None:
             self.control.warn.remote(message)
 
-    def _end_of_epoch(self, epoch_time: float, save: bool = False) -> None:
+    def _end_of_epoch(self, epoch_time: float, save: bool = False) -> bool:
+        """Grids, evaluation and the checkpoint of an epoch's end; True: stop (spec.train.stop_on)."""
         spec = self.spec
         e = self.pos.epoch
         if self.ranks.is_chief and (e % spec.samples.every_epochs == 0 or e == spec.train.epochs):
@@ -325,11 +342,14 @@ class Worker:
             self.tracker.log_metrics({"epoch": e, "epoch_time_s": epoch_time}, self.pos.step)
         last = e == spec.train.epochs
         if self.eval is not None and (e % (spec.eval.every_epochs or 1) == 0 or last):
-            self.eval.run()
+            fid = self.eval.run()
+            if fid is not None:
+                self._observe_health(lambda h: h.observe_fid(fid, self.pos.step))
         if save or e % spec.checkpoint.every_epochs == 0 or last:
             self._checkpoint(metrics, final=last)
         else:
             ray.train.report(metrics)
+        return not last and bool(self.ranks.broadcast(self._stop_reason is not None))
 
     def _metrics(self) -> dict[str, Any]:
         return {"epoch": self.pos.epoch, "batch": self.pos.batch, "step": self.pos.step}
@@ -343,11 +363,13 @@ class Worker:
         lrs = {"lr_g": self.step.opt_g.param_groups[0]["lr"], "lr_d": self.step.opt_d.param_groups[0]["lr"]}
         if self.tracker is not None:
             self.tracker.log_metrics({**stats, "images_per_s": images_per_s, **lrs}, self.pos.step)
+        self._observe_health(lambda h: h.observe_stats(stats, self.pos.step))
         if self.control is None:
             return
         self.control.push.remote(
             {
                 **stats,
+                "health": sorted(self.health.signals) if self.health is not None else [],
                 "epoch": self.pos.epoch + 1,
                 "epochs": self.spec.train.epochs,
                 "batch": self.pos.batch,
@@ -358,6 +380,29 @@ class Worker:
                 "time": time.time(),
             }
         )
+
+    def _observe_health(self, update: Callable[[Health], None]) -> None:
+        """Rank 0: feed the health signals; say when the verdict changes; note a stop_on."""
+        if self.health is None:
+            return
+        before = self.health.status
+        update(self.health)
+        now = self.health.status
+        if now != before:
+            if self.tracker is not None:
+                self.tracker.set_tag(HEALTH_TAG, now[:4000])
+            if self.control is not None:
+                if now == OK:
+                    self.control.note.remote(f"training health: ok again at step {self.pos.step}")
+                else:
+                    self.control.warn.remote(f"training health at step {self.pos.step}: {now}")
+        reason = self.health.should_stop(self.spec.train.stop_on)
+        if reason and self._stop_reason is None:
+            self._stop_reason = reason
+            if self.tracker is not None:
+                self.tracker.set_tag(STOPPED_TAG, reason[:4000])
+            if self.control is not None:
+                self.control.note.remote(f"stopping early (spec.train.stop_on) at step {self.pos.step}: {reason}")
 
     # -- outputs (rank 0) -------------------------------------------------------------
     @torch.no_grad()

@@ -19,9 +19,11 @@ def format_line(p: dict[str, Any], eta_s: float | None) -> str:
         outputs = f"D(x) {p['d_x']:.2f}  D(G(z)) {p['d_g_z']:.2f}"
     else:  # raw critic scores (hinge, wgan_gp, lsgan): no probabilities
         outputs = f"C(x) {p['critic_real']:.3g}  C(G(z)) {p['critic_fake']:.3g}"
+    # Unhealthy training (ganops.train.health) shows on the line itself, not only in a warning.
+    health = f"  [{', '.join(p['health'])}]" if p.get("health") else ""
     return (
         f"epoch {p['epoch']}/{p['epochs']}  step {p['step']}  {p['images_per_s']:.0f} img/s  "
-        f"D {p['d_loss']:.3f}  G {p['g_loss']:.3f}  {outputs}{eta}"
+        f"D {p['d_loss']:.3f}  G {p['g_loss']:.3f}  {outputs}{health}{eta}"
     )
 
 
