@@ -31,6 +31,7 @@ from ganops.timings import mark
 from ganops.tracking import DIVERGED_TAG, HEALTH_TAG, RESTARTS_TAG, ROLLBACKS_TAG, STOPPED_TAG
 from ganops.train.batches import RankBatches
 from ganops.train.checkpoints import Checkpoints, FixedNoise, Position
+from ganops.train.divergence import DivergedError, DivergenceGuard
 from ganops.train.evaluation import EvalRound
 from ganops.train.health import OK, Health
 from ganops.train.ranks import Ranks, rank_seed
@@ -39,14 +40,6 @@ from ganops.train.step import GANStep
 # How often the ranks agree (one small all-reduce) on whether Ctrl-C was pressed, a timed
 # checkpoint is due, or a loss went non-finite, so that every rank acts at the same batch.
 POLL_BATCHES = 10
-
-
-class _DivergedError(Exception):
-    """A non-finite loss or weight, seen by every rank at the same batch."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.reason = ""
 
 
 __all__ = ["MLflowRun", "Worker", "WorkerConfig", "rank_seed", "train_loop_per_worker"]
@@ -124,6 +117,7 @@ class Worker:
         )  # fmt: skip
         self.batches_per_epoch = self.batches.per_epoch
         self.checkpoints = Checkpoints(self.job, self.jobdir, self.step, r, self.pos, self.noise)
+        self.divergence = DivergenceGuard(spec.train, self.step, r, self.pos, self.checkpoints, self.jobdir)
         self.eval: EvalRound | None = None
         if spec.eval.every_epochs is not None:
             self.eval = EvalRound(
@@ -168,7 +162,7 @@ class Worker:
                     every = spec.checkpoint.every_steps
                     save = every is not None and self.pos.step % every == 0
                     if self.pos.step % POLL_BATCHES == 0:
-                        stop, save_due = self._poll()  # raises _DivergedError
+                        stop, save_due = self._poll()  # raises DivergedError
                         if stop:
                             break
                         save = save or save_due
@@ -191,7 +185,7 @@ class Worker:
                 self.pos.epoch += 1
                 self.pos.batch = 0
                 stop = self._end_of_epoch(time.perf_counter() - t_epoch, save_at_epoch_end)
-            except _DivergedError as d:
+            except DivergedError as d:
                 if not self._roll_back(d):
                     self._fail_diverged(d)
                     return
@@ -202,7 +196,7 @@ class Worker:
         if stop:
             try:
                 self._checkpoint(self._metrics(), final=True)
-            except _DivergedError as d:  # Ctrl-C on a diverged run: keep the good checkpoints
+            except DivergedError as d:  # Ctrl-C on a diverged run: keep the good checkpoints
                 self._fail_diverged(d)
                 return
         # A run that a health signal stopped (spec.train.stop_on) is finished: GIF and model as
@@ -250,64 +244,24 @@ class Worker:
         flags[2] = float(bool(bad))
         self.ranks.max_tensor(flags)
         if flags[2]:
-            raise _DivergedError(self._divergence_message(bad))
+            raise self.divergence.error(bad)
         return bool(flags[0]), bool(flags[1])
 
-    def _check_finite(self) -> None:
-        """Before a checkpoint: losses and weights finite on every rank, else _DivergedError."""
-        bad = self.step.nonfinite()
-        weights_ok = self.step.weights_finite()
-        flag = torch.tensor([float(bool(bad) or not weights_ok)], device=self.ranks.device)
-        self.ranks.max_tensor(flag)
-        if flag[0]:
-            if not weights_ok and not bad:
-                bad = {"weights": self.pos.step}
-            raise _DivergedError(self._divergence_message(bad))
-
-    def _divergence_message(self, bad: dict[str, int]) -> str:
-        """What went non-finite where, over every rank (all ranks call this together)."""
-        seen: dict[str, tuple[int, int]] = {}
-        for rank, mine in enumerate(self.ranks.all_gather(bad)):
-            for name, at in mine.items():
-                if name not in seen or at < seen[name][0]:
-                    seen[name] = (at, rank)
-        what = ", ".join(f"{name} not finite from step {at} (rank {rank})" for name, (at, rank) in sorted(seen.items()))
-        return f"training diverged at step {self.pos.step}: {what or 'a non-finite value'}"
-
-    def _roll_back(self, d: _DivergedError) -> bool:
-        """``on_divergence: rollback``: every rank reloads the newest complete checkpoint and
-        scales the learning rates; False when that is not allowed (then the run stops)."""
-        train = self.spec.train
-        if train.on_divergence != "rollback":
+    def _roll_back(self, err: DivergedError) -> bool:
+        """``on_divergence: rollback`` (every rank); False: the run must stop instead."""
+        done = self.divergence.roll_back(err)
+        if done is None:
             return False
-        done = self.pos.rollbacks
-        if done >= train.max_rollbacks:
-            d.reason = f"it diverged again after {done} rollbacks (spec.train.max_rollbacks={train.max_rollbacks})"
-            return False
-        latest = self.jobdir.latest_checkpoint()
-        if latest is None:
-            d.reason = "no checkpoint to roll back to had been written yet"
-            return False
-        scale = self.step.lr_scale * train.rollback_lr_factor  # compounds over rollbacks
-        self.checkpoints.restore_from(latest.uri)
-        self.pos.rollbacks = done + 1
-        self.step.scale_lr(scale)
-        self.step.clear_nonfinite()
         if self.ranks.is_chief:
-            message = (
-                f"{d}; rolled back to {latest.name} (step {self.pos.step}) with the learning rates x{scale:g} "
-                f"(rollback {done + 1} of spec.train.max_rollbacks={train.max_rollbacks})"
-            )
             if self.control is not None:
-                self.control.warn.remote(message)
+                self.control.warn.remote(done)
             if self.tracker is not None:
-                self.tracker.set_tag(ROLLBACKS_TAG, str(done + 1))
+                self.tracker.set_tag(ROLLBACKS_TAG, str(self.pos.rollbacks))
         return True
 
-    def _fail_diverged(self, d: _DivergedError) -> None:
+    def _fail_diverged(self, err: DivergedError) -> None:
         """Stop every rank without writing a checkpoint; the driver raises the message."""
-        message = f"{d}" + (f"; {d.reason}" if d.reason else "")
-        message += ". The newest complete checkpoint is kept; lower the learning rates or set spec.train.on_divergence: rollback"
+        message = err.final_message()
         if self.ranks.is_chief:
             if self.tracker is not None:
                 self.tracker.set_tag(DIVERGED_TAG, message[:4000])
@@ -315,8 +269,8 @@ class Worker:
                 ray.get(self.control.fail.remote(JobFailedError(message, field="spec.train"), "diverged"))
 
     def _checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
-        """A checkpoint of the current state, never of a diverged one (raises _DivergedError)."""
-        self._check_finite()
+        """A checkpoint of the current state, never of a diverged one (raises DivergedError)."""
+        self.divergence.check_before_checkpoint()
         if self.tracker is not None:
             self.tracker.flush()  # the curves up to this checkpoint survive a lost rank 0
         self.checkpoints.save_and_report(metrics, final=final)
