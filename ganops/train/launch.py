@@ -6,6 +6,7 @@ Driver side only: pre-flight checks that Ray would otherwise turn into an endles
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import signal
@@ -258,6 +259,7 @@ def _starting_point(job: GANJob, restart: bool, echo: Echo, restart_token: str |
     storage.check_writable(jd.root)
     if restart and restart_token:
         jd.write_restart_token(restart_token)
+    _set_aside_unusable_ray_record(jd, echo)
     latest = jd.latest_checkpoint()
     if latest is None:
         return _Start(jd, archived, None)
@@ -277,6 +279,44 @@ def _starting_point(job: GANJob, restart: bool, echo: Echo, restart_token: str |
         where = f"epoch {latest.epoch}" + (f", batch {latest.batch}" if latest.batch else "")
         echo(f"resuming {job.name} from {latest.name} ({where}) → {spec.train.epochs} epochs")
     return _Start(jd, archived, latest)
+
+
+# Ray Train's record of the checkpoints it was told about, in the run directory.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _set_aside_unusable_ray_record(jd: jobdir.JobDir, echo: Echo) -> None:
+    """Move Ray Train's checkpoint record aside when Ray would refuse to start with it.
+
+    Ray Train fails the whole run (CheckpointManagerInitializationError) when its record
+    names a checkpoint directory that is gone (one deleted by hand, or lost with a disk) or
+    was written by another Ray version (an upgrade). ganops resumes from the newest
+    complete checkpoint by its marker, not from Ray's record, so the record can go: Ray
+    starts a new one and only stops pruning (spec.checkpoint.keep) the checkpoints it no
+    longer knows about."""
+    import ray
+
+    loc = jd.checkpoints.child(RAY_SNAPSHOT)
+    try:
+        record = json.loads(storage.read_bytes(loc))
+    except (FileNotFoundError, OSError, ValueError):
+        return  # none (a new job), or unreadable: Ray says so itself
+    names = [r.get("checkpoint_dir_name") for r in record.get("checkpoint_results", []) if isinstance(r, dict)]
+    missing = [n for n in names if n and not storage.exists(jd.checkpoints.child(n))]
+    why = None
+    if record.get("ray_version") != ray.__version__:
+        why = f"it was written by Ray {record.get('ray_version')}, this is Ray {ray.__version__}"
+    elif missing:
+        why = f"it names {len(missing)} checkpoint(s) no longer in storage ({', '.join(missing[:3])})"
+    if why is None:
+        return
+    aside = jd.checkpoints.child(f"{RAY_SNAPSHOT}.unusable-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    storage.write_bytes(aside, json.dumps(record).encode())
+    loc.fs.delete_file(loc.path)
+    echo(
+        f"warning: Ray Train's checkpoint record is set aside ({why}); resuming from the newest "
+        f"complete checkpoint, and checkpoints older than this run are no longer pruned (moved to {aside.uri})"
+    )
 
 
 def _open_run_while_ray_starts(
