@@ -211,8 +211,9 @@ def replace_dir_from_local(local: str, fs: pafs.FileSystem, dest: str, *, last: 
     except OSError as e:
         # Past the retries (S3_ATTEMPTS per request): say what was being written. Without
         # its marker the directory is never trusted; what was written before is untouched.
-        where = f"{fs.type_name}://{dest}" if fs.type_name == "s3" else dest
-        raise OSError(f"could not write {where} (each request tried {S3_ATTEMPTS} times): {e}") from e
+        s3 = fs.type_name == "s3"
+        where = f"s3://{dest} (each request tried {S3_ATTEMPTS} times)" if s3 else dest
+        raise OSError(f"could not write {where}: {e}") from e
 
 
 def check_writable(loc: Location, *, field: str = STORAGE_FIELD) -> None:
