@@ -47,6 +47,14 @@ def test_fid_regression_counts_evaluations_worse_than_the_best() -> None:
     assert h.status == OK
 
 
+def test_a_resumed_run_counts_regressions_from_the_jobs_best_so_far() -> None:
+    h = Health("bce", fid_patience=2)
+    h.seed_best(50.0, 160)  # eval/best.json of the earlier run
+    h.observe_fid(55.0, 200)
+    h.observe_fid(58.0, 240)
+    assert h.signals["fid_regression"].endswith("worse than the best 50.0 (step 160)")
+
+
 def test_the_health_tag_becomes_the_training_healthy_condition() -> None:
     running = [{"type": "Running", "status": "True", "reason": "Running", "message": "training"}]
     sick = health_conditions(running, "d_overpowers_g: D(G(z)) 0.010 < 0.05 in 5 reports")

@@ -64,6 +64,11 @@ class Health:
                 "gradient (lower D's learning rate, or raise G's)"
             )
 
+    def seed_best(self, fid: float, step: int) -> None:
+        """The best FID of the job so far (eval/best.json), so a resumed run compares with it."""
+        if self._best_fid is None or fid < self._best_fid:
+            self._best_fid, self._best_step = fid, step
+
     def observe_fid(self, fid: float, step: int) -> None:
         """An evaluation's FID (lower is better)."""
         if self._best_fid is None or fid < self._best_fid:

@@ -144,6 +144,9 @@ class Worker:
         spec = self.spec
         if self.eval is not None:
             self.eval.start(self.data)
+            best = self.eval.best  # the job's best so far (rank 0): regressions count from it
+            if self.health is not None and best is not None:
+                self.health.seed_best(float(best["fid"]), int(best.get("step", 0)))
         self._last_save = time.monotonic()
         stop = False
         t_log, steps_since_log = time.perf_counter(), 0
