@@ -652,40 +652,63 @@ def test_the_chart_grants_exactly_what_the_operator_declares(chart_docs: list[di
     assert helm.rule_set(helm.operator_rules(chart_docs)) == set(rbac.NAMESPACED)
 
 
+def _chart_operator(
+    kube_api: kube.KubeAPI, kubeconfig_name: str
+) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+    """The chart's operator of a release in team-b, watching team-b: its docs, its command
+    line (this venv's ganops, the chart's args) and its environment (the chart's env, the kube
+    config of its ServiceAccount)."""
+    import sys
+
+    docs = helm.render({}, namespace=OTHER)
+    container = helm.operator_container(docs)
+    (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]
+    token = kube.sa_token(OTHER, sa["metadata"]["name"])
+    kubeconfig = str(kube_api.kubeconfig(token, OTHER, name=kubeconfig_name))
+    env = {**os.environ, **helm.operator_env(docs), "KUBECONFIG": kubeconfig}
+    env.pop("HOME", None)
+    command = [str(Path(sys.executable).with_name("ganops")), *container["command"][1:], *container["args"]]
+    return docs, command, env
+
+
+def _fake_ganjob(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": name, "namespace": OTHER},
+            "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
+
+
+def _delete_job_and_rayjob(admin: Any, name: str) -> None:
+    """No garbage collector runs here: remove the RayJob as well as its owner (either may be gone)."""
+    for group, version, plural in ((G, V, "ganjobs"), ("ray.io", "v1", "rayjobs")):
+        try:
+            admin.delete_namespaced_custom_object(group, version, OTHER, plural, name)
+        except Exception as e:  # noqa: BLE001 - not created (a test that failed early), or deleted already
+            assert getattr(e, "status", None) == 404, e
+
+
 @slow
 def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any) -> None:
     """`ganops operator run` as the chart's Deployment runs it: its own process, the kube
     config of its ServiceAccount, the chart's args and env, a liveness endpoint, SIGTERM."""
     import signal
     import subprocess
-    import sys
     import urllib.request
 
     from tests.helpers import free_port
 
     name = unique("by-command")
-    docs = helm.render({}, namespace=OTHER)  # a release in team-b, watching team-b
-    container = helm.operator_container(docs)
+    docs, command, env = _chart_operator(kube_api, "op-b")
     port = free_port()
-    args = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in container["args"]]
-    assert args[-2:] == ["--namespace", OTHER]
-    (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]
-    token = kube.sa_token(OTHER, sa["metadata"]["name"])
-    env = {**os.environ, **helm.operator_env(docs), "KUBECONFIG": str(kube_api.kubeconfig(token, OTHER, name="op-b"))}
-    env.pop("HOME", None)
-    exe = str(Path(sys.executable).with_name("ganops"))
+    command = [a.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for a in command]
+    assert command[-2:] == ["--namespace", OTHER]
     with helm.applied(kube_api, helm.rbac_docs(docs)):
-        proc = subprocess.Popen([exe, *container["command"][1:], *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             wait_for(
                 "/healthz",
                 lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200,
                 60,
             )
-            body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": name, "namespace": OTHER},
-                    "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
-            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", body)
+            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", _fake_ganjob(name))
             rj = wait_for("the RayJob", lambda: rayjob(admin, name, ns=OTHER))
             assert (
                 rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
@@ -694,12 +717,7 @@ def test_operator_run_command(kube_api: kube.KubeAPI, cluster: dict, admin: Any)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
-            # No garbage collector runs here: remove the RayJob as well as its owner.
-            for group, version, plural in ((G, V, "ganjobs"), ("ray.io", "v1", "rayjobs")):
-                try:
-                    admin.delete_namespaced_custom_object(group, version, OTHER, plural, name)
-                except Exception as e:  # noqa: BLE001 - not created, when the test failed early
-                    assert getattr(e, "status", None) == 404, e
+            _delete_job_and_rayjob(admin, name)
     assert proc.returncode == 0, out[-3000:]
     assert "403" not in out and "Forbidden" not in out, out[-3000:]
 
@@ -714,30 +732,21 @@ def test_an_operator_killed_right_after_creating_a_rayjob_leaves_exactly_one_and
     garbage collector runs, through the operator's on-delete handler)."""
     import signal
     import subprocess
-    import sys
 
     name = unique("killed-op")
-    docs = helm.render({}, namespace=OTHER)
-    container = helm.operator_container(docs)
-    args = [a for a in container["args"] if not a.startswith("--liveness") and "8080" not in a]
-    (sa,) = [d for d in helm.rbac_docs(docs) if d["kind"] == "ServiceAccount"]
-    token = kube.sa_token(OTHER, sa["metadata"]["name"])
-    env = {**os.environ, **helm.operator_env(docs), "KUBECONFIG": str(kube_api.kubeconfig(token, OTHER, name="op-k"))}
-    env.pop("HOME", None)
-    exe = str(Path(sys.executable).with_name("ganops"))
+    docs, command, env = _chart_operator(kube_api, "op-k")
+    command = [a for a in command if not a.startswith("--liveness") and "8080" not in a]
 
     def start(fault: str | None = None) -> subprocess.Popen[str]:
         extra = {"GANOPS_FAULT": fault} if fault else {}
-        return subprocess.Popen([exe, *container["command"][1:], *args], env={**env, **extra},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        return subprocess.Popen(command, env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
 
     with helm.applied(kube_api, helm.rbac_docs(docs)), tempfile.TemporaryDirectory() as tmp:
         # The operator SIGKILLs itself right after creating the RayJob (ganops.faults).
         proc = start(f"after-rayjob-create:{name}:{tmp}/fired")
         try:
-            body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": name, "namespace": OTHER},
-                    "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
-            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", body)
+            admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", _fake_ganjob(name))
             proc.communicate(timeout=60)
             assert proc.returncode == -signal.SIGKILL and Path(f"{tmp}/fired").exists()
             first = rayjob(admin, name, ns=OTHER)
@@ -763,9 +772,5 @@ def test_an_operator_killed_right_after_creating_a_rayjob_leaves_exactly_one_and
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
-            for group, version, plural in ((G, V, "ganjobs"), ("ray.io", "v1", "rayjobs")):
-                try:
-                    admin.delete_namespaced_custom_object(group, version, OTHER, plural, name)
-                except Exception as e:  # noqa: BLE001 - already gone
-                    assert getattr(e, "status", None) == 404, e
+            _delete_job_and_rayjob(admin, name)
     assert "Traceback" not in out, out[-3000:]
