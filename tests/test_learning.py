@@ -60,7 +60,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 # whole epochs of the 8,000 training digits (125 steps of 64 each).
 JOB_STEPS = {
     "mnist_dcgan": 375,
-    "mnist_mlp": 1000,
+    # At 1,000 steps 7 classes (FD 335) against the plain loop's 9 (FD 277); at 2,000 both 9.
+    "mnist_mlp": 2000,
     "cifar_mlp": 600,
     "cifar_dcgan": 250,
     "svhn_dcgan": 250,
@@ -83,8 +84,17 @@ LOSS_SETS = ["spec.model.g_widths=[64,32,16]", "spec.model.d_widths=[32,64]", "s
 # At 300 steps an unbroken run could still cover only 6 classes (lsgan, d_norm none), and
 # WGAN-GP (one critic step per G step, the job's Adam) left noise only after ~450 steps
 # (FD 511 at 450, 283 with 9 classes at 600; the plain loop alike).
+# WGAN-GP with a LayerNorm critic: 7 vs 8 classes at 600 steps (FD 223/286), 7 vs 8 at 800
+# (FD 152/145, both well learned).
 LOSS_STEPS = 500
-LOSS_STEPS_FOR = {"wgan_gp": 600}
+LOSS_STEPS_FOR = {("wgan_gp", "none"): 600, ("wgan_gp", "layer"): 800, ("minimax", "batch"): 750}
+# The original (saturating) minimax objective with a BatchNorm D does not leave noise within
+# 1,000 steps in the plain pytorch/examples loop either (FD 1,744 / 1,703 / 1,665 / 1,637 at
+# 250 / 500 / 750 / 1,000 steps; ganops alike): D wins at once and log(1 - D(G(z))) gives G
+# no gradient (Goodfellow et al. 2014, section 3). A D at a quarter of G's learning rate
+# keeps G's gradient alive (FD 250 / 280 at 750 steps, ganops / plain), so that case judges
+# the objective instead of a stall both loops share.
+LOSS_SETS_FOR = {("minimax", "batch"): ["spec.train.d_lr=5e-5"]}
 
 
 def test_the_judging_classifier_reads_held_out_digits(judge: Judge) -> None:
@@ -132,19 +142,15 @@ def test_the_shipped_job_generator_learns_mnist_digits(job: str, judge: Judge, c
 def test_every_loss_learns_mnist_digits_with_and_without_batchnorm_in_d(
     loss: str, d_norm: str, judge: Judge, ceiling: float
 ) -> None:
-    from ganops.errors import UserError
-
     norm = d_norm
     if loss == "wgan_gp" and d_norm == "batch":
         # A per-sample gradient penalty and BatchNorm do not mix: the normalised critic of
         # WGAN-GP is a LayerNorm one.
         norm = "layer"
-    try:
-        spec = runs.load_spec(LOSS_JOB, *LOSS_SETS, f"spec.train.loss={loss}", f"spec.model.d_norm={norm}").spec
-    except UserError as e:
-        pytest.skip(f"d_norm={norm} with {loss} is not available yet: {e}")
+    sets = [*LOSS_SETS, *LOSS_SETS_FOR.get((loss, norm), []), f"spec.train.loss={loss}", f"spec.model.d_norm={norm}"]
+    spec = runs.load_spec(LOSS_JOB, *sets).spec
     t0 = time.perf_counter()
-    pair = runs.train_pair(spec, LOSS_STEPS_FOR.get(loss, LOSS_STEPS))
+    pair = runs.train_pair(spec, LOSS_STEPS_FOR.get((loss, norm), LOSS_STEPS))
     assert pair.plain is not None
     check(f"{LOSS_JOB} loss={loss} d_norm={norm}", pair.steps, judge.judge_generator(pair.ganops),
           judge.judge_generator(pair.plain), time.perf_counter() - t0, ceiling)  # fmt: skip

@@ -22,7 +22,11 @@ from tests.learning.judge import Judge, Verdict
 #      (the pre-fix step scored 1,250-1,470 where the plain loop scored 410-690);
 #  (2) far from failure: FD below CEILING_FRACTION x FLOOR;
 #  (3) spread over the classes: at least MIN_CLASSES classes with >= 5% of the samples
-#      (and, conditional, >= MIN_AGREEMENT of the samples showing the class asked for).
+#      (and, conditional, >= MIN_AGREEMENT of the samples showing the class asked for);
+#      next to a reference that covers exactly MIN_CLASSES, COVERAGE_SLACK fewer: coverage
+#      flips between two runs of one loop (same code, the float rounding of another order):
+#      7 vs 9 classes (mnist_mlp, 1,000 steps), 6 vs 8 (hinge + BatchNorm D), 7 vs 8 and
+#      8 vs 7 (wgan_gp, minimax): a reference at the edge would fail a sound step by chance.
 # A case whose plain reference has left noise (FD below NOISE_FRACTION x FLOOR) but not
 # reached (2) and (3) within its budget (slow starters on 2 CPUs: the 32 px DCGANs at 250
 # steps, the minimax loss) checks (1) and that G left noise too, and says so in the table:
@@ -33,6 +37,7 @@ NOISE_FRACTION = 0.9
 RATIO = 2.0
 MARGIN = 150.0
 MIN_CLASSES = 8
+COVERAGE_SLACK = 1
 MIN_AGREEMENT = 0.8
 
 
@@ -97,8 +102,9 @@ def failures(ganops: Verdict, plain: Verdict | None, ceiling: float, conditional
             out.append(f"far behind the plain loop on the same budget (FD {ganops.fd:.1f} > {limit:.1f})")
     if ganops.fd >= ceiling:
         out.append(f"nothing digit-like learned (FD {ganops.fd:.1f} >= ceiling {ceiling:.1f})")
-    if ganops.classes < MIN_CLASSES:
-        out.append(f"too few classes ({ganops.classes} with >= 5% of the samples, want {MIN_CLASSES})")
+    need = MIN_CLASSES if plain is None else min(MIN_CLASSES, plain.classes - COVERAGE_SLACK)
+    if ganops.classes < need:
+        out.append(f"too few classes ({ganops.classes} with >= 5% of the samples, want {need})")
     if conditional and (ganops.agreement is None or ganops.agreement < MIN_AGREEMENT):
         out.append(f"samples do not show the class asked for (agreement {ganops.agreement or 0:.0%})")
     return out
