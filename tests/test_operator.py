@@ -148,9 +148,16 @@ MIRROR_ROWS = [
         {},
         id="deleted-after-the-end-changes-nothing"),
     pytest.param(
-        _rayjob({"jobDeploymentStatus": "Retrying", "jobStatus": "SOME_NEW_STATE"}), "MODIFIED", {"phase": "Pending"},
-        {"phase": "Pending", "rayJobName": "j", "jobStatus": "SOME_NEW_STATE", "jobDeploymentStatus": "Retrying"},
+        _rayjob({"jobDeploymentStatus": "Waiting", "jobStatus": "SOME_NEW_STATE"}), "MODIFIED", {"phase": "Pending"},
+        {"phase": "Pending", "rayJobName": "j", "jobStatus": "SOME_NEW_STATE", "jobDeploymentStatus": "Waiting"},
         id="unknown-states-are-pending"),
+    pytest.param(
+        {**_rayjob({"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED", "failed": 1,
+                    "message": "Job failed"}), "spec": {"backoffLimit": 2}},
+        "MODIFIED", {"phase": "Running"},
+        {"phase": "Pending", "rayJobName": "j", "jobStatus": "FAILED", "jobDeploymentStatus": "Retrying",
+         "message": "attempt 1 of 3 failed (Job failed); retrying on a new Ray cluster from the latest checkpoint"},
+        id="a-failed-attempt-with-retries-left-is-pending-not-failed"),
 ]  # fmt: skip
 
 

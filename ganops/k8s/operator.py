@@ -369,7 +369,13 @@ def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dic
         patch["startTime"] = rs["startTime"]
     if rs.get("endTime") and phase in TERMINAL:
         patch["completionTime"] = rs["endTime"]
-    if rs.get("message"):
+    if rs.get("jobDeploymentStatus") == "Retrying":
+        limit = (rayjob.get("spec") or {}).get("backoffLimit")
+        attempts = f" of {int(limit) + 1}" if isinstance(limit, int) else ""
+        why = f" ({rs['message']})" if rs.get("message") else ""
+        patch["message"] = (f"attempt {rs.get('failed') or 1}{attempts} failed{why}; "
+                            "retrying on a new Ray cluster from the latest checkpoint")  # fmt: skip
+    elif rs.get("message"):
         patch["message"] = rs["message"]
     elif phase == RUNNING:
         patch["message"] = (

@@ -48,9 +48,13 @@ class JobObjectStatus(BaseModel):
 
 
 # Ray's job states and KubeRay's deployment states, to our phases. A RayJob that is
-# suspended (our cancel) reports jobDeploymentStatus Suspended/Suspending.
+# suspended (our cancel) reports jobDeploymentStatus Suspended/Suspending. A failed attempt
+# with backoffLimit left reports jobStatus FAILED with jobDeploymentStatus Retrying while
+# KubeRay replaces its cluster (rayjob_controller.go, checkBackoffLimitAndUpdateStatusIfNeeded):
+# the job is not over, it starts again from its checkpoints.
 _JOB_STATUS = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED, "STOPPED": CANCELLED}
-_DEPLOYMENT = {"Failed": FAILED, "Suspended": CANCELLED, "Suspending": CANCELLED, "Complete": None}
+_DEPLOYMENT = {"Failed": FAILED, "Suspended": CANCELLED, "Suspending": CANCELLED, "Retrying": PENDING,
+               "Complete": None}  # fmt: skip
 
 
 def phase_of(rayjob_status: dict[str, object]) -> str:
