@@ -16,6 +16,15 @@ import yaml
 from ganops.spec.generation import GANGeneration
 from ganops.spec.models import GANJob
 
+STOP_GRACE_S = 60
+"""Seconds between Ray's SIGTERM and its SIGKILL when a training job is stopped.
+
+Ray's default (RAY_JOB_STOP_WAIT_TIME_S, 3 s) is too short on a busy node for the workers
+to reach their next stop check and write a checkpoint (measured: 1-7 s on 2 CPUs), and
+too short for the driver to then close its MLflow run and exit (measured: ~12 s). Ray's
+job supervisor reads the variable from its own environment: the ray target sets it in the
+job's runtime_env env_vars, the k8s target in the Ray head pod's environment."""
+
 
 def encode_spec(job: GANJob | GANGeneration) -> str:
     """The spec without its unset fields (the driver fills defaults in again): shorter."""

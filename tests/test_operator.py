@@ -513,6 +513,80 @@ def test_cancel_suspends_the_rayjob_and_resubmit_resumes(
     assert not second["spec"].get("suspend")
 
 
+class RayHead:
+    """The Ray dashboard's job API of one running job, as KubeRay's status points at it
+    (``dashboardURL``, ``jobId``): it reports RUNNING until asked to stop, then STOPPED
+    once the test lets the driver finish (``finish``)."""
+
+    def __init__(self, job_id: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.job_id, self.stops, self.finished = job_id, 0, threading.Event()
+        head = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                assert self.path == f"/api/jobs/{head.job_id}", self.path
+                self._reply({"status": "STOPPED" if head.finished.is_set() else "RUNNING"})
+
+            def do_POST(self) -> None:
+                assert self.path == f"/api/jobs/{head.job_id}/stop", self.path
+                head.stops += 1
+                self._reply({"stopped": True})
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@slow
+def test_cancel_stops_the_ray_job_so_its_workers_checkpoint_before_the_cluster_goes(
+    cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """KubeRay's suspend deletes the pods at once: the operator first has Ray stop the job
+    (SIGTERM to the driver, whose workers write a checkpoint), and suspends once it is over."""
+    name = unique("dcgan")
+    head = RayHead(job_id=f"{name}-abcde")
+    try:
+        first = submitted(admin, name, capsys)
+        env = {e["name"]: e["value"] for e in first["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+               ["containers"][0]["env"] if "value" in e}  # fmt: skip
+        assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "60"  # the driver's grace after SIGTERM
+        kuberay_sets(admin, name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING",
+                                   "dashboardURL": head.url, "jobId": head.job_id})  # fmt: skip
+        wait_phase(admin, name, "Running")
+        code, _, err = cli("cancel", name, capsys=capsys)
+        assert code == 0, err
+        wait_for("the stop request", lambda: head.stops >= 1)
+        st = wait_for("the stopping message", lambda: "stopping the Ray job" in str((s := status_of(admin, name))
+                                                                                  .get("message")) and s)  # fmt: skip
+        time.sleep(2 * op.CANCEL_POLL_S)  # the job still runs: the cluster must stay
+        assert not rayjob(admin, name)["spec"].get("suspend"), "suspended while the workers were checkpointing"
+        assert st["phase"] == "Running"
+        head.finished.set()  # the driver is gone; Ray reports STOPPED
+        wait_for("suspend", lambda: rayjob(admin, name)["spec"].get("suspend") is True, timeout=30)
+        st = wait_phase(admin, name, "Cancelled")
+        assert "resume" in st["message"]
+    finally:
+        head.close()
+
+
 @slow
 def test_invalid_spec_is_a_permanent_failure(cluster: dict, admin: Any) -> None:
     """A spec that passes the CRD's schema but not ganops' own checks (kubectl apply)."""

@@ -20,6 +20,7 @@ different configurations can run in one process.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import threading
@@ -29,15 +30,20 @@ from typing import Any
 
 import kopf
 
+from ganops.entrypoint import STOP_GRACE_S
 from ganops.errors import SpecError, UserError
 from ganops.faults import fault_point
-from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, PLURALS, VERSION
+from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, PLURALS, VERSION, raydash
 from ganops.k8s.client import api_client, api_error, configuration
 from ganops.k8s.render import Defaults, render
 from ganops.k8s.status import CONDITION_OF_PHASE, condition, now, phase_of
 from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, TERMINAL
 
 POLL_ENV = "GANOPS_OPERATOR_POLL_S"
+# A cancel stops the Ray job and waits for it (the driver's grace, plus a margin) before
+# suspending the RayJob, checking every CANCEL_POLL_S.
+CANCEL_WAIT_S = STOP_GRACE_S + 30.0
+CANCEL_POLL_S = 3.0
 DEFAULT_POLL_S = 30.0
 log = logging.getLogger("ganops.operator")
 
@@ -206,8 +212,8 @@ def _register_owner_handlers(registry: kopf.OperatorRegistry, ctx: _Context, plu
 
     @kopf.on.update(GROUP, VERSION, plural, id="cancelled", annotations=cancel_set, registry=registry)
     @kopf.on.create(GROUP, VERSION, plural, id="cancelled", annotations=cancel_set, registry=registry)
-    def cancelled(body: kopf.Body, patch: kopf.Patch, namespace: str, **_: Any) -> None:
-        cancel(ctx, body, patch, namespace)
+    def cancelled(body: kopf.Body, patch: kopf.Patch, namespace: str, runtime: dt.timedelta, **_: Any) -> None:
+        cancel(ctx, body, patch, namespace, runtime.total_seconds())
 
 
 def _register_rayjob_mirror(registry: kopf.OperatorRegistry, ctx: _Context) -> None:
@@ -308,8 +314,9 @@ def delete_owned_rayjob(ctx: _Context, body: kopf.Body, name: str, namespace: st
             raise _retryable(e) from None
 
 
-def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str) -> None:
-    """Suspend the RayJob (stops the Ray job, deletes its cluster) and say so in the status."""
+def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str, waited_s: float = 0.0) -> None:
+    """Stop the Ray job (its workers checkpoint), then suspend the RayJob (its cluster goes),
+    and say so in the status. ``waited_s``: how long this cancel has been going on."""
     status = body.get("status") or {}
     if status.get("phase") in TERMINAL:
         return
@@ -317,6 +324,10 @@ def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str) ->
 
     rayjob = status.get("rayJobName")
     if rayjob:
+        stopping = _stop_ray_job_first(ctx, rayjob, namespace, waited_s)
+        if stopping:
+            patch.status["message"] = stopping
+            raise kopf.TemporaryError(stopping, delay=CANCEL_POLL_S)
         try:
             # The RayJob stays as a record of the run.
             ctx.custom.patch_namespaced_custom_object(
@@ -331,6 +342,35 @@ def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str) ->
         phase=CANCELLED, message=message, completionTime=now(),
         conditions=[*status.get("conditions", []), condition("Cancelled", "True", "CancelRequested", message)],
     )  # fmt: skip
+
+
+def _stop_ray_job_first(ctx: _Context, rayjob: str, namespace: str, waited_s: float) -> str | None:
+    """What the cancel waits for (the Ray job is stopping), or None: suspend now."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        rs = ctx.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", rayjob).get("status") or {}
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise _retryable(e) from None
+    url, job_id = rs.get("dashboardURL"), rs.get("jobId")
+    if rs.get("jobDeploymentStatus") != "Running" or not url or not job_id:
+        return None  # no Ray job yet (or any more): nothing to checkpoint
+    if waited_s > CANCEL_WAIT_S:
+        log.warning("cancel of RayJob %s/%s: the Ray job did not stop in %.0fs; suspending it",
+                    namespace, rayjob, waited_s)  # fmt: skip
+        return None
+    try:
+        state = raydash.job_state(url, job_id)
+        if state is None or state in raydash.TERMINAL:
+            return None
+        raydash.stop_job(url, job_id)
+    except OSError as e:
+        log.warning("cancel of RayJob %s/%s: the Ray dashboard at %s did not answer (%s); suspending "
+                    "without a last checkpoint", namespace, rayjob, url, e)  # fmt: skip
+        return None
+    return "cancel requested: stopping the Ray job; its workers write a checkpoint first"
 
 
 # --- RayJob → owner status ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganops import __version__
-from ganops.entrypoint import generate_command, train_command
+from ganops.entrypoint import STOP_GRACE_S, generate_command, train_command
 from ganops.errors import SpecError, UserError
 from ganops.k8s import GROUP, JOB_LABEL, KIND_LABEL, MANAGED_BY, RESTART_ANNOTATION, VERSION
 from ganops.spec.generation import GANGeneration
@@ -154,7 +154,10 @@ class Owner:
 
 
 def _env(owner: Owner, d: Defaults) -> list[dict[str, Any]]:
-    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", **d.env}
+    # RAY_JOB_STOP_WAIT_TIME_S: the head's job supervisor gives a stopped driver this long
+    # after SIGTERM, for the workers' last checkpoint (the operator's cancel stops the job first).
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S), **d.env}  # fmt: skip
     if "AWS_ENDPOINT_URL" in env:
         env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
     # Lets the trainer tag its MLflow run with the object it runs for (the operator finds it by uid).

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ganops.entrypoint import STOP_GRACE_S
 from ganops.errors import UserError
 from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
 from ganops.targets.base import JobStatus
@@ -42,14 +43,6 @@ META_JOB, META_KIND, META_STORAGE = "ganops.job", "ganops.kind", "ganops.storage
 ACTIVE = ("PENDING", "RUNNING")
 PHASE = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED, "STOPPED": CANCELLED}
 CONNECT_TIMEOUT_S = 10.0
-STOP_GRACE_S = 60
-"""Seconds between Ray's SIGTERM and its SIGKILL when a training job is stopped.
-
-Ray's default (RAY_JOB_STOP_WAIT_TIME_S, 3 s) is too short on a busy node for the workers
-to reach their next stop check and write a checkpoint (measured: 1-7 s on 2 CPUs), and
-too short for the driver to then close its MLflow run and exit (measured: ~12 s). Ray's
-job supervisor reads the variable from its own environment, which includes the job's
-runtime_env env_vars: so it is set per job, whatever the cluster's setting."""
 CANCEL_WAIT_S = STOP_GRACE_S + 15.0
 """How long ``cancel`` waits for the driver to be gone before answering."""
 
