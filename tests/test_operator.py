@@ -241,6 +241,26 @@ def test_the_login_handler_uses_the_configured_kube_config(kubeconfig_file: Path
     assert info.server == "https://127.0.0.1:1" and info.scheme == "Bearer" and info.token == "t"
 
 
+def test_the_login_handler_sends_the_pods_service_account_token_once_prefixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In its pod the operator loads the in-cluster config, which keeps "bearer <token>"
+    (lower case): kopf must get the bare token, or it sends "Bearer bearer …" and is refused."""
+    from kubernetes.config import incluster_config
+
+    from ganops.k8s.client import configuration
+
+    (tmp_path / "token").write_text("sa-token")
+    (tmp_path / "ca.crt").write_text("not checked here")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    info = op.connection_info(configuration())
+    assert info.server == "https://10.96.0.1:443" and info.scheme == "Bearer" and info.token == "sa-token"
+
+
 def test_kopf_settings_scan_the_cluster_only_for_all_namespaces() -> None:
     assert op.operator_settings(op.OperatorConfig(namespaces=("a",))).scanning.disabled is True
     assert op.operator_settings(op.OperatorConfig(all_namespaces=True)).scanning.disabled is False

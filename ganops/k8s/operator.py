@@ -174,16 +174,19 @@ def _register_login(registry: kopf.OperatorRegistry, config: OperatorConfig) -> 
 
 def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     """kopf's view of a ``kubernetes.client.Configuration``."""
-    # The kubernetes client keeps the token as "Bearer …" under a key that differs by
-    # version ("authorization", "BearerToken").
+    # The kubernetes client keeps the token with its scheme under a key that differs by
+    # version ("authorization", "BearerToken"): "Bearer …" from a kube config, but "bearer …"
+    # from the in-cluster loader (the operator's pod), which kopf would send as "Bearer bearer …".
     keys = cfg.api_key or {}
-    token = next((v for k, v in keys.items() if k.lower() in ("authorization", "bearertoken")), "")
+    value = next((v for k, v in keys.items() if k.lower() in ("authorization", "bearertoken")), "")
+    scheme, _, rest = value.partition(" ")
+    token = rest.strip() if scheme.lower() == "bearer" else value
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
         insecure=not cfg.verify_ssl,
         scheme="Bearer" if token else None,
-        token=token.removeprefix("Bearer ") or None,
+        token=token or None,
         certificate_path=cfg.cert_file,
         private_key_path=cfg.key_file,
     )
