@@ -15,7 +15,7 @@ BROWSER := $(VENV)/.browser
 # Where that test keeps its screenshots of the run page.
 export GANOPS_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: setup browser mnist test test-fast lint test-learning bench clean
+.PHONY: setup browser mnist test test-fast lint test-learning e2e bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ lint: $(STAMP)
 # Every case of the learning tier (25-35 min on 2 CPUs); make test runs its default subset.
 test-learning: $(STAMP)
 	GANOPS_LEARNING=full $(PY) -m pytest tests/test_learning.py -s
+
+# End to end on a real one-node Kubernetes cluster on this machine (cluster/local/up.sh; as
+# root): the GANJob tests on a cluster of their own, then the cluster alone (up, a ganops pod
+# reaches S3 and MLflow, down, and the host is as before). Builds the Kubernetes binaries and
+# the ganops image once (cached in ~/.cache); see the README for the times.
+e2e: $(STAMP)
+	GANOPS_E2E=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

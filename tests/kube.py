@@ -190,18 +190,6 @@ def permissive_rayjob_crd() -> dict[str, Any]:
     v1.20 rejects the real CRD (its schema has empty-string defaults); tests check the
     bodies the operator writes against the real schema separately (``rayjob_schema``).
     """
-    real = yaml.safe_load((KUBERAY_CRDS / "ray.io_rayjobs.yaml").read_text())
-    versions = []
-    for v in real["spec"]["versions"]:
-        versions.append({
-            "name": v["name"], "served": v["served"], "storage": v["storage"],
-            "subresources": v.get("subresources", {}),
-            "additionalPrinterColumns": v.get("additionalPrinterColumns", []),
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        })  # fmt: skip
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": real["metadata"]["name"]},
-        "spec": {**{k: real["spec"][k] for k in ("group", "names", "scope")}, "versions": versions},
-    }
+    from tests.kuberay.crds import permissive_crd
+
+    return permissive_crd("RayJob")
