@@ -674,6 +674,18 @@ def test_mlflow_run_and_checkpoint_reach_the_status(cluster: dict, admin: Any, c
     client.set_tag(run.info.run_id, "ganops.health", "ok")
     wait_for("TrainingHealthy True", lambda: (c := healthy()) and c["status"] == "True")
 
+    # The end: the trainer tags its final checkpoint, then the job finishes. A finished job
+    # gets one more poll, so its status does not stop at the checkpoint of the last poll
+    # while it ran (here one poller, driven by hand: the operator's own polls every second).
+    client.set_tag(run.info.run_id, "ganops.checkpoint", f"s3://runs/ganops/{name}/checkpoints/epoch_0002")
+    admin.patch_namespaced_custom_object_status(G, V, NS, "ganjobs", name, {"status": {"phase": "Succeeded"}})
+    config = op.OperatorConfig(namespaces=(NS,), defaults=op.Defaults(env={"MLFLOW_TRACKING_URI": mlflow_server}))
+    ctx = op._Context(config, admin)
+    ctx.settled.update(o["metadata"]["uid"] for o in op._watched_ganjobs(ctx) if o["metadata"]["name"] != name)
+    op.poll_mlflow_once(ctx)
+    assert status_of(admin, name)["latestCheckpoint"].endswith("epoch_0002")
+    assert uid in ctx.settled
+
 
 @slow
 def test_unwatched_namespace_is_left_alone(cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,6 +122,8 @@ class _Context:
 
     config: OperatorConfig
     custom: Any  # kubernetes.client.CustomObjectsApi
+    settled: set[str] = field(default_factory=set)
+    """uids of finished GANJobs whose status has had its MLflow poll after the end."""
 
 
 def _context(config: OperatorConfig) -> _Context:
@@ -470,9 +472,10 @@ def mirror_rayjob(ctx: _Context, event: dict[str, Any], body: kopf.Body, namespa
 # --- MLflow → status ------------------------------------------------------------------------
 
 
-def _needs_mlflow(status: dict[str, Any]) -> bool:
-    phase = status.get("phase")
-    return phase in (PENDING, RUNNING) or (phase in TERMINAL and phase != FAILED and not status.get("mlflowRunId"))
+def _needs_mlflow(status: dict[str, Any], uid: str, settled: set[str]) -> bool:
+    """Running jobs, and each finished one once more: a poll from before its end can miss
+    the last checkpoint (the final one, or the one a cancel wrote)."""
+    return status.get("phase") in (PENDING, RUNNING) or uid not in settled
 
 
 def mlflow_status(uid: str, tracking_uri: str) -> dict[str, Any]:
@@ -493,14 +496,14 @@ def _watched_ganjobs(ctx: _Context) -> list[dict[str, Any]]:
 def poll_mlflow_once(ctx: _Context) -> None:
     """Fill mlflowRunId / latestCheckpoint of the GANJobs that need them."""
     for obj in _watched_ganjobs(ctx):
-        status = obj.get("status") or {}
-        if not _needs_mlflow(status):
+        status, uid = obj.get("status") or {}, obj["metadata"]["uid"]
+        if not _needs_mlflow(status, uid, ctx.settled):
             continue
         uri = (obj["spec"].get("tracking") or {}).get("uri") or ctx.config.defaults.env.get("MLFLOW_TRACKING_URI")
         if not uri or "://" not in uri or uri.startswith(("file:", "sqlite:")):
             continue  # a store only the pods can see: nothing to read from here
         try:
-            found = mlflow_status(obj["metadata"]["uid"], uri)
+            found = mlflow_status(uid, uri)
         except Exception as e:  # noqa: BLE001 - MLflow down must not disturb the jobs
             log.warning("MLflow at %s: %s", uri, e)
             continue
@@ -514,6 +517,8 @@ def poll_mlflow_once(ctx: _Context) -> None:
             ctx.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, meta["namespace"], PLURALS["GANJob"], meta["name"], {"status": changed}
             )
+        if status.get("phase") in TERMINAL:
+            ctx.settled.add(uid)
 
 
 def health_conditions(current: list[dict[str, Any]], health: str | None) -> list[dict[str, Any]] | None:

@@ -107,12 +107,21 @@ def test_mnist_dcgan_trains_on_two_worker_pods_and_lands_in_s3_and_mlflow(
     markers = sorted(k for k in keys if k.endswith("/checkpoint.json"))
     assert [m.split("/")[-2] for m in markers if "/checkpoints/" in m][-1] == "epoch_0003", markers
     assert len([k for k in keys if "/samples/" in k and k.endswith(".png")]) >= 3, keys
-    assert f"runs/{name}/training.gif" in keys, keys
-    assert str(st.get("latestCheckpoint", "")).startswith(f"s3://{BUCKET}/runs/{name}/checkpoints/epoch_0003")
+    assert f"runs/{name}/samples/training.gif" in keys, keys
+    # The operator's status ends on the final checkpoint (its MLflow poll after the end).
+    final = cluster.wait(
+        "the final checkpoint in the status",
+        lambda: (
+            str(cluster.status(str(name)).get("latest_checkpoint") or "").endswith("/checkpoints/epoch_0003")
+            and cluster.status(str(name))
+        ),
+        timeout=120,
+    )
+    assert final["latest_checkpoint"] == f"s3://{BUCKET}/runs/{name}/checkpoints/epoch_0003"
 
     # MLflow: a finished run with curves and a generator that loads and draws digits.
     mlflow.set_tracking_uri(cluster.env["MLFLOW_TRACKING_URI"])
-    run_id = str(st["mlflowRunId"])
+    run_id = str(st["mlflow_run_id"])
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
     client = mlflow.MlflowClient()
@@ -148,7 +157,7 @@ def test_generate_on_the_cluster_writes_images_and_a_manifest_to_s3(
     assert isinstance(st, dict)
     out = "s3://ganops/generated/e2e-mnist"
     name = "e2e-generate"
-    cluster.ganops("generate", "--run-id", str(st["mlflowRunId"]), "--num", "40", "-o", out, "--target", "k8s",
+    cluster.ganops("generate", "--run-id", str(st["mlflow_run_id"]), "--num", "40", "-o", out, "--target", "k8s",
                    "-n", cluster.namespace, "--name", name, "-q")  # fmt: skip
     final = cluster.wait_phase(name, TERMINAL, timeout=900)
     assert final["phase"] == "Succeeded", final
