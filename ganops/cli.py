@@ -300,8 +300,10 @@ def generate(
             "interpolate": interpolate, "z_file": z_file, "save_z": save_z, "shard_size": shard_size,
             "workers": workers, "gpus_per_worker": gpus_per_worker,
             # On a Ray cluster the driver is another process, maybe another machine: give it
-            # the store this command would use. On k8s the cluster's own MLflow is the default.
-            "tracking": {"uri": tracking_uri or (client.embedded_tracking_uri(storage) if target != "k8s" else None)},
+            # the store this command would use. On k8s the cluster's own MLflow (the pods'
+            # MLFLOW_TRACKING_URI, from the chart) is the default: this machine's
+            # $MLFLOW_TRACKING_URI (often a port-forward to 127.0.0.1) means nothing in a pod.
+            "tracking": {"uri": _tracking_for(target, tracking_uri, storage)},
         }  # fmt: skip
         # A DNS label whatever the model is called (dots, underscores, capitals in a model name).
         name = name or re.sub(r"[^a-z0-9-]+", "-", f"gen-{source[:12]}-{seed}".lower())
@@ -325,6 +327,18 @@ def generate(
         + (f"  preview      {r.preview_uri}\n" if r.preview_uri else "")
         + client.run_line(r.generation_run_id or "-")
     )
+
+
+def _tracking_for(target: str, tracking_uri: str | None, storage: str) -> str | None:
+    """The tracking URI a generation job takes along (see ``generate``)."""
+    from click.core import ParameterSource
+
+    from ganops import client
+
+    if target == "k8s":
+        given = click.get_current_context().get_parameter_source("tracking_uri") == ParameterSource.COMMANDLINE
+        return tracking_uri if given else None
+    return tracking_uri or client.embedded_tracking_uri(storage)
 
 
 # The flag each GANGeneration field comes from: errors name what the user typed.

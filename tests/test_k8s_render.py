@@ -316,3 +316,20 @@ def test_a_failed_attempt_is_retried_by_default_and_every_retry_resumes() -> Non
     obj["metadata"]["annotations"] = {RESTART_ANNOTATION: "true"}
     argv = shlex.split(render(obj, DEFAULTS)["spec"]["entrypoint"])
     assert argv[argv.index("--restart-token") + 1] == "1234-uid" and "--restart" not in argv
+
+
+def test_generate_on_k8s_leaves_mlflow_to_the_cluster_unless_the_flag_names_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This machine's $MLFLOW_TRACKING_URI (a port-forward to 127.0.0.1) means nothing in a pod:
+    the driver there uses the pods' MLFLOW_TRACKING_URI (found on the real cluster: it failed)."""
+    from tests.helpers import cli_in_process
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000")
+    base = ["generate", "--run-id", "abc", "-o", "s3://b/gen", "--target", "k8s", "-n", "ns", "--dry-run"]
+    code, out, err = cli_in_process(base, capsys)
+    assert code == 0, err
+    assert ((yaml.safe_load(out)["spec"].get("tracking") or {}).get("uri")) is None
+    code, out, err = cli_in_process([*base, "--tracking-uri", "http://mlflow.team:5000"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out)["spec"]["tracking"]["uri"] == "http://mlflow.team:5000"
