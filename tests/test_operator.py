@@ -599,10 +599,13 @@ def test_cancel_stops_the_ray_job_so_its_workers_checkpoint_before_the_cluster_g
         time.sleep(2 * op.CANCEL_POLL_S)  # the job still runs: the cluster must stay
         assert not rayjob(admin, name)["spec"].get("suspend"), "suspended while the workers were checkpointing"
         assert st["phase"] == "Running"
-        head.finished.set()  # the driver is gone; Ray reports STOPPED
+        head.finished.set()  # the driver is gone; Ray reports STOPPED, and so does KubeRay
+        kuberay_sets(admin, name, {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"})
         wait_for("suspend", lambda: rayjob(admin, name)["spec"].get("suspend") is True, timeout=30)
-        st = wait_phase(admin, name, "Cancelled")
-        assert "resume" in st["message"]
+        st = wait_for("the cancel's message", lambda: "resume" in str((s := status_of(admin, name))
+                                                                      .get("message")) and s)  # fmt: skip
+        assert st["phase"] == "Cancelled"
+        assert [c["reason"] for c in st["conditions"] if c["type"] == "Cancelled"] == ["CancelRequested"]
     finally:
         head.close()
 

@@ -37,7 +37,7 @@ from ganops.k8s import CANCEL_ANNOTATION, GROUP, MANAGED_BY, PLURALS, VERSION, r
 from ganops.k8s.client import api_client, api_error, configuration
 from ganops.k8s.render import Defaults, render
 from ganops.k8s.status import CONDITION_OF_PHASE, condition, now, phase_of
-from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, TERMINAL
+from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL
 
 POLL_ENV = "GANOPS_OPERATOR_POLL_S"
 # A cancel stops the Ray job and waits for it (the driver's grace, plus a margin) before
@@ -323,7 +323,8 @@ def cancel(ctx: _Context, body: kopf.Body, patch: kopf.Patch, namespace: str, wa
     """Stop the Ray job (its workers checkpoint), then suspend the RayJob (its cluster goes),
     and say so in the status. ``waited_s``: how long this cancel has been going on."""
     status = body.get("status") or {}
-    if status.get("phase") in TERMINAL:
+    # Cancelled may be the mirror's news of the stop this cancel asked for: go on and say so.
+    if status.get("phase") in (SUCCEEDED, FAILED):
         return
     from kubernetes.client.exceptions import ApiException
 
