@@ -170,6 +170,9 @@ def test_generate_on_the_cluster_writes_images_and_a_manifest_to_s3(
     )
     assert manifest.get("count", manifest.get("num")) == 40, manifest
     assert len([k for k in keys if k.endswith(".png")]) >= 40, keys
+    # Its Ray head stays for ttlSecondsAfterFinished (600 s): the node fits one job's pods.
+    cluster.k8s("custom").delete_namespaced_custom_object("ganops.io", "v1alpha1", cluster.namespace,
+                                                          "gangenerations", name)  # fmt: skip
 
 
 def _checkpoints(cluster: Cluster, name: str) -> list[str]:
