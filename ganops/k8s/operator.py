@@ -496,7 +496,10 @@ def _watched_ganjobs(ctx: _Context) -> list[dict[str, Any]]:
 
 def poll_mlflow_once(ctx: _Context) -> None:
     """Fill mlflowRunId / latestCheckpoint of the GANJobs that need them."""
-    for obj in _watched_ganjobs(ctx):
+    objs = _watched_ganjobs(ctx)
+    # Forget deleted jobs: the set holds only what is still watched.
+    ctx.settled.intersection_update(o["metadata"]["uid"] for o in objs)
+    for obj in objs:
         status, uid = obj.get("status") or {}, obj["metadata"]["uid"]
         if not _needs_mlflow(status, uid, ctx.settled):
             continue
