@@ -19,6 +19,7 @@ from ganops import __version__
 from ganops.cli_options import dump_as, err, set_option
 from ganops.errors import UserError
 from ganops.operator_cli import operator
+from ganops.spec.models import DATASETS
 
 
 def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
@@ -461,6 +462,118 @@ _EVALUATE_FLAGS = {
     "spec.data_root": "--data-root", "spec.batch_size": "--batch-size", "spec.seed": "--seed",
     "spec.device": "--device", "spec.tracking.uri": "--tracking-uri",
 }  # fmt: skip
+
+
+@cli.group()
+def data() -> None:
+    """Datasets: pack one into Parquet shards to stream from, check a pack."""
+
+
+# Packable: every dataset ganops reads but a pack itself.
+_PACKABLE = [d for d in DATASETS if d != "shards"]
+
+
+@data.command(name="pack")
+@click.argument("out")
+@click.option("--dataset", type=click.Choice(_PACKABLE), required=True, help="The reader (spec.data.dataset).")
+@click.option("--root", help="Directory (or s3://) holding the dataset's files (spec.data.root; not for fake).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Official split; a folder with train/ and test/ sub-folders is split by them.")  # fmt: skip
+@click.option("--image-size", type=int, help="folder, fake: square size; folder images are centre-cropped and "
+              "resized (LANCZOS) as training on the folder would. [default: the first image's short side]")  # fmt: skip
+@click.option("--channels", type=int, help="folder, fake: 1 (grey) or 3 (RGB). [default: 3]")
+@click.option("--limit", type=int, help="Only the first N images.")
+@click.option("--num-classes", type=int, help="fake only: its number of classes.")
+@click.option("--download", is_flag=True, help="Fetch the official files into --root when missing (internet).")
+@click.option("--shard-mb", type=float, default=256.0, show_default=True,
+              help="Size of a shard's images in MiB (the last one is smaller); at most 1024.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), help="Decoders of folder images. [default: one per CPU]")
+@click.option("--pool", type=click.Choice(["threads", "processes"]), default="threads", show_default=True,
+              help="What the decoders are; processes may scale further on many cores.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace a finished pack at OUT (its manifest is deleted first).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+def data_pack(
+    out: str, dataset: str, root: str | None, split: str, image_size: int | None, channels: int | None,
+    limit: int | None, num_classes: int | None, download: bool, shard_mb: float, workers: int | None, pool: str,
+    force: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Write a dataset as a pack at OUT (a directory or s3://bucket/prefix) for spec.data.dataset: shards.
+
+    Parquet shards of raw uint8 CHW images (with their labels when the dataset has
+    classes), then manifest.json, last. Run again, the same command resumes an
+    interrupted pack after re-checking the shards it wrote (sha256); a finished pack is
+    never overwritten without --force.
+    """
+    from ganops import client
+
+    doc = {
+        "dataset": dataset, "root": root, "split": split, "image_size": image_size, "channels": channels,
+        "limit": limit, "num_classes": num_classes, "download": download,
+    }  # fmt: skip
+    spec = _data_from_flags({k: v for k, v in doc.items() if v is not None})
+    try:
+        r = client.pack_data(
+            spec, out, shard_mb=shard_mb, force=force, workers=workers, pool=pool, show_progress=not quiet, echo=err
+        )
+    except UserError as e:
+        raise _as_flags(e) from None
+    m = r.manifest
+    classes = f", {m.num_classes} classes" if m.num_classes else ", unlabelled"
+    reused = f" ({r.reused_shards} kept from the interrupted run)" if r.reused_shards else ""
+    size = sum(s.bytes for s in m.shards)
+    err(
+        f"packed {m.num_images:,} images of {'x'.join(map(str, m.shape))}{classes} into {len(m.shards)} shards"
+        f"{reused}, {size / 2**20:.1f} MiB, in {r.elapsed_s:.1f}s ({r.images_per_s:.0f} img/s)\n"
+        f"  pack  {r.uri}\n  train from it with spec.data: {{dataset: shards, root: {r.uri}}}"
+    )
+
+
+@data.command(name="verify")
+@click.argument("root")
+@click.option("--quick", is_flag=True, help="Sizes and Parquet footers only, no sha256 (reads no pixels).")
+def data_verify(root: str, quick: bool) -> None:
+    """Check the pack at ROOT: every shard present, of its size and sha256 (--quick: sizes and footers)."""
+    from ganops import client
+
+    try:
+        m = client.verify_pack(root, sha256=not quick)
+    except UserError as e:
+        raise _as_flags(e, root_flag="ROOT") from None
+    classes = f"{m.num_classes} classes" if m.num_classes else "unlabelled"
+    click.echo(f"{m.num_images}\t{len(m.shards)}\t{'x'.join(map(str, m.shape))}\t{classes}")
+    err(f"{root}: ok, {m.num_images:,} images in {len(m.shards)} shards ({'sizes' if quick else 'sha256'} checked)")
+
+
+def _data_from_flags(doc: dict[str, Any]) -> Any:
+    """The DataSpec the ``data pack`` flags stand for; errors name the flag."""
+    from ganops.errors import SpecError
+    from ganops.spec.loader import validate_model
+    from ganops.spec.models import DataSpec
+
+    try:
+        return validate_model(DataSpec, doc, "ganops data pack")
+    except SpecError as e:
+        lines = [f"{_flag(p) if p else ''}: {m}" if p else m for p, m in e.problems]
+        raise UserError("\n".join(lines), field=_flag(e.field or "")) from None
+
+
+def _flag(field: str) -> str:
+    """spec.data.image_size (or image_size) -> --image-size."""
+    return "--" + field.removeprefix("spec.data.").replace("_", "-")
+
+
+def _as_flags(e: UserError, root_flag: str | None = None) -> UserError:
+    """A reader's error about spec.data.X, told as the flag --X (or ``root_flag`` for the root)."""
+
+    def flag(m: re.Match[str]) -> str:
+        return root_flag if root_flag and m.group(1) == "root" else _flag(m.group(1))
+
+    text = re.sub(r"spec\.data\.([a-z_]+)", flag, str(e))
+    field = re.sub(r"spec\.data\.([a-z_]+)", flag, e.field) if e.field else None
+    if text == str(e):
+        return e
+    err_type = type(e) if type(e) is UserError else UserError
+    return err_type(text, field=field)
 
 
 def _summary(r: Any) -> None:

@@ -18,9 +18,11 @@ from ganops.spec import load
 from ganops.spec.evaluation import GANEvaluation
 from ganops.spec.generation import GANGeneration
 from ganops.spec.loader import loads
-from ganops.spec.models import GANJob, batchnorm_critic
+from ganops.spec.models import ARCH_RESOLUTIONS, DataSpec, GANJob, batchnorm_critic
 
 if TYPE_CHECKING:
+    from ganops.data.pack import PackResult
+    from ganops.data.shards import Manifest
     from ganops.evaluate.job import EvaluateResult
     from ganops.generate.job import GenerateResult
     from ganops.generate.source import Source
@@ -76,6 +78,15 @@ def preflight(job: GANJob) -> gdata.ImageInfo:
     """Checks that need the data's headers: cheap, and done before any worker starts."""
     spec = job.spec
     info = gdata.probe(spec.data)
+    sizes = ARCH_RESOLUTIONS[spec.model.arch]
+    _c, h, w = info.shape
+    if sizes is not None and (h != w or h not in sizes):
+        raise UserError(
+            f"spec.model.arch: '{spec.model.arch}' builds nets for {', '.join(f'{r}x{r}' for r in sizes)} images, "
+            f"but dataset '{spec.data.dataset}' at {spec.data.root} holds {h}x{w} (repack or resize the data to one "
+            "of those sizes, or use arch 'mlp', which takes any size)",
+            field="spec.model.arch",
+        )
     if spec.model.conditional and not info.num_classes:
         raise UserError(
             f"spec.model.conditional: dataset '{spec.data.dataset}' at {spec.data.root} has no labels "
@@ -250,6 +261,32 @@ def evaluate(ev: GANEvaluation, *, show_progress: bool = True, echo: Callable[[s
     source = _model_source(s)
     echo(f"generator: {source.describe()}")
     return run(source, s, show_progress=show_progress, echo=echo, spec_doc=ev.to_dict())
+
+
+# -- datasets -----------------------------------------------------------------------------
+
+
+def pack_data(
+    data: DataSpec, out: str, *, shard_mb: float, force: bool = False, workers: int | None = None,
+    pool: str = "threads", show_progress: bool = True, echo: Callable[[str], None] = print,
+) -> PackResult:  # fmt: skip
+    """Write the dataset ``data`` describes as a pack of Parquet shards at ``out`` (see
+    ``ganops.data.pack``); an interrupted pack resumes, a finished one is kept unless ``force``."""
+    from ganops.data.pack import pack
+
+    return pack(
+        data, out, shard_mb=shard_mb, force=force, workers=workers, pool=pool, show_progress=show_progress, echo=echo
+    )
+
+
+def verify_pack(root: str, *, sha256: bool = True) -> Manifest:
+    """The pack at ``root``'s manifest, once every shard is checked: present, of its size,
+    and (``sha256``) of its checksum; else a UserError naming the shard."""
+    from ganops.data import shards
+
+    m = shards.read_manifest(root)
+    (shards.verify_shards if sha256 else shards.check_shards)(root, m)
+    return m
 
 
 # -- tracking and output ------------------------------------------------------------------

@@ -7,6 +7,7 @@ their workers the same non-secret settings, so neither reaches into the other fo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 # Ray's own chatter (usage stats, dashboards) is off for an embedded run on a laptop.
 _EMBEDDED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}
@@ -48,3 +49,45 @@ def init_ray(address: str | None) -> bool:
         os.environ.setdefault(k, v)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     return True
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why ``workers`` Ray actors (or Train workers) of one size can never all be placed."""
+
+    resource: str
+    """The missing resource ("CPU", "GPU", a custom one)."""
+    need: float
+    """All workers together, or (``per_node``) one worker."""
+    have: float
+    """The whole cluster, or (``per_node``) what its largest node has of ``resource``."""
+    per_node: bool = False
+    """The cluster holds enough in all, but no single node holds one worker."""
+
+    def describe(self, per_worker: dict[str, float]) -> str:
+        shown = ", ".join(f"{k}: {v:g}" for k, v in per_worker.items())
+        if self.per_node:
+            return f"no single Ray node has {{{shown}}} (a worker runs on one node)"
+        return f"{self.resource} {self.need:g} in all, but the Ray cluster has {self.resource} {self.have:g}"
+
+
+def shortfall(per_worker: dict[str, float], workers: int) -> Shortfall | None:
+    """What keeps ``workers`` workers of ``per_worker`` each from ever being placed on the
+    Ray this process is connected to; None when they fit.
+
+    Ray alone would wait forever for resources that do not exist (a GPU on a CPU machine,
+    more CPUs than the cluster has), so training and generation ask this before they start
+    any worker, and fail at once naming their own setting.
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    for key, amount in per_worker.items():
+        need = amount * workers
+        if need > total.get(key, 0.0):
+            return Shortfall(key, need, total.get(key, 0.0))
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if nodes and not any(all(n.get(k, 0.0) >= v for k, v in per_worker.items()) for n in nodes):
+        worst = max(per_worker, key=lambda k: per_worker[k] - max(n.get(k, 0.0) for n in nodes))
+        return Shortfall(worst, per_worker[worst], max(n.get(worst, 0.0) for n in nodes), per_node=True)
+    return None

@@ -414,6 +414,26 @@ def _s3_errors(uri: str, field: str, *, bucket: str) -> Iterator[None]:
         raise _user_error(msg) from None
 
 
+@contextmanager
+def errors_as_user(uri: str, *, field: str = STORAGE_FIELD) -> Iterator[None]:
+    """A pyarrow filesystem's (or the OS's) failure to read ``uri`` as a ``UserError`` naming
+    ``field`` and ``uri``: a missing file, a denied bucket, an unreachable endpoint. pyarrow
+    raises OSError for all of them, with AWS's reason in the text."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise _user_error(f"{field}: {uri} does not exist") from None
+    except PermissionError:
+        raise _user_error(f"{field}: cannot read {uri} (permission denied)") from None
+    except OSError as e:
+        text = str(e)
+        if "ACCESS_DENIED" in text or "403" in text:
+            raise _denied(uri, field) from None
+        if is_s3(uri) and ("NETWORK_CONNECTION" in text or "curlCode" in text or "Connection refused" in text):
+            raise _user_error(f"{field}: cannot reach {_where()} for {uri} ({text[:200]})") from None
+        raise _user_error(f"{field}: cannot read {uri} ({text[:300]})") from None
+
+
 def _user_client_error(e: ClientError, uri: str, field: str, bucket: str) -> UserError | None:
     err = e.response.get("Error", {})
     code = str(err.get("Code", ""))

@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +122,21 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 continue
         self.proc = None
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30, every: float = 0.2, *,
+             retry: tuple[type[BaseException], ...] = ()) -> Any:  # fmt: skip
+    """``fn()``'s first truthy value, polling every ``every`` s; an AssertionError naming
+    ``what`` (and the last value or ``retry`` exception seen) after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+            if last:
+                return last
+        except retry as e:  # not there yet
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+        time.sleep(every)

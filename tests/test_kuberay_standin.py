@@ -31,6 +31,7 @@ import pytest
 from ganops.client import load_job
 from ganops.k8s.objects import custom_object
 from ganops.k8s.render import Defaults, render
+from tests import helpers
 from tests.helpers import JOBS, REPO
 from tests.kuberay import crds, fields, pods
 from tests.kuberay import names as n
@@ -292,14 +293,7 @@ def statuses(kube: Kube) -> Iterator[Statuses]:
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return helpers.wait_for(what, fn, timeout, every=0.05)
 
 
 def submit(kube: Kube, prefix: str, *overrides: str) -> dict[str, Any]:

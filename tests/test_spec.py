@@ -341,3 +341,10 @@ def test_generation_option_combinations_are_refused_by_the_spec_itself(fields: d
     with pytest.raises(SpecError) as e:
         validate_model(GANGeneration, doc)
     assert e.value.field == path and message in str(e.value)
+
+
+def test_the_arch_sizes_the_preflight_checks_are_the_nets_own() -> None:
+    from ganops.nets import dcgan, deep, mlp
+    from ganops.spec.models import ARCH_RESOLUTIONS
+
+    assert ARCH_RESOLUTIONS == {m.ARCH.name: m.ARCH.resolutions for m in (dcgan, deep, mlp)}

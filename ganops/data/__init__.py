@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
 
 __all__ = [
-    "DATASETS", "ArrayDataset", "ImageInfo", "Reader", "expand_user", "get", "load", "probe", "to_unit_range",
+    "DATASETS", "STREAMED", "ArrayDataset", "ImageInfo", "Reader", "expand_user", "get", "load", "probe", "to_unit_range",
 ]  # fmt: skip
 
 
@@ -100,7 +100,11 @@ DATASETS: dict[str, Reader] = {
     "svhn": Reader("ganops.data.svhn", "SVHN cropped digits, train_32x32.mat / test_32x32.mat"),
     "folder": Reader("ganops.data.folder", "PNG/JPEG files, optionally in one sub-folder per class"),
     "fake": Reader("ganops.data.fake", "seeded random images for tests and benchmarks"),
+    "shards": Reader("ganops.data.shards", "a pack made by `ganops data pack`, streamed through Ray Data"),
 }
+
+# Datasets read where they are (a pack on S3 is streamed, never copied whole to a worker).
+STREAMED = frozenset({"shards"})
 
 
 def get(name: str) -> Reader:
@@ -136,7 +140,7 @@ def _local_copy(spec: DataSpec) -> Iterator[DataSpec]:
 
     The readers' messages then name the S3 location rather than the cache directory.
     """
-    if not (spec.root or "").startswith("s3://"):
+    if not (spec.root or "").startswith("s3://") or spec.dataset in STREAMED:
         yield spec
         return
     if spec.download:

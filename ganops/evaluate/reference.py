@@ -106,9 +106,24 @@ def reference_images(setup: ReferenceSetup, preloaded: gdata.ArrayDataset | None
     ``preloaded``: the split already in memory (a training worker's own data, when the
     reference split is the training split).
     """
+    if preloaded is None and setup.data_spec.dataset in gdata.STREAMED:
+        return _pack_subset(setup.data_spec, setup.num_samples)
     ds = preloaded if preloaded is not None else gdata.load(setup.data_spec)
     idx = subset_indices(len(ds), setup.num_samples)
     return ds.images[idx], len(ds)
+
+
+def _pack_subset(spec: DataSpec, num_samples: int) -> tuple[np.ndarray, int]:
+    """A seeded random subset of a pack, reading only the row groups it falls in: whole
+    random row groups rather than random images, or a 10,000-image reference would read
+    nearly every row group of a pack of millions."""
+    from ganops.data import shards
+
+    assert spec.root is not None
+    m = shards.read_manifest(spec.root)
+    available = min(m.num_images, spec.limit) if spec.limit is not None else m.num_images
+    images = shards.read_sample(spec.root, m, available, num_samples, SUBSET_SEED)
+    return images, available
 
 
 def build(setup: ReferenceSetup, pool3: np.ndarray, available: int) -> Reference:

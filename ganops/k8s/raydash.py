@@ -9,16 +9,18 @@ to have the workers checkpoint, and suspends the RayJob once the job is over.
 KubeRay records where the dashboard is (``status.dashboardURL``, ``host:8265``) and the
 submission id (``status.jobId``). Stopping is idempotent (Ray's supervisor sets an event;
 the driver gets one SIGTERM however often it is asked). A token is sent when the operator
-has one (RAY_AUTH_TOKEN), as KubeRay does for clusters with token auth.
+has one (found as Ray's clients find it: ``ganops.raytoken``), as KubeRay does for clusters
+with token auth.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from typing import Any
+
+from ganops.raytoken import auth_token
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 TIMEOUT_S = 5.0
@@ -27,7 +29,7 @@ TIMEOUT_S = 5.0
 def _request(dashboard: str, path: str, method: str = "GET") -> Any:
     base = dashboard if "://" in dashboard else f"http://{dashboard}"
     req = urllib.request.Request(base.rstrip("/") + path, method=method)
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    token, _where = auth_token()
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:

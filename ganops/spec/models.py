@@ -22,8 +22,11 @@ KIND = "GANJob"
 # Names of the registries the workers build from. Kept here (not imported from the torch
 # side) so that validating a spec never imports torch; tests check the two agree.
 ARCHS = ("mlp", "dcgan", "deep")
+# The square sizes each conv arch builds nets for (None: any); equal to ganops.nets' own
+# (a test checks), here so that the pre-flight check imports no torch.
+ARCH_RESOLUTIONS: dict[str, tuple[int, ...] | None] = {"mlp": None, "dcgan": (28, 32, 64), "deep": (28, 32, 64)}
 LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake", "shards")
 OPTIMIZERS = ("adam", "rmsprop")
 
 # metadata.name becomes a directory, an MLflow tag and a Kubernetes object name, so it
@@ -102,10 +105,10 @@ MAX_CLASSES = 100_000
 
 
 class DataSpec(_Strict):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake"]
-    """Which reader to use."""
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake", "shards"]
+    """Which reader to use; `shards`: a pack from `ganops data pack`, streamed through Ray Data."""
     root: PathStr | None = None
-    """Directory holding the dataset's official files (required for all but `fake`)."""
+    """Directory holding the dataset's official files, or the pack (required for all but `fake`)."""
     split: Literal["train", "test"] = "train"
     """Which official split to read."""
     download: bool = False
@@ -133,6 +136,8 @@ class DataSpec(_Strict):
             )
         if self.dataset == "fake":
             self._fake_fits()
+        if self.dataset == "shards" and self.download:
+            raise FieldValueError("download", "a pack is made with `ganops data pack`, not downloaded; set false")
         return self
 
     def _fake_fits(self) -> None:

@@ -28,12 +28,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ganops.entrypoint import STOP_GRACE_S
 from ganops.errors import UserError
 from ganops.phases import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from ganops.raytoken import auth_token
 from ganops.targets.base import JobStatus
 
 T = TypeVar("T")
@@ -88,31 +88,6 @@ def check_address(address: str | None) -> str:
         f"{FLAG}: {address!r} is not a Jobs API address ({why}); --target ray talks to the Ray "
         "dashboard: use http://HEAD:8265"
     )
-
-
-def auth_token() -> tuple[str | None, str]:
-    """``(token, where it came from)`` by Ray's precedence; ``(None, ...)`` when there is none."""
-    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
-        return None, "RAY_AUTH_MODE=disabled"
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token, "RAY_AUTH_TOKEN"
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    if path:
-        # Ray treats an unreadable or empty RAY_AUTH_TOKEN_PATH as a misconfiguration, not a fallback.
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH: cannot read {path} ({e.strerror or e})") from None
-        if not token:
-            raise UserError(f"RAY_AUTH_TOKEN_PATH: {path} is empty")
-        return token, f"RAY_AUTH_TOKEN_PATH ({path})"
-    default = Path.home() / ".ray" / "auth_token"
-    try:
-        token = default.read_text().strip()
-    except OSError:
-        return None, "none found"
-    return (token, str(default)) if token else (None, f"{default} is empty")
 
 
 def _reason(e: BaseException) -> str:

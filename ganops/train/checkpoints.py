@@ -16,8 +16,9 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import ray
 import ray.train
 import torch
@@ -27,6 +28,9 @@ from ganops.spec import dump
 from ganops.spec.models import GANJob
 from ganops.train.ranks import Ranks, rank_seed
 from ganops.train.step import GANStep
+
+if TYPE_CHECKING:
+    from ganops.train.stream import StreamBatches
 
 
 @dataclass
@@ -50,9 +54,12 @@ class Checkpoints:
     """Saves and restores ``step``, ``pos`` and ``noise`` (updated in place on restore)."""
 
     def __init__(
-        self, job: GANJob, jd: jobdir.JobDir, step: GANStep, ranks: Ranks, pos: Position, noise: FixedNoise
-    ) -> None:
+        self, job: GANJob, jd: jobdir.JobDir, step: GANStep, ranks: Ranks, pos: Position, noise: FixedNoise,
+        stream: StreamBatches | None = None,
+    ) -> None:  # fmt: skip
         self.job, self.jobdir, self.step, self.ranks, self.pos, self.noise = job, jd, step, ranks, pos, noise
+        self.stream = stream
+        """A streamed pack's batches: which images this epoch has shown is part of the state."""
 
     # -- restore ------------------------------------------------------------------------
     def restore(self, resume_from: str | None) -> str | None:
@@ -89,6 +96,8 @@ class Checkpoints:
         for key, value in state["position"].items():
             setattr(self.pos, key, value)
         self.noise.z, self.noise.y = state["fixed_z"], state.get("fixed_y")
+        if self.stream is not None and "stream" in state:
+            self.stream.load_state(int(state["stream"]["epoch"]), state["stream"]["seen"].numpy())
         rng, r, seed = state["rng"], self.ranks, self.job.spec.train.seed
         if len(rng) == r.world:
             mine = rng[r.rank]
@@ -103,9 +112,10 @@ class Checkpoints:
             self.step.noise.manual_seed(rank_seed(seed, r.rank, salt=1 + self.pos.step))
 
     # -- save ---------------------------------------------------------------------------
-    def save_and_report(self, metrics: dict[str, Any], final: bool) -> None:
-        """Every rank calls this (ray.train.report is a barrier); rank 0 writes."""
-        ranks = self._gather_ranks()
+    def save_and_report(self, metrics: dict[str, Any], final: bool, checksum: float | None = None) -> None:
+        """Every rank calls this (ray.train.report is a barrier); rank 0 writes. ``checksum``:
+        the weights' sum if the caller has it (``DivergenceGuard.check_before_checkpoint``)."""
+        ranks = self._gather_ranks(checksum)
         name = jobdir.checkpoint_name(self.pos.epoch, self.pos.batch)
         if not self.ranks.is_chief:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
@@ -144,15 +154,14 @@ class Checkpoints:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         }
 
-    def _checksum(self) -> float:
-        """Sum of G's and D's weights: equal on every rank while DDP keeps them in sync."""
-        with torch.no_grad():
-            params = [*self.step.g.parameters(), *self.step.d.parameters()]
-            return float(sum(p.double().sum() for p in params))
-
-    def _gather_ranks(self) -> list[dict[str, Any]]:
+    def _gather_ranks(self, checksum: float | None = None) -> list[dict[str, Any]]:
         """Every rank's RNG state and weight checksum, on every rank (a collective)."""
-        return self.ranks.all_gather({"rng": self._rng_state(), "checksum": self._checksum()})
+        if checksum is None:
+            checksum = self.step.weight_sums()[0]
+        mine: dict[str, Any] = {"rng": self._rng_state(), "checksum": checksum}
+        if self.stream is not None:
+            mine["seen"] = self.stream.seen_bits()
+        return self.ranks.all_gather(mine)
 
     def _write(self, directory: str, metrics: dict[str, Any], ranks: list[dict[str, Any]], final: bool) -> None:
         """state.pt, spec.yaml and the marker of a self-sufficient checkpoint, into a local directory."""
@@ -163,6 +172,10 @@ class Checkpoints:
             "fixed_y": self.noise.y,
             "rng": [r["rng"] for r in ranks],
         }
+        if self.stream is not None:
+            # The union of the ranks' images of this epoch: a resume shows none of them again.
+            seen = np.bitwise_or.reduce([r["seen"] for r in ranks])
+            state["stream"] = {"epoch": self.pos.epoch, "seen": torch.from_numpy(seen)}
         torch.save(state, os.path.join(directory, jobdir.STATE_FILE))
         with open(os.path.join(directory, jobdir.SPEC_FILE), "w") as f:
             f.write(dump(self.job))

@@ -9,6 +9,8 @@ never written over a good one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ganops import jobdir
@@ -55,16 +57,19 @@ class DivergenceGuard:
         what = ", ".join(f"{name} not finite from step {at} (rank {rank})" for name, (at, rank) in sorted(seen.items()))
         return DivergedError(f"training diverged at step {self.pos.step}: {what or 'a non-finite value'}")
 
-    def check_before_checkpoint(self) -> None:
-        """Losses and weights finite on every rank (one all-reduce), else ``DivergedError``."""
+    def check_before_checkpoint(self) -> float:
+        """Losses and weights finite on every rank (one all-reduce), else ``DivergedError``.
+        Returns the sum of G's and D's weights (the checkpoint's checksum: summed once)."""
         bad = self.step.nonfinite()
-        weights_ok = self.step.weights_finite()
+        gd, ema = self.step.weight_sums()
+        weights_ok = math.isfinite(gd + ema)
         flag = torch.tensor([float(bool(bad) or not weights_ok)], device=self.ranks.device)
         self.ranks.max_tensor(flag)
         if flag[0]:
             if not weights_ok and not bad:
                 bad = {"weights": self.pos.step}
             raise self.error(bad)
+        return gd
 
     def roll_back(self, err: DivergedError) -> str | None:
         """``on_divergence: rollback``: reload the newest complete checkpoint with the learning

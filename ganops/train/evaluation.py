@@ -50,11 +50,12 @@ class EvalRound:
         self.best: dict[str, Any] | None = None  # rank 0: the best score so far (eval/best.json)
         self.champion: tuple[int, str] | None = None  # (step, model URI) of a G registered as the new champion
 
-    def start(self, data: ArrayDataset) -> None:
+    def start(self, data: ArrayDataset | None) -> None:
         """Load the Inception network (its sha256 checked) and the reference statistics.
 
         Before the first batch, so that a missing or wrong weights file fails the job at
-        once rather than after the first evaluation epoch. Every rank takes part.
+        once rather than after the first evaluation epoch. Every rank takes part. ``data``:
+        the training split in memory (None for a streamed pack: the reference reads its own).
         """
         from ganops.evaluate.evaluator import EvalSettings, Evaluator
 

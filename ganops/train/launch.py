@@ -82,29 +82,22 @@ def default_resources(job: GANJob, embedded: bool) -> dict[str, float] | None:
 
 def check_resources(job: GANJob, resources: dict[str, float] | None) -> None:
     """Refuse at once when the workers can never be placed: Ray alone would wait forever."""
-    import ray
-
     scaling = job.spec.scaling
     per_worker = dict(resources or {"CPU": 1.0})
     if scaling.use_gpu:
         per_worker.setdefault("GPU", 1.0)
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    short = rayinit.shortfall(per_worker, scaling.num_workers)
+    if short is None:
+        return
+    if short.per_node:
+        raise ResourceError(f"spec.scaling.resources_per_worker: {short.describe(per_worker)}")
     shown = ", ".join(f"{k}: {v:g}" for k, v in per_worker.items())
-    for key, amount in per_worker.items():
-        need = amount * scaling.num_workers
-        have = total.get(key, 0.0)
-        if need > have:
-            hint = "set spec.scaling.use_gpu=false or " if key == "GPU" else ""
-            raise ResourceError(
-                f"spec.scaling: {scaling.num_workers} workers × {{{shown}}} need {key} {need:g}, "
-                f"but the Ray cluster has {key} {have:g} in all "
-                f"({hint}lower spec.scaling.num_workers or spec.scaling.resources_per_worker)"
-            )
-    if nodes and not any(all(n.get(k, 0.0) >= v for k, v in per_worker.items()) for n in nodes):
-        raise ResourceError(
-            f"spec.scaling.resources_per_worker: no single Ray node has {{{shown}}} (a worker runs on one node)"
-        )
+    hint = "set spec.scaling.use_gpu=false or " if short.resource == "GPU" else ""
+    raise ResourceError(
+        f"spec.scaling: {scaling.num_workers} workers × {{{shown}}} need {short.resource} {short.need:g}, "
+        f"but the Ray cluster has {short.resource} {short.have:g} in all "
+        f"({hint}lower spec.scaling.num_workers or spec.scaling.resources_per_worker)"
+    )
 
 
 @contextmanager
@@ -372,7 +365,14 @@ def _train(
 
     spec = job.spec
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
-    control = JobControl.options(name=control_name).remote()
+    # On the driver's node: a 0-CPU actor can land on any node, and on a worker's it dies with
+    # that worker (a lost pod), taking the run's Ctrl-C, progress and failure record with it
+    # (likely what failed the e2e test that deletes a worker pod: a rank's ray.get raised
+    # "the actor died because its node has died").
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    control = JobControl.options(name=control_name, scheduling_strategy=here).remote()
     ckpt_loc = start.jd.checkpoints
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -36,6 +36,7 @@ from ganops.train.evaluation import EvalRound
 from ganops.train.health import OK, Health
 from ganops.train.ranks import Ranks, rank_seed
 from ganops.train.step import GANStep
+from ganops.train.stream import StreamBatches
 
 # How often the ranks agree (one small all-reduce) on whether Ctrl-C was pressed, a timed
 # checkpoint is due, or a loss went non-finite, so that every rank acts at the same batch.
@@ -91,9 +92,16 @@ class Worker:
             self.tracker.set_tag(HEALTH_TAG, OK)  # a fresh verdict for every (re)start
 
         torch.manual_seed(rank_seed(spec.train.seed, 0))  # same initial weights everywhere
-        self.data = gdata.load(spec.data)
+        per_rank = spec.train.batch_size // r.world
+        self.data: gdata.ArrayDataset | None = None
+        self.stream: StreamBatches | None = None
+        if spec.data.dataset in gdata.STREAMED:  # a pack: Ray Data reads it, no copy here
+            self.stream = StreamBatches(spec.data, per_rank, r, seed=spec.train.seed, device=device)
+            info = self.stream.info
+        else:
+            self.data = gdata.load(spec.data)
+            info = self.data.info
         mark(f"rank{r.rank}.data")
-        info = self.data.info
         self.step = GANStep(
             spec, info.shape, info.num_classes, device, ddp=r.world > 1,
             noise_seed=rank_seed(spec.train.seed, r.rank, salt=1),
@@ -111,12 +119,17 @@ class Worker:
         # every rank at the next poll or epoch end.
         self.health = Health(spec.train.loss, spec.train.fid_patience) if r.is_chief else None
         self._stop_reason: str | None = None
-        self.batches = RankBatches(
-            self.data.images, self.data.labels, spec.train.batch_size // r.world,
-            rank=r.rank, world=r.world, seed=spec.train.seed, device=device,
-        )  # fmt: skip
+        self.batches: RankBatches | StreamBatches
+        if self.stream is not None:
+            self.batches = self.stream
+        else:
+            assert self.data is not None
+            self.batches = RankBatches(
+                self.data.images, self.data.labels, per_rank,
+                rank=r.rank, world=r.world, seed=spec.train.seed, device=device,
+            )  # fmt: skip
         self.batches_per_epoch = self.batches.per_epoch
-        self.checkpoints = Checkpoints(self.job, self.jobdir, self.step, r, self.pos, self.noise)
+        self.checkpoints = Checkpoints(self.job, self.jobdir, self.step, r, self.pos, self.noise, self.stream)
         self.divergence = DivergenceGuard(spec.train, self.step, r, self.pos, self.checkpoints, self.jobdir)
         self.eval: EvalRound | None = None
         if spec.eval.every_epochs is not None:
@@ -273,10 +286,10 @@ class Worker:
 
     def _checkpoint(self, metrics: dict[str, Any], final: bool) -> None:
         """A checkpoint of the current state, never of a diverged one (raises DivergedError)."""
-        self.divergence.check_before_checkpoint()
+        checksum = self.divergence.check_before_checkpoint()
         if self.tracker is not None:
             self.tracker.flush()  # the curves up to this checkpoint survive a lost rank 0
-        self.checkpoints.save_and_report(metrics, final=final)
+        self.checkpoints.save_and_report(metrics, final=final, checksum=checksum)
         self._last_save = time.monotonic()
 
     def finish(self) -> None:

@@ -243,12 +243,13 @@ class GANStep:
         self._first_bad.fill_(-1.0)
         self.stats.reset()
 
-    def weights_finite(self) -> bool:
-        """Whether every weight of G, D (and the EMA) is finite (one sum per net)."""
-        nets = [self.g, self.d] + ([self.g_ema] if self.g_ema is not None else [])
+    def weight_sums(self) -> tuple[float, float]:
+        """(sum of G's and D's weights, sum of the EMA's; 0 without one), in float64: a
+        non-finite weight makes its sum non-finite, and DDP keeps the first equal on every rank."""
         with torch.no_grad():
-            total = sum(p.double().sum() for net in nets for p in net.parameters())
-        return bool(torch.isfinite(torch.as_tensor(total)))
+            gd = float(sum(p.double().sum() for net in (self.g, self.d) for p in net.parameters()))
+            ema = float(sum(p.double().sum() for p in self.g_ema.parameters())) if self.g_ema is not None else 0.0
+        return gd, ema
 
     def scale_lr(self, scale: float) -> None:
         """Set the learning rates to the spec's times ``scale`` (kept in checkpoints)."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import helpers
 from tests.helpers import REPO
 
 GANOPS = REPO / ".venv" / "bin" / "ganops"
@@ -87,14 +87,10 @@ class Cluster:
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float, every: float = 2) -> Any:
         """``check()``'s first truthy value, or an AssertionError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not after {timeout:.0f}s (log: {self.log})")
-            time.sleep(every)
+        try:
+            return helpers.wait_for(what, check, timeout, every)
+        except AssertionError as e:
+            raise AssertionError(f"{e} (log: {self.log})") from None
 
     def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
         def phase() -> dict[str, Any] | None:
