@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganops.generate.latents import shard_latents
+from ganops.generate.latents import CandidateStream, image_labels, shard_latents
 from ganops.generate.options import ModelInfo
 from ganops.images import to_uint8
 from ganops.model_input import join_class_np
@@ -187,23 +187,26 @@ def generate_shard(
     k = opts.best_of
     if k > 1 and d is None:
         raise ValueError(f"best_of={k} needs the discriminator to rank candidates")
-    z, cand_labels = shard_latents(opts, info, shard, start, stop, z_all, labels_all)
     if k == 1:
-        images = generate_images(g, z, cand_labels, info, opts.batch_size, device, offset=start)
-        return ShardResult(shard, start, stop, images, cand_labels, z)
+        z, labels = shard_latents(opts, info, shard, start, stop, z_all, labels_all)
+        images = generate_images(g, z, labels, info, opts.batch_size, device, offset=start)
+        return ShardResult(shard, start, stop, images, labels, z)
     assert d is not None
+    # The candidates are drawn a batch at a time (CandidateStream): memory follows the shard's
+    # kept images and one batch, never (stop - start) x K vectors.
     n, base = stop - start, start * k  # candidate c of image i is global row i*k + c
+    stream = CandidateStream(opts, info, start, stop)
     images = np.empty((n, *info.image_shape), dtype=np.uint8)
-    scores = np.empty(n, dtype=np.float32)
-    keep = np.empty(n, dtype=np.int64)
+    scores = np.full(n, -np.inf, dtype=np.float32)
+    kept_z = np.empty((n, info.latent_dim), dtype=np.float32)
     for j, _pos, take in _grid(n * k, opts.batch_size, base):
-        rows = slice(j, j + take)
-        labels = cand_labels[rows] if cand_labels is not None else None
-        cands = generate_images(g, z[rows], labels, info, opts.batch_size, device, offset=base + j)
+        z, labels = stream.take(take)
+        cands = generate_images(g, z, labels, info, opts.batch_size, device, offset=base + j)
         cand_scores = score(d, cands, labels, opts.batch_size, device, offset=base + j)
-        for r in range(take):  # an image's candidates may span two batches: keep a running best
+        # An image's candidates may span two batches: keep a running best (ties: the earlier).
+        for r in range(take):
             image, c = divmod(j + r, k)
             if c == 0 or cand_scores[r] > scores[image]:
-                images[image], scores[image], keep[image] = cands[r], cand_scores[r], j + r
-    kept_labels = cand_labels[keep] if cand_labels is not None else None  # == each image's class
-    return ShardResult(shard, start, stop, images, kept_labels, z[keep], scores)
+                images[image], scores[image], kept_z[image] = cands[r], cand_scores[r], z[r]
+    kept_labels = image_labels(opts, info, start, stop)  # every candidate carries its image's class
+    return ShardResult(shard, start, stop, images, kept_labels, kept_z, scores)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,9 @@ from ganops.progress import ImageProgress
 from ganops.spec.generation import GANGeneration, GANGenerationSpec
 
 Echo = Callable[[str], None]
+# The manifest a generation's MLflow run keeps as an artifact, at most (the output keeps the
+# whole one): ~100 bytes a PNG, so about 150,000 PNG images' worth.
+MLFLOW_MANIFEST_MAX = 16 << 20
 
 
 @dataclass
@@ -42,11 +45,12 @@ def check(
     read it), and with --best-of the generator and the discriminator saved with it (None,
     None without).
     """
-    from ganops.generate import latents, writer
+    from ganops.generate import latents, limits, writer
 
     # The spec checked its fields and their combinations when it was validated: what is
     # left needs the model.
     info = source.info
+    limits.check(opts, info)
     if opts.class_index is not None:
         if not info.num_classes:
             raise UserError(f"--class: {source.model_uri} is not class-conditional")
@@ -77,7 +81,7 @@ def check(
 
 
 def _local_shards(
-    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: list[tuple[int, int]],
+    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: Sequence[tuple[int, int]],
     z_all: np.ndarray | None, labels_all: np.ndarray | None, g: Any, d: Any,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
     """Shards in this process; PNG encoding and uploads use every core through the pool."""
@@ -94,41 +98,69 @@ def _local_shards(
             yield record, (result.images[: writer.PREVIEW_MAX] if shard == 0 else None)
 
 
+def _placement(opts: GANGenerationSpec, actors: int, address: str | None) -> float:
+    """Start or join Ray and make sure that ``actors`` workers can be placed; returns the
+    CPUs each reserves. Ray alone would wait forever for workers it can never place (more
+    CPUs than the cluster has, a GPU on a CPU-only cluster): refused here, before the
+    generation's run is opened, naming the flag and what the cluster has."""
+    from ganops.errors import ResourceError
+    from ganops.rayinit import init_ray, shortfall
+
+    embedded = init_ray(address)
+    # On the embedded Ray each worker reserves an even share of this machine's CPUs (and runs
+    # as many torch threads); on a cluster one, as Ray's default actor does.
+    cpus = float(max(1, (os.cpu_count() or 1) // actors)) if embedded else 1.0
+    per_worker = {"CPU": cpus, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+    short = shortfall(per_worker, actors)
+    if short is None:
+        return cpus
+    flag = "--gpus-per-worker" if short.resource == "GPU" else "--workers"
+    shown = ", ".join(f"{k}: {v:g}" for k, v in per_worker.items())
+    fix = "drop --gpus-per-worker or lower --workers" if flag == "--gpus-per-worker" else "lower --workers"
+    if not short.per_node and short.resource == "CPU":
+        fix += f" to at most {max(1, int(short.have // cpus))}"
+    raise ResourceError(
+        f"{flag}: {actors} workers × {{{shown}}} cannot be placed: they need {short.describe(per_worker)} "
+        f"({fix}; Ray would otherwise wait forever)",
+        field=flag,
+    )
+
+
 def _ray_shards(
-    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: list[tuple[int, int]],
-    z_all: np.ndarray | None, labels_all: np.ndarray | None, workers: int, gpus_per_worker: float,
-    address: str | None,
+    source: Source, opts: GANGenerationSpec, out: storage.Location, ranges: Sequence[tuple[int, int]],
+    z_all: np.ndarray | None, labels_all: np.ndarray | None, actors: int, cpus: float,
 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:  # fmt: skip
-    """Shards on Ray actors: each loads G (and D) once, then takes shards as they free up."""
+    """Shards on Ray actors (placed by ``_placement``): each loads G (and D) once, then takes
+    shards as they free up. Shards are handed out in order from the lazy plan, one task per
+    actor at a time, so the driver holds ``actors`` tasks whatever the number of shards."""
     import ray
 
     from ganops.generate.worker import GenerateWorker
-    from ganops.rayinit import init_ray, worker_env
+    from ganops.rayinit import worker_env
 
-    embedded = init_ray(address)
-    cpus = max(1, (os.cpu_count() or 1) // workers) if embedded else 1
-    actor_cls = ray.remote(GenerateWorker).options(num_cpus=cpus, num_gpus=gpus_per_worker)
+    actor_cls = ray.remote(GenerateWorker).options(num_cpus=cpus, num_gpus=opts.gpus_per_worker)
     z_ref = ray.put((z_all, labels_all)) if z_all is not None else None
-    actors = [
-        actor_cls.remote(source, opts, out.uri, z_ref, worker_env(), cpus) for _ in range(min(workers, len(ranges)))
-    ]
+    workers = [actor_cls.remote(source, opts, out.uri, z_ref, worker_env(), int(cpus)) for _ in range(actors)]
     pending: dict[Any, Any] = {}
-    todo = list(enumerate(ranges))
+    todo = iter(enumerate(ranges))
+
+    def hand_out(actor: Any) -> None:
+        nxt = next(todo, None)
+        if nxt is not None:
+            shard, (start, stop) = nxt
+            pending[actor.run.remote(shard, start, stop)] = actor
+
     try:
-        for actor in actors:
-            if todo:
-                shard, (start, stop) = todo.pop(0)
-                pending[actor.run.remote(shard, start, stop)] = actor
+        for actor in workers:
+            hand_out(actor)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             actor = pending.pop(done[0])
             record, preview = ray.get(done[0])
-            if todo:
-                shard, (start, stop) = todo.pop(0)
-                pending[actor.run.remote(shard, start, stop)] = actor
+            hand_out(actor)
             yield record, preview
     finally:
-        for actor in actors:
+        for actor in workers:
             ray.kill(actor)
 
 
@@ -184,14 +216,24 @@ def generate(
     from ganops.generate import latents, writer
 
     opts = gen.spec
-    workers, gpus_per_worker, spec = opts.workers, opts.gpus_per_worker, gen.to_dict()
+    spec = gen.to_dict()
     z_all, labels_all, g, d = check(source, opts, z_file)
     out = storage.locate(opts.out)
+    plan = latents.shard_ranges(opts.count, opts.shard_size)  # lazy: shard i is computed when asked for
+    # Ray workers for more than one shard, or for a GPU (the driver runs on the CPU).
+    actors = min(opts.workers, len(plan))
+    on_ray = opts.interpolate is None and (actors > 1 or opts.gpus_per_worker > 0)
+    cpus = _placement(opts, actors, address) if on_ray else 0.0
+    if on_ray:
+        gpus = f", {opts.gpus_per_worker:g} GPU" if opts.gpus_per_worker else ""
+        echo(f"workers: {actors} Ray workers ({cpus:g} CPU{gpus} each) for {len(plan):,} shards")
     run_id = _open_run(source, opts, out.uri, spec)
     t0 = time.time()
     status = "FAILED"
+    logged: tuple[int, bytes] | None = None
+    preview_path: str | None = None
     try:
-        manifest: dict[str, Any] = {
+        header: dict[str, Any] = {
             "format": "ganops.generate/v1",
             "model_uri": source.model_uri,
             "training_run_id": source.run_id,
@@ -205,42 +247,62 @@ def generate(
             "spec": spec,
         }
         preview: np.ndarray | None = None
-        if opts.interpolate is not None:
+        if opts.interpolate is not None:  # bounded by limits.check: one grid and one GIF in memory
             walk = _interpolation(source, opts, out)
             preview = walk.pop("preview")
-            manifest.update({"kind": "interpolation", "count": walk["walks"] * walk["steps"], **walk})
-            count, n_shards = manifest["count"], 0
+            count, n_shards = walk["walks"] * walk["steps"], 0
+            preview_path = writer.write_preview(out, preview)
+            elapsed = time.time() - t0
+            manifest = {**header, "kind": "interpolation", "count": count, **walk, "preview": preview_path,
+                        "elapsed_s": round(elapsed, 3), "created": time.time()}  # fmt: skip
+            writer.write_manifest(out, manifest)  # last: its presence means the output is complete
+            logged = (count, _json(manifest))
         else:
-            ranges = latents.shard_ranges(opts.count, opts.shard_size)
-            if workers > 1 and len(ranges) > 1:
-                stream = _ray_shards(source, opts, out, ranges, z_all, labels_all, workers, gpus_per_worker, address)
+            if on_ray:
+                stream = _ray_shards(source, opts, out, plan, z_all, labels_all, actors, cpus)
             else:
-                stream = _local_shards(source, opts, out, ranges, z_all, labels_all, g, d)
-            records = []
-            # Counted here, in the driver, as each shard comes back written (from this process
-            # or any Ray worker): one line for the whole job, wherever its shards are made.
-            with ImageProgress("generating", opts.count, enabled=show_progress) as progress:
-                for record, first in stream:
-                    records.append(record)
-                    if first is not None:
-                        preview = first
-                    progress.add(record["count"])
-            records.sort(key=lambda r: r["shard"])
-            count, n_shards = sum(r["count"] for r in records), len(records)
-            manifest.update({"kind": "samples", "count": count, "shards": records})
-        preview_path = writer.write_preview(out, preview) if preview is not None and len(preview) else None
-        elapsed = time.time() - t0
-        manifest.update({"preview": preview_path, "elapsed_s": round(elapsed, 3), "created": time.time()})
-        writer.write_manifest(out, manifest)  # last: its presence means the output is complete
+                stream = _local_shards(source, opts, out, plan, z_all, labels_all, g, d)
+            # The records go to manifest.json as they come (ManifestStream): the driver holds
+            # none of them, whatever --num.
+            manifest_out = writer.ManifestStream(out, {**header, "kind": "samples"})
+            try:
+                # Counted here, in the driver, as each shard comes back written (from this
+                # process or any Ray worker): one line for the whole job, wherever its shards are made.
+                with ImageProgress("generating", opts.count, enabled=show_progress) as progress:
+                    for record, first in stream:
+                        manifest_out.add(record)
+                        if first is not None:
+                            preview = first
+                        progress.add(record["count"])
+                count, n_shards = manifest_out.count, manifest_out.shards
+                if count != opts.count:
+                    raise RuntimeError(f"{count} images came back for --num {opts.count}")
+                preview_path = writer.write_preview(out, preview) if preview is not None and len(preview) else None
+                elapsed = time.time() - t0
+                footer = {"count": count, "preview": preview_path, "elapsed_s": round(elapsed, 3),
+                          "created": time.time()}  # fmt: skip
+                # Last: its presence means the output is complete.
+                kept = manifest_out.finish(footer, keep_max=MLFLOW_MANIFEST_MAX)
+            except BaseException:
+                manifest_out.abort()
+                raise
+            logged = (count, kept if kept is not None else _json({**header, "kind": "samples", **footer,
+                      "shards": f"{n_shards} shards: listed in {out.child(writer.MANIFEST).uri}"}))  # fmt: skip
         status = "FINISHED"
     finally:
-        _close_run(source, run_id, status, out, locals().get("manifest"), time.time() - t0)
+        _close_run(source, run_id, status, out, logged, preview_path, time.time() - t0)
     rate = count / max(elapsed, 1e-9)
     return GenerateResult(
         out_uri=out.uri, count=count, shards=n_shards, elapsed_s=elapsed, images_per_s=rate,
         generation_run_id=run_id, manifest_uri=out.child("manifest.json").uri,
         preview_uri=out.child(preview_path).uri if preview_path else None,
     )  # fmt: skip
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    from ganops.tracking import aside
+
+    return aside.json_bytes(record)
 
 
 # -- the generation's own MLflow run ------------------------------------------------------
@@ -261,16 +323,19 @@ def _open_run(source: Source, opts: GANGenerationSpec, out_uri: str, spec: dict[
 
 
 def _close_run(
-    source: Source, run_id: str, status: str, out: storage.Location, manifest: dict[str, Any] | None, elapsed: float
-) -> None:
+    source: Source, run_id: str, status: str, out: storage.Location, logged: tuple[int, bytes] | None,
+    preview_path: str | None, elapsed: float,
+) -> None:  # fmt: skip
+    """End the run; a finished one gets its metrics, the manifest (or, past
+    MLFLOW_MANIFEST_MAX, its header and where the full one is) and the preview."""
     from ganops.tracking import aside
 
     uri = source.tracking_uri
-    if status == "FINISHED" and manifest is not None:
-        count = manifest["count"]
+    if status == "FINISHED" and logged is not None:
+        count, manifest = logged
         aside.log_metrics(uri, run_id, {"images": count, "images_per_s": count / max(elapsed, 1e-9)})
-        files = {"manifest.json": aside.json_bytes(manifest)}
-        if manifest.get("preview"):
-            files["preview.png"] = storage.read_bytes(out.child(manifest["preview"]))
+        files = {"manifest.json": manifest}
+        if preview_path:
+            files["preview.png"] = storage.read_bytes(out.child(preview_path))
         aside.log_files(uri, run_id, files)
     aside.close_run(uri, run_id, status)

@@ -5,7 +5,8 @@ vector, the entries redrawn for --truncation and its --best-of candidates are a 
 ``(seed, i)`` (and the options) only, never of --num, --shard-size, the worker or the order
 in which shards are made. A generator costs ~15 µs to set up, nothing next to G's forward
 pass. numpy only: the Ray driver and the CLI can plan and check without importing torch.
-Latents are made a shard at a time, so memory follows --shard-size, not --num.
+Latents are made a shard at a time, so memory follows --shard-size, not --num, and
+--best-of candidates a batch at a time (``CandidateStream``), so it does not follow K either.
 
 Layout of a shard's latents with best-of-K: candidate ``j`` belongs to image
 ``start + j // K`` (image-major), and carries that image's class. Candidate ``c`` of image
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -34,11 +37,44 @@ ZFile = tuple[np.ndarray, np.ndarray | None]
 """A --z file's arrays as stored: (z, labels or None), from ``read_z_file``."""
 
 
-def shard_ranges(num: int, shard_size: int) -> list[tuple[int, int]]:
-    """[start, stop) of each shard, covering 0..num exactly once; the last may be short."""
-    if num < 0 or shard_size < 1:
-        raise ValueError(f"shard_ranges: need num >= 0 and shard_size >= 1 (got {num}, {shard_size})")
-    return [(start, min(start + shard_size, num)) for start in range(0, num, shard_size)]
+class ShardPlan(Sequence[tuple[int, int]]):
+    """[start, stop) of each shard, covering 0..num exactly once; the last may be short.
+
+    Computed on demand (shard i is ``i * shard_size`` onwards), never listed: the plan of a
+    100-million-image job in shards of one costs what a plan of ten does.
+    """
+
+    def __init__(self, num: int, shard_size: int) -> None:
+        if num < 0 or shard_size < 1:
+            raise ValueError(f"shard_ranges: need num >= 0 and shard_size >= 1 (got {num}, {shard_size})")
+        self.num, self.shard_size = num, shard_size
+
+    def __len__(self) -> int:
+        return -(-self.num // self.shard_size)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, int]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"shard {i} of {n}")
+        start = i * self.shard_size
+        return start, min(start + self.shard_size, self.num)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.num, self.shard_size):
+            yield start, min(start + self.shard_size, self.num)
+
+
+def shard_ranges(num: int, shard_size: int) -> ShardPlan:
+    """[start, stop) of each shard (see ``ShardPlan``)."""
+    return ShardPlan(num, shard_size)
 
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
@@ -89,6 +125,48 @@ def image_labels(opts: GANGenerationSpec, info: ModelInfo, start: int, stop: int
     if opts.class_index is not None:
         return np.full(stop - start, opts.class_index, dtype=np.int64)
     return np.arange(start, stop, dtype=np.int64) % info.num_classes
+
+
+class CandidateStream:
+    """The best-of candidates of images start..stop-1 (image-major, as ``shard_latents`` lays
+    them out), handed out a few rows at a time: memory follows the rows taken, not
+    (stop-start) × best_of. Each image's generator carries on from one call to the next, so
+    the rows are exactly those of ``shard_latents``.
+    """
+
+    def __init__(self, opts: GANGenerationSpec, info: ModelInfo, start: int, stop: int) -> None:
+        self.seed, self.k, self.dim, self.truncation = opts.seed, opts.best_of, info.latent_dim, opts.truncation
+        self.start, self.stop = start, stop
+        self.num_classes, self.class_index = info.num_classes, opts.class_index
+        self._image, self._drawn = start, 0  # the next candidate: `_drawn` of image `_image`
+        self._rng: np.random.Generator | None = None
+
+    def take(self, m: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The next ``m`` candidates: z float32 [m, latent_dim], labels int64 [m] (or None)."""
+        z = np.empty((m, self.dim), dtype=np.float32)
+        images = np.empty(m, dtype=np.int64)
+        row = 0
+        while row < m:
+            if self._image >= self.stop:
+                raise ValueError(f"candidates of images {self.start}..{self.stop} are exhausted")
+            if self._rng is None:
+                self._rng = image_rng(self.seed, self._image)
+            n = min(self.k - self._drawn, m - row)
+            if self.truncation is None:
+                # One draw of n rows continues the stream exactly as n draws of one row.
+                z[row : row + n] = self._rng.standard_normal((n, self.dim), dtype=np.float32)
+            else:
+                for r in range(row, row + n):
+                    z[r] = sample_z(self._rng, 1, self.dim, self.truncation)[0]
+            images[row : row + n] = self._image
+            row, self._drawn = row + n, self._drawn + n
+            if self._drawn == self.k:
+                self._image, self._drawn, self._rng = self._image + 1, 0, None
+        if not self.num_classes:
+            return z, None
+        if self.class_index is not None:  # every candidate carries its image's class (image_labels)
+            return z, np.full(m, self.class_index, dtype=np.int64)
+        return z, images % self.num_classes
 
 
 def shard_latents(

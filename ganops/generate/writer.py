@@ -43,12 +43,16 @@ picklable); threads are a fine choice for large images, whose encoding releases 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import PurePath
@@ -254,6 +258,84 @@ def write_manifest(out: storage.Location, manifest: dict[str, Any]) -> None:
     # manifest that declares them complete, then write the manifest durably.
     storage.sync(out)
     storage.write_bytes(out.child(MANIFEST), (text + "\n").encode())
+
+
+class ManifestStream:
+    """manifest.json written as the shards come back, so that the driver never holds one
+    record per shard: a job's manifest lists every file, ~100 bytes a PNG, which is
+    hundreds of MB for a few million images and is only ever on disk.
+
+    Records go to a spool file in shard order (one JSON object a line inside ``shards``);
+    one that arrives ahead of an earlier shard waits in memory, and with shards handed out
+    in order to one task per worker at most ``workers - 1`` wait. ``finish`` writes the
+    keys known only at the end and puts the spool in place as manifest.json (a rename for
+    a local output; one streamed upload for S3), after every image file is flushed. The
+    records must cover 0..count exactly once, in order: the manifest proves that no index is
+    missing or duplicated.
+    """
+
+    def __init__(self, out: storage.Location, header: dict[str, Any]) -> None:
+        self.out = out
+        self.count = self.shards = 0
+        self._pending: dict[int, dict[str, Any]] = {}
+        if storage.is_s3(out.uri):  # spooled here, uploaded whole by finish
+            fd, self._spool = tempfile.mkstemp(prefix="ganops-manifest-", suffix=".json")
+        else:  # spooled beside its final name: finish renames it
+            os.makedirs(out.path, exist_ok=True)
+            self._spool = os.path.join(out.path, f".{MANIFEST}.part-{uuid.uuid4().hex[:8]}")
+            fd = os.open(self._spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._f = os.fdopen(fd, "w", encoding="utf-8")
+        self._f.write("{\n")
+        for key in sorted(header):
+            self._f.write(f" {json.dumps(key)}: {_dumps(header[key])},\n")
+        self._f.write(' "shards": [')
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One shard's record (``write_shard``'s), in any order."""
+        self._pending[int(record["shard"])] = record
+        while self.shards in self._pending:
+            r = self._pending.pop(self.shards)
+            if r["start"] != self.count or r["stop"] - r["start"] != r["count"]:
+                raise ValueError(f"shard {self.shards} holds images {r['start']}..{r['stop']}; expected {self.count}..")
+            self._f.write(("\n  " if self.shards == 0 else ",\n  ") + _dumps(r))
+            self.count, self.shards = r["stop"], self.shards + 1
+
+    def finish(self, footer: dict[str, Any], keep_max: int = 0) -> bytes | None:
+        """Write ``footer``'s keys and put manifest.json in place (last: the output is then
+        complete). Returns the manifest's bytes when they are at most ``keep_max``."""
+        if self._pending:
+            raise ValueError(f"shards {sorted(self._pending)[:5]} came back but shard {self.shards} never did")
+        self._f.write("\n ]")
+        for key in sorted(footer):
+            self._f.write(f",\n {json.dumps(key)}: {_dumps(footer[key])}")
+        self._f.write("\n}\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        size = os.path.getsize(self._spool)
+        kept = None
+        if size <= keep_max:
+            with open(self._spool, "rb") as f:
+                kept = f.read()
+        storage.sync(self.out)  # the images were written without fsync: flush them first
+        if storage.is_s3(self.out.uri):
+            with open(self._spool, "rb") as src, self.out.fs.open_output_stream(self.out.child(MANIFEST).path) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.unlink(self._spool)
+        else:
+            os.replace(self._spool, os.path.join(self.out.path, MANIFEST))
+            storage.sync(self.out)
+        return kept
+
+    def abort(self) -> None:
+        """Drop the spool (the output stays without a manifest: unfinished)."""
+        self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._spool)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
 
 
 def listed_files(manifest: dict[str, Any]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ganops.errors import FieldValueError
+from ganops.errors import FieldValueError, short
 from ganops.spec.models import (
     API_VERSION,
     ClusterSpec,
@@ -26,6 +26,15 @@ from ganops.spec.models import (
 )
 
 GENERATION_KIND = "GANGeneration"
+
+# What one job may ask for, whatever the model (the memory a job needs given the model is
+# checked where the model is known, ganops.generate.limits). The manifest lists every file
+# with its sha256 (~100 bytes a PNG), so 10^8 images already make a ~10 GB manifest and
+# ~1 h of one H200 at its measured 25.9k img/s; more is several jobs (other seeds).
+MAX_NUM = 100_000_000
+# An interpolation is one grid (walks x steps tiles) and one GIF of `steps` frames, made in
+# memory: a GIF of 1,000 frames at 120 ms already plays for two minutes.
+MAX_INTERPOLATE_STEPS = 1000
 
 
 class GenerationTracking(_Strict):
@@ -112,6 +121,16 @@ class GANGenerationSpec(ModelSource):
             raise FieldValueError("interpolate", "cannot be combined with z_file (--z) or best_of")
         if self.interpolate is not None and self.interpolate < 2:
             raise FieldValueError("interpolate", f"needs at least 2 steps (got {self.interpolate})")
+        if self.interpolate is not None and self.interpolate > MAX_INTERPOLATE_STEPS:
+            raise FieldValueError(
+                "interpolate", f"at most {MAX_INTERPOLATE_STEPS:,} steps per walk (got {short(self.interpolate)})"
+            )
+        if self.num is not None and self.num > MAX_NUM:
+            raise FieldValueError(
+                "num",
+                f"at most {MAX_NUM:,} images per job (got {short(self.num)}); make more as several jobs "
+                "with other --seed values and --out locations",
+            )
         return self
 
 
