@@ -37,7 +37,7 @@ import yaml
 from ganops.entrypoint import decode_spec
 from ganops.errors import UserError
 from ganops.k8s import operator as op
-from tests import helm, kube
+from tests import helm, helpers, kube
 from tests.helpers import JOBS, cli_in_process
 
 slow = pytest.mark.slow
@@ -121,10 +121,21 @@ MIRROR_ROWS = [
          "conditions": [_cond("Failed", "Failed", "passed the activeDeadlineSeconds")]},
         id="kuberay-failure-wins-over-ray-job-state"),
     pytest.param(
+        _rayjob({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "message": "Job failed"}), "MODIFIED",
+        {"phase": "Running"},
+        {"phase": "Failed", "rayJobName": "j", "jobStatus": "FAILED", "jobDeploymentStatus": "Failed",
+         "message": "Job failed", "conditions": [_cond("Failed", "Failed", "Job failed")]},
+        id="ray-job-failure-is-failed-once-kuberay-says-so"),
+    pytest.param(
         _rayjob({"jobDeploymentStatus": "Running", "jobStatus": "FAILED"}), "MODIFIED", {"phase": "Running"},
-        {"phase": "Failed", "rayJobName": "j", "jobStatus": "FAILED", "jobDeploymentStatus": "Running",
-         "conditions": [_cond("Failed", "Running", "Failed")]},
-        id="ray-job-failure-is-failed"),
+        {"phase": "Running", "rayJobName": "j", "jobStatus": "FAILED", "jobDeploymentStatus": "Running",
+         "message": "the attempt's Ray job failed; waiting for KubeRay to retry it or fail the job"},
+        id="a-failed-attempt-before-kuberay-decides-is-still-running"),
+    pytest.param(
+        _rayjob({"jobDeploymentStatus": "ValidationFailed", "message": "bad spec"}), "MODIFIED", {"phase": "Pending"},
+        {"phase": "Failed", "rayJobName": "j", "jobStatus": None, "jobDeploymentStatus": "ValidationFailed",
+         "message": "bad spec", "conditions": [_cond("Failed", "ValidationFailed", "bad spec")]},
+        id="a-rayjob-kuberay-refuses-is-failed"),
     pytest.param(
         _rayjob({"jobDeploymentStatus": "Running", "jobStatus": "STOPPED"}), "MODIFIED", {"phase": "Running"},
         {"phase": "Cancelled", "rayJobName": "j", "jobStatus": "STOPPED", "jobDeploymentStatus": "Running"},
@@ -319,17 +330,8 @@ def unique(prefix: str) -> str:
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.time() + timeout
-    last: Any = None
-    while time.time() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001 - not there yet
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    # The API answers 404 (an exception) until the object exists.
+    return helpers.wait_for(what, fn, timeout, retry=(Exception,))
 
 
 class KopfLog(logging.Handler):

@@ -423,6 +423,8 @@ def mirrored_status(rayjob: dict[str, Any], event_type: str | None, current: dic
                             "retrying on a new Ray cluster from the latest checkpoint")  # fmt: skip
     elif rs.get("message"):
         patch["message"] = rs["message"]
+    elif rs.get("jobStatus") == "FAILED" and phase != FAILED:
+        patch["message"] = "the attempt's Ray job failed; waiting for KubeRay to retry it or fail the job"
     elif phase == RUNNING:
         patch["message"] = (
             "training" if rayjob["metadata"].get("labels", {}).get("ganops.io/kind") == "train" else "running"

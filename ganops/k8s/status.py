@@ -53,8 +53,8 @@ class JobObjectStatus(BaseModel):
 # KubeRay replaces its cluster (rayjob_controller.go, checkBackoffLimitAndUpdateStatusIfNeeded):
 # the job is not over, it starts again from its checkpoints.
 _JOB_STATUS = {"PENDING": PENDING, "RUNNING": RUNNING, "SUCCEEDED": SUCCEEDED, "FAILED": FAILED, "STOPPED": CANCELLED}
-_DEPLOYMENT = {"Failed": FAILED, "Suspended": CANCELLED, "Suspending": CANCELLED, "Retrying": PENDING,
-               "Complete": None}  # fmt: skip
+_DEPLOYMENT = {"Failed": FAILED, "ValidationFailed": FAILED, "Suspended": CANCELLED, "Suspending": CANCELLED,
+               "Retrying": PENDING, "Complete": None}  # fmt: skip
 
 
 def phase_of(rayjob_status: dict[str, object]) -> str:
@@ -64,6 +64,12 @@ def phase_of(rayjob_status: dict[str, object]) -> str:
     mapped = _DEPLOYMENT.get(deployment)
     if mapped is not None:
         return mapped
+    if job == "FAILED" and deployment != "Complete":
+        # A failed attempt is not yet the job's failure: KubeRay reports jobStatus FAILED
+        # under jobDeploymentStatus Running until its submitter Job ends, and only then
+        # decides between Retrying (backoffLimit left) and Failed. Showing Failed in between
+        # tells a user (and `ganops submit --wait`) that a job which then resumes is over.
+        return RUNNING if deployment == "Running" else PENDING
     return _JOB_STATUS.get(job, PENDING)
 
 

@@ -237,6 +237,77 @@ def test_a_spec_that_fails_validation_never_creates_a_pod_and_says_why(cluster: 
     assert not [p for p in cluster.pods("") if p.metadata.name.startswith(f"{name}-")]
 
 
+# Verbs an API client can ask for on a resource; "exactly what its Role allows" is checked
+# over all of them, on the Role's own resources and on neighbours it must not touch.
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+NEIGHBOURS = [("", "pods"), ("", "secrets"), ("", "configmaps"), ("", "services"), ("", "pods/exec"),
+              ("ray.io", "rayclusters"), ("ray.io", "rayjobs/status"), ("batch", "jobs"),
+              ("rbac.authorization.k8s.io", "roles"), ("", "namespaces")]  # fmt: skip
+
+
+def test_the_operator_runs_from_the_chart_as_its_service_account_with_exactly_its_roles_rights(
+    cluster: Cluster,
+) -> None:
+    from kubernetes import client as k
+
+    from ganops.k8s.rbac import NAMESPACED
+
+    ns = cluster.namespace
+    pods = cluster.pods("app.kubernetes.io/component=operator")
+    assert len(pods) == 1, [p.metadata.name for p in pods]
+    pod = pods[0]
+    ready = {c.type: c.status for c in pod.status.conditions or []}
+    assert pod.status.phase == "Running" and ready.get("Ready") == "True", pod.status
+    c = pod.spec.containers[0]
+    assert c.readiness_probe is not None and c.liveness_probe is not None  # the probes it passed
+    sa = pod.spec.service_account_name
+    assert sa and sa != "default", sa
+    # No credentials but its token: no kube config handed in, and the S3 secret key (which
+    # it reads MLflow and S3 with) only through the Secret, never as a plain value.
+    assert "KUBECONFIG" not in {e.name for e in c.env or []}
+    secret = cluster.env["AWS_SECRET_ACCESS_KEY"]
+    assert not [e.name for e in c.env or [] if e.value and secret in e.value]
+    assert [ref.secret_ref.name for ref in c.env_from or [] if ref.secret_ref], "no Secret ref for the S3 keys"
+    assert pod.status.container_statuses[0].restart_count == 0
+
+    authz = k.AuthorizationV1Api(cluster.k8s("core").api_client)
+    user = f"system:serviceaccount:{ns}:{sa}"
+
+    def allowed(group: str, resource: str, verb: str, namespace: str = ns) -> bool:
+        res, _, sub = resource.partition("/")
+        review = k.V1SubjectAccessReview(spec=k.V1SubjectAccessReviewSpec(
+            user=user, groups=["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+            resource_attributes=k.V1ResourceAttributes(
+                group=group, resource=res, subresource=sub or None, verb=verb, namespace=namespace),
+        ))  # fmt: skip
+        return bool(authz.create_subject_access_review(review).status.allowed)
+
+    resources = sorted({(g, r) for g, r, _ in NAMESPACED} | set(NEIGHBOURS))
+    wrong = [
+        (g, r, v, want) for g, r in resources for v in VERBS
+        if allowed(g, r, v) != (want := (g, r, v) in NAMESPACED)
+    ]  # fmt: skip
+    assert not wrong, f"rights that differ from ganops.k8s.rbac (group, resource, verb, expected): {wrong}"
+    # Namespaced mode: nothing in another namespace.
+    assert not [rule for rule in NAMESPACED if allowed(*rule, namespace="default")]
+
+
+def test_a_job_streams_a_pack_from_s3_on_the_worker_pods(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 16 on Kubernetes: `ganops data pack` into the cluster's S3, `dataset: shards`."""
+    name = "e2e-shards"
+    pack = f"s3://{BUCKET}/packs/mnist"
+    cluster.ganops("data", "pack", pack, "-q", "--dataset", "mnist", "--root", str(REPO.parent / "shared/datasets/mnist"),
+                   "--split", "test", "--limit", "4096", "--shard-mb", "1")  # fmt: skip
+    submit(cluster, name, "spec.data.dataset=shards", f"spec.data.root={pack}", "spec.train.epochs=1",
+           "spec.samples.gif=false")  # fmt: skip
+    st = cluster.wait_phase(name, TERMINAL, timeout=900)
+    assert st["phase"] == "Succeeded", st
+    # 4,096 images, global batch 64: 64 steps, all trained on the pods from the streamed pack.
+    assert f"{name}/checkpoints/epoch_0001/" in " ".join(cluster.keys(f"runs/{name}/checkpoints/"))
+    logs = cluster.ganops("logs", name, "-n", cluster.namespace).stdout
+    assert "64 steps" in logs or "1/1 epochs" in logs, logs[-3000:]
+
+
 def test_deleting_the_ganjob_garbage_collects_its_rayjob_cluster_and_pods(
     cluster: Cluster, trained: dict[str, object]
 ) -> None:
