@@ -61,6 +61,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 subprocess.run(["bash", str(DOWN)], stdout=err, stderr=err, timeout=600, check=False)
 
 
+# The trained job stays to the end: later tests read it, the last one deletes it.
+TRAINED = "e2e-mnist"
+
+
+@pytest.fixture(autouse=True)
+def frees_the_node(cluster: Cluster) -> Iterator[None]:
+    """After each test, its GANJobs and GANGenerations go, and their pods with them.
+
+    The node fits one job's Ray pods: a job a failed test leaves behind (a retry after a
+    failure, a timeout) would hold them and starve every test after it.
+    """
+    yield
+    custom = cluster.k8s("custom")
+    gone: list[str] = []
+    for plural in ("ganjobs", "gangenerations"):
+        items = custom.list_namespaced_custom_object("ganops.io", "v1alpha1", cluster.namespace, plural)["items"]
+        for item in items:
+            name = item["metadata"]["name"]
+            if name != TRAINED:
+                custom.delete_namespaced_custom_object("ganops.io", "v1alpha1", cluster.namespace, plural, name)
+                gone.append(name)
+    if gone:
+        # Ray pods are named after their RayJob (= the owner's name); the submitter's too.
+        cluster.wait(f"the pods of {gone} gone", lambda: not [
+            p for p in cluster.pods("") if any(p.metadata.name.startswith(f"{n}-") for n in gone)
+        ], timeout=300)  # fmt: skip
+
+
 def submit(cluster: Cluster, name: str, *sets: str, spec: str = "jobs/mnist_dcgan.yaml") -> None:
     args = ["submit", spec, "--target", "k8s", "-n", cluster.namespace, "-q", "--set", f"metadata.name={name}"]
     for s in [*TRAIN_SETS, *sets]:
@@ -77,7 +105,7 @@ def worker_pods(cluster: Cluster, rayjob: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(cluster: Cluster) -> dict[str, object]:
     """The main job, trained once for the tests that read its results."""
-    name = "e2e-mnist"
+    name = TRAINED
     submit(cluster, name)
     seen: set[str] = set()
 
@@ -170,9 +198,7 @@ def test_generate_on_the_cluster_writes_images_and_a_manifest_to_s3(
     )
     assert manifest.get("count", manifest.get("num")) == 40, manifest
     assert len([k for k in keys if k.endswith(".png")]) >= 40, keys
-    # Its Ray head stays for ttlSecondsAfterFinished (600 s): the node fits one job's pods.
-    cluster.k8s("custom").delete_namespaced_custom_object("ganops.io", "v1alpha1", cluster.namespace,
-                                                          "gangenerations", name)  # fmt: skip
+    # Its Ray head would stay for ttlSecondsAfterFinished (600 s): frees_the_node deletes it.
 
 
 def _checkpoints(cluster: Cluster, name: str) -> list[str]:
