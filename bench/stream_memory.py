@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ganops.timings import load_average
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
 GOAL = 1.2
@@ -277,13 +279,6 @@ def _run_case(args: argparse.Namespace, case: str, size: int, pack: str, gcs: st
     return row
 
 
-def _load() -> str:
-    try:
-        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average unknown"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.child:
@@ -312,7 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         init_ray(None)  # the embedded Ray a local `ganops submit` starts
         gcs = ray.get_runtime_context().gcs_address
         steps = "one full epoch each" if args.full_epochs else f"{args.steps} steps each"
-        print(f"job {Path(args.job).name} | {steps} | torch threads {args.threads} | {os.cpu_count()} CPUs | {_load()}")
+        print(
+            f"job {Path(args.job).name} | {steps} | torch threads {args.threads} | {os.cpu_count()} CPUs | {load_average()}"
+        )
         for n in args.size_list:
             for case in args.case_list:
                 row = _run_case(args, case, n, packs[n], gcs)
@@ -322,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"  {case:6} {n:>8,}: peak RSS {r['peak'] / mib:7.1f} MiB (peak so far after Ray {r['connected'] / mib:.0f},"
                     f" batches {r['batches'] / mib:.0f}, networks {r['networks'] / mib:.0f}) | {row['steps']} steps, "
                     f"{row['trained_images']:,} images in {row['train_s']:.1f} s | ray:: PSS "
-                    f"{row['ray_workers_pss_start'] / mib:.0f} -> peak {row['ray_workers_pss'] / mib:.0f} MiB | {_load()}"
+                    f"{row['ray_workers_pss_start'] / mib:.0f} -> peak {row['ray_workers_pss'] / mib:.0f} MiB | {load_average()}"
                 )
     finally:
         if ray.is_initialized():

@@ -58,6 +58,7 @@ from torch import Tensor
 from ganops import data as gdata
 from ganops import spec as gspec
 from ganops.errors import UserError
+from ganops.timings import load_average
 from ganops.train import stream
 from ganops.train.batches import RankBatches
 from ganops.train.ranks import Ranks
@@ -221,13 +222,6 @@ def _pack(args: argparse.Namespace, root: str) -> str:
     return out
 
 
-def _load() -> str:
-    try:
-        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "load average unknown"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -272,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"stream settings: prefetch {stream.PREFETCH_BATCHES} batches, shuffle buffer {stream.SHUFFLE_BATCHES} "
             f"batches, {stream.READ_TASKS_PER_RANK} read tasks | {args.rounds} rounds x {args.steps} steps per side, "
-            f"after {args.warmup} warm-up steps each | {_load()}"
+            f"after {args.warmup} warm-up steps each | {load_average()}"
         )
         ray_cpu = RayCpu()
         t0 = time.perf_counter()
@@ -291,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"  round {r + 1:2}: streamed {ips['streamed']:6.0f} img/s (next {1e3 * s['fetch_s'] / args.steps:5.1f}"
                 f" ms/step, ray cpu {s['ray_cpu_s']:4.1f} s) | memory {ips['memory']:6.0f} img/s (ray cpu "
-                f"{times['memory']['ray_cpu_s']:4.1f} s) | ratio {rounds[-1]['ratio']:.3f} | {_load()}"
+                f"{times['memory']['ray_cpu_s']:4.1f} s) | ratio {rounds[-1]['ratio']:.3f} | {load_average()}"
             )
         # Reported before Ray goes down: a Ray Data thread may end the process at shutdown.
         med = {k: statistics.median(x[f"{k}_ips"] for x in rounds) for k in SIDES}
@@ -310,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         print(
             f"streamed / memory: {med['ratio']:.2f}x (median of {args.rounds} rounds; goal >= {GOAL}), "
-            f"{overall:.2f}x over all timed steps ({sides['streamed'].epochs} streamed epochs finished) | {_load()}"
+            f"{overall:.2f}x over all timed steps ({sides['streamed'].epochs} streamed epochs finished) | {load_average()}"
         )
         if med["ratio"] < GOAL:
             print(f"note: streaming is {(1 - med['ratio']) * 100:.1f}% slower than in memory (below the {GOAL} goal)")

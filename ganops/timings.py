@@ -28,3 +28,11 @@ def mark(phase: str) -> None:
             f.write(line)
     except OSError:
         pass  # a measurement aid must never fail a run
+
+
+def load_average() -> str:
+    """The machine's load, for a benchmark's report lines (these machines are shared)."""
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"

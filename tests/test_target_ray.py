@@ -428,3 +428,33 @@ def test_a_failing_driver_reports_its_own_error(ray_head: Head, jobs: Jobs) -> N
     assert st["message"] == f"driver exit code 2: error: spec.data.root: {missing} does not exist", st["message"]
     code, out, _ = ganops(ray_head, "status", "ray-bad")
     assert code == 0 and "Failed" in out and "spec.data.root" in out  # the wide table's MESSAGE
+
+
+def test_a_job_streams_a_pack_on_the_cluster(ray_head: Head, jobs: Jobs, mnist_root: Path, tmp_path: Path) -> None:
+    """Issue 16 on a Ray cluster: the driver on the head runs Ray Data's reads of the pack."""
+    import numpy as np
+    import torch
+
+    pack = str(tmp_path / "pack")
+    main(["data", "pack", "--quiet", pack, "--dataset", "mnist", "--root", str(mnist_root), "--split", "test",
+          "--limit", "1024", "--shard-mb", "1"])  # fmt: skip
+    # The head's 2 CPUs fit one job: the long one goes first (cancelled already, unless
+    # this test runs alone; a second cancel changes nothing).
+    ganops(ray_head, "cancel", jobs.long)
+    wait_for(ray_head, jobs.long, ("Succeeded", "Failed", "Cancelled"), timeout=300)
+    name = "ray-shards"
+    code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", "-q", *_sets([
+        f"metadata.name={name}", "spec.data.dataset=shards", f"spec.data.root={pack}", "spec.data.split=train",
+        "spec.scaling.num_workers=1", "spec.train.batch_size=64", "spec.train.epochs=1", "spec.samples.num=16",
+        "spec.samples.gif=false", "spec.checkpoint.every_epochs=1", f"spec.storage={jobs.storage}",
+        f"spec.tracking.uri=sqlite:///{jobs.storage}/mlflow-shards.db",
+    ]))  # fmt: skip
+    assert code == 0, err
+    st = wait_for(ray_head, name, ("Succeeded", "Failed", "Cancelled"))
+    assert st["phase"] == "Succeeded", (st, driver_log(ray_head, name)[-3000:])
+    latest = jobdir.JobDir(str(jobs.storage), name).latest_checkpoint()
+    assert latest is not None and latest.name == "epoch_0001"
+    # Every image of the pack shown once: 16 batches of 64, one bit each.
+    state = torch.load(Path(latest.uri) / jobdir.STATE_FILE, weights_only=True)
+    assert state["position"]["step"] == 16
+    assert int(np.unpackbits(state["stream"]["seen"].numpy()).sum()) == 1024

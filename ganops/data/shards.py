@@ -256,8 +256,8 @@ def verify_shards(root: str, manifest: Manifest) -> None:
 
 
 def decode(images: Any, shape: tuple[int, int, int]) -> np.ndarray:
-    """A column of raw image bytes (pyarrow binary array, or a list/array of bytes) to
-    uint8 (N, C, H, W). One copy: the bytes are joined, then viewed."""
+    """A column of raw image bytes (a pyarrow binary array, chunked or not) to uint8
+    (N, C, H, W): a view of the column's buffer (a copy only to join a chunked column)."""
     import pyarrow as pa
 
     if isinstance(images, pa.ChunkedArray):
@@ -271,8 +271,7 @@ def decode(images: Any, shape: tuple[int, int, int]) -> np.ndarray:
         if n and (offsets[-1] - offsets[0] != n * size or np.any(np.diff(offsets) != size)):
             raise ValueError(f"image bytes do not match the shape {list(shape)}")
         return buf[offsets[0] : offsets[0] + n * size].reshape(n, *shape)
-    arr = np.frombuffer(b"".join(bytes(x) for x in images), dtype=np.uint8)
-    return arr.reshape(len(images), *shape)
+    raise TypeError(f"an image column is a pyarrow binary array, not {type(images).__name__}")
 
 
 # --- the writer's half (ganops.data.pack) -----------------------------------------------------
