@@ -444,7 +444,7 @@ def test_a_job_streams_a_pack_on_the_cluster(ray_head: Head, jobs: Jobs, mnist_r
     wait_for(ray_head, jobs.long, ("Succeeded", "Failed", "Cancelled"), timeout=300)
     name = "ray-shards"
     code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", "-q", *_sets([
-        f"metadata.name={name}", "spec.data.dataset=shards", f"spec.data.root={pack}", "spec.data.split=train",
+        f"metadata.name={name}", "spec.data.dataset=shards", f"spec.data.root={pack}", "spec.data.download=false",
         "spec.scaling.num_workers=1", "spec.train.batch_size=64", "spec.train.epochs=1", "spec.samples.num=16",
         "spec.samples.gif=false", "spec.checkpoint.every_epochs=1", f"spec.storage={jobs.storage}",
         f"spec.tracking.uri=sqlite:///{jobs.storage}/mlflow-shards.db",
