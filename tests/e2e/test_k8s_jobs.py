@@ -210,7 +210,8 @@ def _checkpoints(cluster: Cluster, name: str) -> list[str]:
 def test_cancel_checkpoints_and_the_same_submit_resumes_to_the_end(cluster: Cluster) -> None:
     name = "e2e-cancel"
     # Checkpoints only at the end of the run: any checkpoint before it is the cancel's own.
-    sets = ["spec.train.epochs=6", "spec.checkpoint.every_epochs=6"]
+    # 4,096 images an epoch: the test is about stopping and resuming, not what G learns.
+    sets = ["spec.train.epochs=6", "spec.checkpoint.every_epochs=6", "spec.data.limit=4096"]
     submit(cluster, name, *sets)
     cluster.wait(f"{name} training", lambda: cluster.status(name).get("phase") == "Running"
                  and len(worker_pods(cluster, name)) == 2, timeout=900)  # fmt: skip
@@ -236,7 +237,9 @@ def test_a_worker_pod_deleted_mid_run_is_survived_from_the_checkpoint(cluster: C
     """A lost node: the Ray worker pod goes (KubeRay makes a new one); Ray Train restarts
     the workers (spec.scaling.max_failures) and resumes from the newest checkpoint."""
     name = "e2e-lost-pod"
-    submit(cluster, name, "spec.train.epochs=4", "spec.checkpoint.every_epochs=1")
+    # 4,096 images an epoch (~40 s on the node): three epochs are left after the first
+    # checkpoint, time enough for Ray to notice the lost node mid-run.
+    submit(cluster, name, "spec.train.epochs=4", "spec.checkpoint.every_epochs=1", "spec.data.limit=4096")
     cluster.wait("the first checkpoint", lambda: _checkpoints(cluster, name), timeout=1200)
     (victim, *_) = worker_pods(cluster, name)
     cluster.k8s().delete_namespaced_pod(victim, cluster.namespace, grace_period_seconds=0)
