@@ -367,8 +367,8 @@ def _train(
     control_name = f"ganops-control-{job.name}-{os.getpid()}-{int(t0)}"
     # On the driver's node: a 0-CPU actor can land on any node, and on a worker's it dies with
     # that worker (a lost pod), taking the run's Ctrl-C, progress and failure record with it
-    # (likely what failed the e2e test that deletes a worker pod: a rank's ray.get raised
-    # "the actor died because its node has died").
+    # (the e2e test that deletes a worker pod failed so: a surviving rank's ray.get raised
+    # "the actor died because its node has died"; pinned, it passes).
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
