@@ -120,6 +120,7 @@ class Checkpoints:
         if not self.ranks.is_chief:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
+        assert ranks is not None  # rank 0 gathered them
         tmp = tempfile.mkdtemp(prefix="ganops-ckpt-")
         try:
             self._write(tmp, metrics, ranks, final)
@@ -138,6 +139,7 @@ class Checkpoints:
         ranks = self._gather_ranks()
         if not self.ranks.is_chief:
             return None
+        assert ranks is not None  # rank 0 gathered them
         tmp = tempfile.mkdtemp(prefix="ganops-best-")
         try:
             self._write(tmp, metrics, ranks, final=False)
@@ -154,14 +156,15 @@ class Checkpoints:
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         }
 
-    def _gather_ranks(self, checksum: float | None = None) -> list[dict[str, Any]]:
-        """Every rank's RNG state and weight checksum, on every rank (a collective)."""
+    def _gather_ranks(self, checksum: float | None = None) -> list[dict[str, Any]] | None:
+        """Every rank's RNG state, weight checksum (and stream bits) on rank 0, which alone
+        writes; None on the others (a collective)."""
         if checksum is None:
             checksum = self.step.weight_sums()[0]
         mine: dict[str, Any] = {"rng": self._rng_state(), "checksum": checksum}
         if self.stream is not None:
             mine["seen"] = self.stream.seen_bits()
-        return self.ranks.all_gather(mine)
+        return self.ranks.gather(mine)
 
     def _write(self, directory: str, metrics: dict[str, Any], ranks: list[dict[str, Any]], final: bool) -> None:
         """state.pt, spec.yaml and the marker of a self-sufficient checkpoint, into a local directory."""
