@@ -892,3 +892,50 @@ def test_an_operator_killed_right_after_creating_a_rayjob_leaves_exactly_one_and
             out, _ = proc.communicate(timeout=30)
             _delete_job_and_rayjob(admin, name)
     assert "Traceback" not in out, out[-3000:]
+
+
+@slow
+def test_a_stale_rayjob_that_vanishes_while_being_replaced_is_recreated_within_seconds(
+    cluster: dict, admin: Any
+) -> None:
+    """The race of a resubmit (it failed a CI run): the new GANJob's create meets the old
+    RayJob (409), and the old GANJob's deletion handler removes that RayJob before the
+    operator reads it (404). The operator must recreate it on a short retry, not after
+    kopf's 60 s default for an unexpected exception. The API calls are real; only the
+    interleaving is forced, by deleting the RayJob right after the conflict."""
+    import kopf
+    from kubernetes.client.exceptions import ApiException
+
+    from ganops.k8s.render import Defaults, render
+
+    name = unique("vanish")
+    try:
+        old = admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", _fake_ganjob(name))
+        admin.create_namespaced_custom_object("ray.io", "v1", OTHER, "rayjobs", render(old, Defaults()))
+        admin.delete_namespaced_custom_object(G, V, OTHER, "ganjobs", name)  # no garbage collector here
+        new = admin.create_namespaced_custom_object(G, V, OTHER, "ganjobs", _fake_ganjob(name))
+
+        class Racing:
+            """The admin API, with the old RayJob deleted just after the create's conflict."""
+
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(admin, attr)
+
+            def create_namespaced_custom_object(self, *args: Any) -> Any:
+                try:
+                    return admin.create_namespaced_custom_object(*args)
+                except ApiException as e:
+                    if e.status == 409:
+                        admin.delete_namespaced_custom_object("ray.io", "v1", OTHER, "rayjobs", name)
+                    raise
+
+        ctx = op._Context(op.OperatorConfig(namespaces=(OTHER,)), Racing())
+        with pytest.raises(kopf.TemporaryError) as retry:
+            op.ensure_rayjob(ctx, new, kopf.Patch(), name, OTHER)
+        assert retry.value.delay is not None and retry.value.delay <= 5, retry.value
+        patch = kopf.Patch()
+        op.ensure_rayjob(ctx, new, patch, name, OTHER)  # kopf's retry
+        owners = [o["uid"] for o in rayjob(admin, name, ns=OTHER)["metadata"]["ownerReferences"]]
+        assert owners == [new["metadata"]["uid"]] and patch["status"]["phase"] == "Pending"
+    finally:
+        _delete_job_and_rayjob(admin, name)

@@ -284,7 +284,16 @@ def _adopt_or_replace(ctx: _Context, body: kopf.Body, patch: kopf.Patch, name: s
     """A RayJob of this name exists: ours (nothing to do), a stale one of ours, or a stranger's."""
     from kubernetes.client.exceptions import ApiException
 
-    existing = ctx.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+    try:
+        existing = ctx.custom.get_namespaced_custom_object("ray.io", "v1", namespace, "rayjobs", name)
+    except ApiException as e:
+        # Gone since the create's conflict: on a resubmit, the old GANJob's deletion handler
+        # (or the garbage collector) removes its RayJob while this create runs. Create again
+        # soon; a bare ApiException would make kopf wait its default 60 s.
+        if e.status == 404:
+            raise kopf.TemporaryError(f"RayJob {name} of an earlier {body['kind']} {name} went away; recreating",
+                                      delay=1) from None  # fmt: skip
+        raise _retryable(e) from None
     owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences", [])]
     if body["metadata"]["uid"] in owners:
         return
