@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,9 +117,40 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     """One embedded Ray for the whole session (init costs ~10 s on 2 cores)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(**RAY_INIT)
     yield
     ray.shutdown()
+
+
+RAY_INIT: dict[str, Any] = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": True}
+
+
+@pytest.fixture(autouse=True)
+def _ray_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the session's Ray: its CPUs are free again, else Ray is restarted.
+
+    A test that fails while its job still trains (a timeout, an assertion in another thread's
+    wait) leaves that job holding the 2 CPUs, and every later job would wait for them until
+    its own 10-min timeout: one such leak once took CI past its 90 min. Restarting Ray ends the
+    leaked job; the test that leaked it has already failed.
+    """
+    yield
+    if "ray_cluster" not in request.fixturenames:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    deadline = time.time() + 30  # a finished run's placement group takes a moment to go
+    while time.time() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+            return
+        time.sleep(0.5)
+    warnings.warn(f"{request.node.nodeid} left a job on the session's Ray holding "
+                  f"{ray.cluster_resources().get('CPU', 0.0) - ray.available_resources().get('CPU', 0.0):g} "
+                  "CPUs; Ray restarted", stacklevel=1)  # fmt: skip
+    ray.shutdown()
+    ray.init(**RAY_INIT)
 
 
 @pytest.fixture(scope="session")

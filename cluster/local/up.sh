@@ -198,6 +198,11 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+# CPU limits are not enforced as CFS quotas here: pods are placed by their requests (which
+# fit the 2 CPUs), then share the CPUs. With quotas the two 500m Ray workers would train on
+# one CPU between them while the other CPU idled (e2e's training took twice as long). A real
+# cluster keeps the default (true).
+cpuCFSQuota: false
 maxPods: 50
 EOF
 }
