@@ -112,6 +112,9 @@ def mlflow_server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     server.stop(signal.SIGTERM)
 
 
+RAY_INIT: dict[str, Any] = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": True}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server: str) -> Iterator[None]:
     """One embedded Ray for the whole session (init costs ~10 s on 2 cores)."""
@@ -122,17 +125,14 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
     ray.shutdown()
 
 
-RAY_INIT: dict[str, Any] = {"address": "local", "num_cpus": 2, "include_dashboard": False, "log_to_driver": True}
-
-
 @pytest.fixture(autouse=True)
 def _ray_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a test on the session's Ray: its CPUs are free again, else Ray is restarted.
 
     A test that fails while its job still trains (a timeout, an assertion in another thread's
     wait) leaves that job holding the 2 CPUs, and every later job would wait for them until
-    its own 10-min timeout: one such leak once took CI past its 90 min. Restarting Ray ends the
-    leaked job; the test that leaked it has already failed.
+    its own 10-min timeout (the likeliest cause of a CI run that ran past its 90 min). Restarting
+    Ray ends the leaked job; the test that leaked it has already failed.
     """
     yield
     if "ray_cluster" not in request.fixturenames:
