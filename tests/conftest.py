@@ -141,14 +141,17 @@ def _ray_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
 
     if not ray.is_initialized():
         return
+
+    def held() -> float:
+        return ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
+
     deadline = time.time() + 30  # a finished run's placement group takes a moment to go
-    while time.time() < deadline:
-        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
-            return
+    while held() > 0 and time.time() < deadline:
         time.sleep(0.5)
-    warnings.warn(f"{request.node.nodeid} left a job on the session's Ray holding "
-                  f"{ray.cluster_resources().get('CPU', 0.0) - ray.available_resources().get('CPU', 0.0):g} "
-                  "CPUs; Ray restarted", stacklevel=1)  # fmt: skip
+    if held() <= 0:
+        return
+    warnings.warn(f"{request.node.nodeid} left a job on the session's Ray holding {held():g} CPUs; Ray restarted",
+                  stacklevel=1)  # fmt: skip
     ray.shutdown()
     ray.init(**RAY_INIT)
 
