@@ -81,10 +81,11 @@ def get_loss(name: str) -> GANLoss:
         raise KeyError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
 
 
-def interpolates(real: Tensor, fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Random points on lines between real and fake samples (WGAN-GP)."""
-    alpha = torch.rand(real.size(0), *([1] * (real.dim() - 1)), device=real.device, generator=generator)
-    return (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+def interpolates(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
+    """Points ``alpha * real + (1 - alpha) * fake`` between real and fake samples (WGAN-GP);
+    ``alpha``: one weight in [0, 1) per sample, shape [N]."""
+    a = alpha.view(-1, *([1] * (real.dim() - 1)))
+    return (a * real + (1 - a) * fake).requires_grad_(True)
 
 
 def gradient_penalty(logits: Tensor, inputs: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 NETWORKS_TAG = "ganops.networks"  # set by rank 0: the resolved networks and their sizes
+PRECISION_TAG = "ganops.precision"  # set by rank 0: what spec.train.precision resolved to, and on what
 GRID_ARTIFACT = "samples/final_grid.png"
 GIF_ARTIFACT = f"samples/{jobdir.GIF_FILE}"
 # MLflow refuses tag values longer than this (MAX_TAG_VAL_LENGTH in MLflow 3).
@@ -61,6 +62,8 @@ class NoteFacts:
     step: int
     data: str  # "mnist, test split: 512 images of 1×28×28"
     networks: str
+    precision: str | None = None
+    """What ``spec.train.precision`` resolved to on the workers (``PRECISION_TAG``); None: not yet known."""
     latest_checkpoint: str | None = None
     best: Best | None = None
     model_uri: str | None = None
@@ -95,6 +98,12 @@ def describe_networks(job: GANJob) -> str:
         widths = f", G {g}, D {d}"
     cond = ", conditional" if m.conditional else ""
     return f"{m.arch}{cond}, z {m.latent_dim}{widths}"
+
+
+def precision_summary(asked: str, resolved: str, device: str) -> str:
+    """``bf16 (auto on <device>)``: rank 0 tags the run with it."""
+    how = "auto" if asked == "auto" else "as asked"
+    return f"{resolved} ({how}, on {device})"
 
 
 def networks_summary(config: Any, g_params: int, d_params: int) -> str:
@@ -144,6 +153,7 @@ def render(facts: NoteFacts) -> str:
         f"- **Dataset** {facts.data}",
         f"- **Networks** {facts.networks}; loss {spec.train.loss}, batch {spec.train.batch_size} "
         f"on {spec.scaling.num_workers} worker{'s' if spec.scaling.num_workers != 1 else ''}",
+        f"- **Precision** {facts.precision or spec.train.precision}",
         f"- **Epochs done** {epochs}" + (" (submit the same spec again to resume)" if facts.status == "KILLED" else ""),
     ]
     if facts.latest_checkpoint:
@@ -234,6 +244,7 @@ def collect(ref: tracking.RunRef, job: GANJob, jd: jobdir.JobDir, info: ImageInf
         step=latest.step if latest else 0,
         data=describe_data(job, info),
         networks=tags.get(NETWORKS_TAG) or describe_networks(job),
+        precision=tags.get(PRECISION_TAG),
         latest_checkpoint=latest.uri if latest else None,
         best=_best(jd) if job.spec.eval.every_epochs is not None else None,
         model_uri=tags.get("ganops.model_uri"),

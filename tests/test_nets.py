@@ -418,7 +418,7 @@ def test_every_net_trains_with_every_loss(arch: str, cond: str, loss_name: str) 
     fake = G(z, y)
     d_loss = loss.d_loss(D(real, y), D(fake.detach(), y), 0.1)
     if loss.gradient_penalty:
-        x_hat = interpolates(real, fake.detach())
+        x_hat = interpolates(real, fake.detach(), torch.rand(N))
         d_loss = d_loss + 10.0 * gradient_penalty(D(x_hat, y), x_hat)
     d_loss.backward()
     _assert_all_grads(D, "D", shift_invariant=loss_name in ("hinge", "wgan_gp"))

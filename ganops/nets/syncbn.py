@@ -50,9 +50,9 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
         sync = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if not sync:
             return super().forward(x)
-        # Statistics in float32 whatever the input (bfloat16 under autocast): sums of squares
-        # in bfloat16 lose the variance, and the running buffers are float32.
-        dtype, x = x.dtype, x.float()
+        # Statistics in float32 at least (bfloat16 under autocast): sums of squares in
+        # bfloat16 lose the variance, and the running buffers are float32 (or float64).
+        dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         c = x.size(1)
         dims = [0, *range(2, x.dim())]
         count = x.new_full((1,), x.numel() // c)

@@ -220,11 +220,13 @@ class TrainSpec(_Strict):
     """Discriminator steps per generator step."""
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Keep an exponential moving average of G's weights with this decay (e.g. 0.999)."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """`bf16`: forward passes under bfloat16 autocast (weights, optimizer state and
-    checkpoints stay float32). Faster where the hardware has bfloat16 units (recent GPUs;
-    CPUs with AVX512-BF16 or AMX: 1.5x per step measured here); float16 is not offered
-    because it needs loss scaling."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 where the training device runs bfloat16 natively (CUDA GPUs with bf16;
+    CPUs with AVX512-BF16 or AMX), else fp32; a resumed job keeps what its first attempt
+    chose. `bf16`: forward passes under bfloat16 autocast (weights, optimizer state and
+    checkpoints stay float32), 1.45x the speed of fp32 on a CPU with AMX, several times
+    slower than fp32 where bfloat16 is emulated (a warning says so). `fp32`: float32 only.
+    float16 is not offered because it needs loss scaling."""
     seed: Seed = 0
     """Seed for weights, data order and noise; each rank derives its own (0 to 2**53 - 1)."""
     log_every_steps: PositiveInt = 50

@@ -422,6 +422,16 @@ class RunLogger:
     def set_tag(self, key: str, value: str) -> None:
         self._enqueue(f"tag {key}", lambda: self.client.set_tag(self.run_id, key, value))
 
+    def log_param(self, key: str, value: str) -> None:
+        """A param the run does not have yet. MLflow params never change: a resumed run keeps
+        its first attempt's value (its tags say what a later attempt did)."""
+
+        def task() -> None:
+            if key not in self.client.get_run(self.run_id).data.params:
+                self.client.log_param(self.run_id, key, value)
+
+        self._enqueue(f"param {key}", task)
+
     def _enqueue(self, what: str, task: Callable[[], None]) -> None:
         with self._lock:
             self._tasks.append((what, task))

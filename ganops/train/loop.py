@@ -34,6 +34,8 @@ from ganops.train.checkpoints import Checkpoints, FixedNoise, Position
 from ganops.train.divergence import DivergedError, DivergenceGuard
 from ganops.train.evaluation import EvalRound
 from ganops.train.health import OK, Health
+from ganops.train.precision import describe as describe_device
+from ganops.train.precision import emulation_warning, native_bf16
 from ganops.train.ranks import Ranks, rank_seed
 from ganops.train.step import GANStep
 from ganops.train.stream import StreamBatches
@@ -41,6 +43,8 @@ from ganops.train.stream import StreamBatches
 # How often the ranks agree (one small all-reduce) on whether Ctrl-C was pressed, a timed
 # checkpoint is due, or a loss went non-finite, so that every rank acts at the same batch.
 POLL_BATCHES = 10
+# The MLflow param of what spec.train.precision (the param train.precision) resolved to.
+PRECISION_PARAM = "train.precision_resolved"
 
 
 __all__ = ["MLflowRun", "Worker", "WorkerConfig", "rank_seed", "train_loop_per_worker"]
@@ -154,6 +158,7 @@ class Worker:
     def run(self) -> None:
         restored = self.checkpoints.restore(self.config.resume_from)
         self._announce_attempt(restored)
+        self._announce_precision()
         spec = self.spec
         if self.eval is not None:
             self.eval.start(self.data)
@@ -245,6 +250,21 @@ class Worker:
         )
         if self.tracker is not None:
             self.tracker.set_tag(RESTARTS_TAG, str(attempt - 1))
+
+    def _announce_precision(self) -> None:
+        """Rank 0: what spec.train.precision resolved to here (after a resume: the
+        checkpoint's), in the run's params and description; a warning where bf16 is emulated."""
+        if not self.ranks.is_chief:
+            return
+        device = self.ranks.device
+        if self.step.precision == "bf16" and not native_bf16(device):
+            self._warn(emulation_warning(device))
+        if self.tracker is not None:
+            from ganops.run_note import PRECISION_TAG, precision_summary
+
+            self.tracker.log_param(PRECISION_PARAM, self.step.precision)
+            summary = precision_summary(self.spec.train.precision, self.step.precision, describe_device(device))
+            self.tracker.set_tag(PRECISION_TAG, summary)
 
     def _poll(self) -> tuple[bool, bool]:
         """Every POLL_BATCHES batches, one small all-reduce: has Ctrl-C been pressed, is a
@@ -346,6 +366,7 @@ class Worker:
                 "batches_per_epoch": self.batches_per_epoch,
                 "step": self.pos.step,
                 "images_per_s": images_per_s,
+                "precision": self.step.precision,
                 **lrs,
                 "time": time.time(),
             }

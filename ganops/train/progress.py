@@ -21,8 +21,9 @@ def format_line(p: dict[str, Any], eta_s: float | None) -> str:
         outputs = f"C(x) {p['critic_real']:.3g}  C(G(z)) {p['critic_fake']:.3g}"
     # Unhealthy training (ganops.train.health) shows on the line itself, not only in a warning.
     health = f"  [{', '.join(p['health'])}]" if p.get("health") else ""
+    precision = f" {p['precision']}" if p.get("precision") else ""  # fp32 or bf16, as resolved
     return (
-        f"epoch {p['epoch']}/{p['epochs']}  step {p['step']}  {p['images_per_s']:.0f} img/s  "
+        f"epoch {p['epoch']}/{p['epochs']}  step {p['step']}  {p['images_per_s']:.0f} img/s{precision}  "
         f"D {p['d_loss']:.3f}  G {p['g_loss']:.3f}  {outputs}{health}{eta}"
     )
 

@@ -25,6 +25,7 @@ from ganops.losses import get_loss, gradient_penalty, interpolates
 from ganops.nets import build_discriminator, build_generator
 from ganops.nets.syncbn import convert_sync_batchnorm
 from ganops.spec.models import GANJobSpec, TrainSpec
+from ganops.train.precision import resolve as resolve_precision
 
 
 def stat_names(loss: str) -> tuple[str, str, str, str]:
@@ -45,6 +46,11 @@ def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float) -> torch
             params, lr=lr, alpha=train.rmsprop_alpha, eps=train.eps, weight_decay=train.weight_decay
         )
     return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay)
+
+
+def _full(logits: Tensor) -> Tensor:
+    """Logits in float32 at least: the losses of bfloat16 forwards (autocast) in float32."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -135,7 +141,9 @@ class GANStep:
         self.noise.manual_seed(noise_seed)
         self.stats = StepStats(torch.zeros(len(self.stat_names), device=device))
         self._batches = 0
-        self._bf16 = spec.train.precision == "bf16"
+        self.precision = resolve_precision(spec.train.precision, device)
+        """``fp32`` or ``bf16``: what ``spec.train.precision`` resolved to on this device (a
+        resumed ``auto`` job keeps its checkpoint's)."""
         # The step at which d_loss / g_loss was first non-finite (-1: not yet). Kept on the
         # device and read only when the loop checks (every few steps): no sync per step.
         self._first_bad = torch.full((2,), -1.0, device=device)
@@ -144,13 +152,17 @@ class GANStep:
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """Forward passes only: PyTorch advises against running backward under autocast."""
-        if not self._bf16:
+        if self.precision != "bf16":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # -- sampling ---------------------------------------------------------------------
     def sample_z(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.device, generator=self.noise)
+
+    def sample_mix(self, n: int) -> Tensor:
+        """WGAN-GP's interpolation weights, one per sample, from the noise stream (after z)."""
+        return torch.rand(n, device=self.device, generator=self.noise)
 
     @property
     def sampler(self) -> nn.Module:
@@ -185,9 +197,9 @@ class GANStep:
             parts = [real, fake.detach()]
             interp = None
             if self.loss.gradient_penalty:
-                interp = interpolates(real, fake.detach(), self.noise)
+                interp = interpolates(real, fake.detach(), self.sample_mix(n))
                 parts.append(interp)
-            logits = self.d_train(parts, [y] * len(parts) if y is not None else None).float()
+            logits = _full(self.d_train(parts, [y] * len(parts) if y is not None else None))
             real_logits, fake_logits = logits[:n], logits[n : 2 * n]
             loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
             if interp is not None:
@@ -213,7 +225,7 @@ class GANStep:
         self.d.requires_grad_(False)
         try:
             with self._autocast():
-                loss = self.loss.g_loss(self.d(fake, y).float())
+                loss = self.loss.g_loss(_full(self.d(fake, y)))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -295,6 +307,7 @@ class GANStep:
             "opt_d": self.opt_d.state_dict(),
             "batches": self._batches,
             "lr_scale": self.lr_scale,
+            "precision": self.precision,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -311,4 +324,6 @@ class GANStep:
         # resumed job can change them (times what rollbacks scaled them by).
         self.scale_lr(float(state.get("lr_scale", 1.0)))
         self._batches = int(state.get("batches", 0))
+        if self.train_spec.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
+            self.precision = str(state["precision"])  # a job keeps the arithmetic it started with
         self.clear_nonfinite()

@@ -65,7 +65,11 @@ class PlainGAN:
             extra["betas"] = (t.betas[0], t.betas[1])
         self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)
         self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)
-        self.bf16 = getattr(t, "precision", "fp32") == "bf16"
+        # What the spec's precision resolves to on this device (auto: bf16 only where native),
+        # so that the reference runs the arithmetic the ganops step runs.
+        from ganops.train.precision import resolve
+
+        self.bf16 = resolve(getattr(t, "precision", "fp32"), device) == "bf16"
 
     def _fwd(self, net: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
         """One forward pass, under bfloat16 autocast for a bf16 spec; float32 out."""

@@ -1,0 +1,398 @@
+"""Step equivalence: ganops' training step on 2 DDP ranks computes what the papers' loop computes.
+
+Every variant of the step (each loss x D's normalisation, conditional D, EMA, label smoothing,
+the gradient penalty, RMSprop with clipping, several D steps, bf16, SyncBN) trains 20 steps
+under real DDP (two processes on gloo, ``tests.ddp``), and ``PaperLoop`` below trains the
+same networks from the same weights on the same global batches and noise in this process.
+Both must end with the same G, D and EMA weights and BatchNorm statistics: fp32 within
+``FP32_TOL`` (float rounding of another summation order, measured ≤ 3e-7), bf16 within
+``BF16_TOL``.
+
+``PaperLoop`` is written from the papers, not from ganops (it imports only the networks):
+pytorch/examples' dcgan loop (Radford et al. 2016) for the step's shape — D on a real batch
+and on a fake batch, then G through the updated D on the same fakes — with each objective as
+its paper states it, WGAN-GP's Algorithm 1 for the critic (n_critic D steps on fresh real
+batches, interpolates, the penalty), and data parallelism as its definition: each of W
+workers computes the loss of its share of the global batch (BatchNorm normalising that share,
+with that worker's running statistics), and the update uses the mean of their gradients
+(SyncBN: BatchNorm normalises the global batch).
+
+Where the loop departs from a paper on purpose, ganops does the same: WGAN-GP's Algorithm 1
+draws a new z for the G update; pytorch/examples (and ganops) reuse the last D step's fakes
+(the same distribution, one G forward less).
+
+Not covered here: dropout (its masks come from each rank's RNG; ``spec.model.d_dropout: 0``
+in every variant), and the 64 px and deep nets (the step does not depend on the widths).
+``tests/test_step_mutants.py`` checks that each classic step bug fails this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ganops import client
+from ganops.nets import build_discriminator, build_generator
+from ganops.spec.models import GANJobSpec
+from tests.ddp import Feed, train_many
+from tests.helpers import JOBS
+
+STEPS = 20
+WORLD = 2
+BATCH = 16  # global: 8 per rank
+FP32_TOL = 1e-5
+# bf16 rounds every forward's products to 8 bits of mantissa: a float32 difference of 1e-7 in
+# an input can flip a rounding, which the next steps carry on. Measured between ganops and
+# this loop: at most ~2e-3 after 20 steps; a step bug moves weights by ~1e-2 and more.
+BF16_TOL = 1e-2
+
+# mnist_dcgan's networks (28 px, BatchNorm in G) narrowed to run in milliseconds.
+BASE = [
+    "spec.data.root=/unused", "spec.data.download=false",
+    "spec.model.g_widths=[16,8]", "spec.model.d_widths=[8,16]", "spec.model.kernel_size=3",
+    "spec.model.latent_dim=8", "spec.model.d_dropout=0", "spec.model.embed_dim=4",
+    f"spec.train.batch_size={BATCH}", "spec.train.ema_decay=null", "spec.train.precision=fp32",
+    f"spec.scaling.num_workers={WORLD}",
+]  # fmt: skip
+
+LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
+NORMS = ("none", "batch", "layer")
+
+# name -> (job file, overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    **{
+        f"{loss}-{norm}": ("mnist_dcgan", [f"spec.train.loss={loss}", f"spec.model.d_norm={norm}"])
+        for loss in LOSSES
+        for norm in NORMS
+        if (loss, norm) != ("wgan_gp", "batch")  # refused by the spec: the penalty is per sample
+    },
+    "bce-label-smoothing": ("mnist_dcgan", ["spec.train.label_smoothing=0.2", "spec.model.d_norm=batch"]),
+    "lsgan-label-smoothing": ("mnist_dcgan", ["spec.train.loss=lsgan", "spec.train.label_smoothing=0.2"]),
+    "conditional-projection": ("mnist_cgan", ["spec.model.d_conditioning=projection", "spec.model.d_norm=batch"]),
+    "conditional-concat": ("mnist_cgan", ["spec.model.d_conditioning=concat"]),
+    "ema": ("mnist_dcgan", ["spec.train.ema_decay=0.9", "spec.model.d_norm=batch"]),
+    "wgan_gp-5-critic-steps": (
+        "mnist_dcgan",
+        ["spec.train.loss=wgan_gp", "spec.model.d_norm=layer", "spec.train.d_steps=5", "spec.train.gp_weight=5"],
+    ),  # fmt: skip
+    "rmsprop-clip-value": (
+        "mnist_dcgan",
+        [
+            "spec.train.optimizer=rmsprop",
+            "spec.train.clip_grad_value=0.01",
+            "spec.train.rmsprop_alpha=0.9",
+            "spec.train.eps=1e-7",
+        ],
+    ),  # fmt: skip
+    "rmsprop-clip-norm": (
+        "mnist_dcgan",
+        [
+            "spec.train.optimizer=rmsprop",
+            "spec.train.clip_grad_norm=0.05",
+            "spec.train.loss=hinge",
+            "spec.model.d_norm=batch",
+        ],
+    ),  # fmt: skip
+    "ttur-weight-decay": (
+        "mnist_dcgan",
+        ["spec.train.g_lr=1e-4", "spec.train.d_lr=4e-4", "spec.train.weight_decay=1e-3", "spec.train.betas=[0.0,0.9]"],
+    ),  # fmt: skip
+    "syncbn": ("mnist_dcgan", ["spec.scaling.sync_batchnorm=true", "spec.model.d_norm=batch"]),
+    "cifar-dcgan": (
+        "cifar_dcgan",
+        [
+            "spec.data.dataset=fake",
+            "spec.data.root=",
+            "spec.model.d_widths=[8,16,16]",
+            "spec.model.g_widths=[16,8,8]",
+            "spec.eval.every_epochs=null",
+            "spec.checkpoint.keep_best=null",
+        ],
+    ),  # fmt: skip
+    "bf16-bce-batch": ("mnist_dcgan", ["spec.train.precision=bf16", "spec.model.d_norm=batch"]),
+    "bf16-wgan_gp": (
+        "mnist_dcgan",
+        ["spec.train.precision=bf16", "spec.train.loss=wgan_gp", "spec.model.d_norm=layer"],
+    ),  # fmt: skip
+    "bf16-syncbn": (
+        "mnist_dcgan",
+        [
+            "spec.train.precision=bf16",
+            "spec.scaling.sync_batchnorm=true",
+            "spec.model.d_norm=batch",
+            "spec.train.ema_decay=0.9",
+        ],
+    ),  # fmt: skip
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    spec: GANJobSpec
+    shape: tuple[int, int, int]
+    classes: int | None
+    feed: Feed
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.feed.real[0].dtype
+
+
+def load(name: str):
+    job, sets = VARIANTS[name]
+    overrides = BASE + sets
+    if job == "cifar_dcgan":
+        overrides = [o for o in overrides if not o.startswith("spec.data.root=/")]
+    return client.load_job(JOBS / f"{job}.yaml", overrides)
+
+
+def make_case(name: str) -> Case:
+    job = load(name)
+    spec = job.spec
+    shape = (3, 32, 32) if spec.data.dataset == "fake" else (1, 28, 28)
+    classes = 10 if spec.model.conditional else None
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    dtype = torch.float64 if spec.train.precision == "fp32" else torch.float32
+    real = [torch.rand(BATCH, *shape, generator=g, dtype=dtype) * 2 - 1 for _ in range(STEPS)]
+    labels = [torch.randint(0, 10, (BATCH,), generator=g) for _ in range(STEPS)] if classes else None
+    z = [torch.randn(BATCH, spec.model.latent_dim, generator=g, dtype=dtype) for _ in range(STEPS)]
+    # One interpolation weight per sample and D step (WGAN-GP); unused by the other losses.
+    mix = [torch.rand(BATCH, generator=g, dtype=dtype) for _ in range(STEPS)]
+    return Case(name, spec, shape, classes, Feed(real, labels, z, mix))
+
+
+# -- the reference ---------------------------------------------------------------------------
+
+
+def d_loss_paper(loss: str, real: Tensor, fake: Tensor, smoothing: float) -> Tensor:
+    """D's (critic's) objective to minimise, on raw logits, as each paper states it."""
+    if loss in ("bce", "minimax"):
+        # Goodfellow et al. 2014: max log D(x) + log(1 - D(G(z))); Salimans et al. 2016's
+        # one-sided smoothing moves only the real targets, to 1 - s.
+        return F.binary_cross_entropy_with_logits(
+            real, torch.full_like(real, 1.0 - smoothing)
+        ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    if loss == "hinge":  # Lim & Ye 2017; Miyato et al. 2018, eq. 16
+        return torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean()
+    if loss == "wgan_gp":  # Gulrajani et al. 2017, Algorithm 1, line 7 (the penalty apart)
+        return fake.mean() - real.mean()
+    if loss == "lsgan":  # Mao et al. 2017, eq. 2 with a = 0, b = 1 (real targets 1 - s when smoothed)
+        return 0.5 * ((real - (1.0 - smoothing)) ** 2).mean() + 0.5 * (fake**2).mean()
+    raise AssertionError(loss)
+
+
+def g_loss_paper(loss: str, fake: Tensor) -> Tensor:
+    """G's objective to minimise."""
+    if loss == "bce":  # the non-saturating heuristic: max log D(G(z))
+        return -F.logsigmoid(fake).mean()
+    if loss == "minimax":  # min log(1 - D(G(z)))
+        return torch.log1p(-torch.sigmoid(fake)).mean()
+    if loss in ("hinge", "wgan_gp"):  # min -D(G(z))
+        return -fake.mean()
+    if loss == "lsgan":  # Mao et al. 2017, eq. 2 with c = 1
+        return 0.5 * ((fake - 1.0) ** 2).mean()
+    raise AssertionError(loss)
+
+
+class PaperLoop:
+    """The papers' training loop for ``parts`` data-parallel workers, in one process.
+
+    Parameters are shared by the workers; BatchNorm statistics (buffers) are each worker's
+    own, so each worker's forwards run through ``functional_call`` with its buffers.
+    ``parts=1`` with SyncBN: BatchNorm sees the global batch, as one worker would.
+    """
+
+    def __init__(self, spec: GANJobSpec, shape: tuple[int, int, int], classes: int | None,
+                 init: dict[str, dict[str, Tensor]], parts: int) -> None:  # fmt: skip
+        t = spec.train
+        self.t, self.parts, self.classes = t, parts, classes
+        self.G = build_generator(spec.model, shape, classes)
+        self.D = build_discriminator(spec.model, shape, classes)
+        self.G.load_state_dict(init["g"])
+        self.D.load_state_dict(init["d"])
+        self.g_buf = [{k: b.clone() for k, b in self.G.named_buffers()} for _ in range(parts)]
+        self.d_buf = [{k: b.clone() for k, b in self.D.named_buffers()} for _ in range(parts)]
+        self.opt_g = self._optimizer(self.G, t.g_lr or t.lr)
+        self.opt_d = self._optimizer(self.D, t.d_lr or t.lr)
+        self.ema = {k: p.detach().clone() for k, p in self.G.named_parameters()} if t.ema_decay else None
+        self.iteration = 0
+
+    def _optimizer(self, net: nn.Module, lr: float) -> torch.optim.Optimizer:
+        t = self.t
+        if t.optimizer == "rmsprop":
+            return torch.optim.RMSprop(net.parameters(), lr=lr, alpha=t.rmsprop_alpha, eps=t.eps,
+                                       weight_decay=t.weight_decay)  # fmt: skip
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        # The AMP recipe: forwards and losses under autocast, backward outside, fp32 weights.
+        if self.t.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _run(self, net: nn.Module, buffers: dict[str, Tensor], *args: Tensor | None) -> Tensor:
+        return functional_call(net, {**dict(net.named_parameters()), **buffers}, args)
+
+    def _logits(self, net: nn.Module, buffers: dict[str, Tensor], x: Tensor, y: Tensor | None) -> Tensor:
+        out = self._run(net, buffers, x, y)
+        return out.to(torch.promote_types(out.dtype, torch.float32))  # bf16 forwards: losses in fp32
+
+    def _clip(self, net: nn.Module) -> None:
+        if self.t.clip_grad_value is not None:
+            nn.utils.clip_grad_value_(net.parameters(), self.t.clip_grad_value)
+        elif self.t.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), self.t.clip_grad_norm)
+
+    def train_batch(self, real: Tensor, labels: Tensor | None, z: Tensor, mix: Tensor) -> None:
+        t = self.t
+        self.iteration += 1
+        g_turn = self.iteration % t.d_steps == 0  # n_critic D steps per G step
+        shares = list(zip(real.chunk(self.parts), z.chunk(self.parts), mix.chunk(self.parts), strict=True))
+        ys = labels.chunk(self.parts) if labels is not None and self.classes else [None] * self.parts
+        # (1) D: each worker's loss on its share, the update on their mean.
+        self.D.zero_grad()
+        fakes, d_total = [], 0.0
+        for w, ((x, zw, a), y) in enumerate(zip(shares, ys, strict=True)):
+            with self._autocast():
+                if g_turn:
+                    fake = self._run(self.G, self.g_buf[w], zw, y)
+                else:
+                    with torch.no_grad():
+                        fake = self._run(self.G, self.g_buf[w], zw, y)
+                d_real = self._logits(self.D, self.d_buf[w], x, y)
+                d_fake = self._logits(self.D, self.d_buf[w], fake.detach(), y)
+                loss = d_loss_paper(t.loss, d_real, d_fake, t.label_smoothing)
+                if t.loss == "wgan_gp":
+                    a = a.view(-1, 1, 1, 1)
+                    x_hat = (a * x + (1 - a) * fake.detach()).requires_grad_(True)
+                    out = self._logits(self.D, self.d_buf[w], x_hat, y)
+                    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+                    loss = loss + t.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+            d_total = d_total + loss / self.parts
+            fakes.append(fake)
+        d_total.backward()
+        self._clip(self.D)
+        self.opt_d.step()
+        if not g_turn:
+            return
+        # (2) G through the updated D, on the same fakes.
+        self.G.zero_grad()
+        g_total = 0.0
+        for w, (fake, y) in enumerate(zip(fakes, ys, strict=True)):
+            with self._autocast():
+                g_total = g_total + g_loss_paper(t.loss, self._logits(self.D, self.d_buf[w], fake, y)) / self.parts
+        g_total.backward()
+        self._clip(self.G)
+        self.opt_g.step()
+        if self.ema is not None:  # Yazici et al. 2019: theta' <- beta theta' + (1 - beta) theta
+            beta = t.ema_decay
+            with torch.no_grad():
+                for k, p in self.G.named_parameters():
+                    self.ema[k] = beta * self.ema[k] + (1 - beta) * p
+
+    def worker_state(self, w: int) -> dict[str, dict[str, Tensor] | None]:
+        """What worker ``w`` holds: the shared weights with its own BatchNorm statistics."""
+        w = 0 if self.parts == 1 else w
+        g = {**{k: p.detach() for k, p in self.G.named_parameters()}, **self.g_buf[w]}
+        d = {**{k: p.detach() for k, p in self.D.named_parameters()}, **self.d_buf[w]}
+        ema = {**self.ema, **self.g_buf[w]} if self.ema is not None else None
+        return {"g": g, "d": d, "g_ema": ema}
+
+
+def reference(case: Case, init: dict[str, dict[str, Tensor]]) -> PaperLoop:
+    parts = 1 if case.spec.scaling.sync_batchnorm else WORLD
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)  # the ranks' setting: the same kernels, the same rounding
+    torch.set_default_dtype(case.dtype)  # the nets in the feed's dtype, as on the ranks
+    try:
+        loop = PaperLoop(case.spec, case.shape, case.classes, copy.deepcopy(init), parts)
+        for i in range(STEPS):
+            f = case.feed
+            loop.train_batch(f.real[i], f.labels[i] if f.labels else None, f.z[i], f.mix[i])
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    return loop
+
+
+def max_differences(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float]:
+    assert ours.keys() == ref.keys()
+    out = {}
+    for k, v in ours.items():
+        if v.is_floating_point():
+            out[k] = float((v.double() - ref[k].double()).abs().max())
+        else:
+            out[k] = 0.0 if torch.equal(v, ref[k]) else float("inf")
+    return out
+
+
+# -- the runs: every variant on 2 ranks, once per module ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Case], list[dict[str, Any]]]]:
+    cases = {name: make_case(name) for name in VARIANTS}
+    jobs = {name: (load(name), c.feed, c.classes) for name, c in cases.items()}
+    yield cases, train_many(jobs, WORLD, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_step_on_two_ddp_ranks_matches_the_papers_loop(variant: str, ddp_runs) -> None:
+    cases, ranks = ddp_runs
+    case = cases[variant]
+    for r, results in enumerate(ranks):
+        assert "error" not in results[variant], f"rank {r}:\n{results[variant]['error']}"
+    # One z per D step, and one interpolation weight per sample with a gradient penalty: all used.
+    assert ranks[0][variant]["noise_left"] == (0, STEPS * (case.spec.train.loss != "wgan_gp"))
+    loop = reference(case, ranks[0][variant]["init"])
+    tol = BF16_TOL if case.spec.train.precision == "bf16" else FP32_TOL
+    for r, results in enumerate(ranks):
+        ref = loop.worker_state(r)
+        for net in ("g", "d", "g_ema"):
+            ours = results[variant][net]
+            assert (ours is None) == (ref[net] is None), net
+            if ours is None:
+                continue
+            diffs = max_differences(ours, ref[net])
+            worst = max(diffs, key=diffs.__getitem__)
+            print(f"{variant} rank {r} {net}: {diffs[worst]:.2g}")
+            assert diffs[worst] <= tol, (
+                f"rank {r}'s {net} after {STEPS} steps differs from the papers' loop by {diffs[worst]:.3g} "
+                f"at {worst} (tolerance {tol:g}); all over {tol:g}: "
+                + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items() if v > tol)
+            )
+
+
+def test_the_variants_train_their_weights_away_from_the_start(ddp_runs) -> None:
+    # Equal weights prove nothing if nothing moved: every variant's nets changed (by far more
+    # than the tolerance), so a step that skipped an update could not pass as equal.
+    cases, ranks = ddp_runs
+    for name in cases:
+        res = ranks[0][name]
+        for net in ("g", "d"):
+            moved = max(
+                float((v.double() - res["init"][net][k].double()).abs().max())
+                for k, v in res[net].items()
+                if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+            )
+            assert moved > 50 * FP32_TOL, f"{name}: {net} moved by at most {moved:.2g} in {STEPS} steps"
+
+
+def test_the_reference_tells_the_variants_apart(ddp_runs) -> None:
+    # The comparison can fail: the loop of one loss run on another's data ends elsewhere.
+    cases, ranks = ddp_runs
+    case = cases["hinge-none"]
+    wrong = Case(case.name, load("lsgan-none").spec, case.shape, case.classes, case.feed)
+    loop = reference(wrong, ranks[0]["hinge-none"]["init"])
+    diffs = max_differences(ranks[0]["hinge-none"]["d"], loop.worker_state(0)["d"])
+    assert max(diffs.values()) > 100 * FP32_TOL
