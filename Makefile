@@ -15,7 +15,7 @@ BROWSER := $(VENV)/.browser
 # Where that test keeps its screenshots of the run page.
 export GANOPS_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: setup browser mnist test test-fast lint test-learning e2e bench clean
+.PHONY: setup browser mnist test test-fast lint test-learning e2e bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ test-learning: $(STAMP)
 # the ganops image once (cached in ~/.cache); see the README for the times.
 e2e: $(STAMP)
 	GANOPS_E2E=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e
+
+# The spec reference (docs/spec-reference.md), generated from the models' field docstrings;
+# tests/test_docs.py fails when it is stale.
+docs: $(STAMP)
+	$(PY) -m ganops.spec.reference
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
