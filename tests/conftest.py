@@ -20,6 +20,37 @@ MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# Variables a session fixture sets for the processes it serves (Ray's workers inherit them
+# from the environment ray.init sees), by fixture name. A test sees them only when it asks
+# for that fixture (directly or through another): none may pass because an earlier test
+# happened to start a server.
+SESSION_ENV: dict[str, dict[str, str]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `pytest FILE --reverse`: a file's tests must pass in either order (no test may rely
+    # on what an earlier one left behind).
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
+@pytest.fixture(autouse=True)
+def _environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts from the session's environment and leaves it as it found it."""
+    before = dict(os.environ)
+    for fixture, values in SESSION_ENV.items():
+        if fixture not in request.fixturenames:
+            for key in values:
+                monkeypatch.delenv(key, raising=False)
+    yield
+    for key in set(os.environ) - set(before):
+        os.environ.pop(key, None)
+    os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
+
 
 def mnist_job(storage: Path | str, mnist_root: Path, *overrides: str, job: str = "mnist_dcgan") -> GANJob:
     """A real job file, trimmed to seconds: the local MNIST test split, small batches."""
@@ -71,18 +102,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update(
-        {
-            # The dataset cache of this session (workers inherit it, as from a user's shell).
-            "GANOPS_CACHE": str(tmp_path_factory.mktemp("ganops-cache")),
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
+    values = {
+        # The dataset cache of this session (workers inherit it, as from a user's shell).
+        "GANOPS_CACHE": str(tmp_path_factory.mktemp("ganops-cache")),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    SESSION_ENV["s3_server"] = values
     yield endpoint
     server.stop()
+    del SESSION_ENV["s3_server"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture

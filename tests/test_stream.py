@@ -135,9 +135,12 @@ def test_a_job_trains_from_a_pack_on_s3_and_a_killed_worker_resumes_mid_epoch_ex
 def test_a_worker_holds_batches_not_the_pack(ray_cluster: None, local_pack: str) -> None:
     """The reader's memory does not grow with the images streamed (a crude bound here; the
     benchmark measures peak RSS for 10k- and 100k-image packs)."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address  # the session's Ray, not whichever one runs here
     code = f"""
 import resource, sys, torch, ray
-ray.init(address="auto", log_to_driver=False)
+ray.init(address={address!r}, log_to_driver=False)
 from ganops.spec.models import DataSpec
 from ganops.train.ranks import Ranks
 from ganops.train.stream import StreamBatches
