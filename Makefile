@@ -15,7 +15,7 @@ BROWSER := $(VENV)/.browser
 # Where that test keeps its screenshots of the run page.
 export GANOPS_TEST_ARTIFACTS ?= $(CURDIR)/test-artifacts
 
-.PHONY: setup browser mnist test test-fast lint test-learning e2e bench docs clean
+.PHONY: setup browser mnist test test-fast test-heavy test-gpu lint e2e bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,23 +42,31 @@ mnist: $(STAMP)
 	$(VENV)/bin/ganops submit jobs/mnist_dcgan.yaml \
 	  --set spec.data.root=$(MNIST) --set spec.data.split=test --set spec.train.epochs=$(EPOCHS)
 
+# The test tiers (docs/development.md, "Test tiers"; times measured there):
+#   test-fast   no Ray, no servers: specs, nets, the exact step tests on 2 gloo ranks, ...
+#   test        test-fast + everything that starts Ray, MLflow, S3, the API server or a browser
+#   test-heavy  real fault injection, a Ray cluster of its own, streaming kill/resume, the
+#               tracking outage, the learning cases that train to digits, the step mutants
+#   test-gpu    the learning cases that need more than 2 CPUs afford (skipped without CUDA)
+#   e2e         a real one-node Kubernetes cluster (below)
 # The API server is built before pytest starts, so that no test's time limit includes it.
 test: $(STAMP) $(BROWSER)
-	assets="$$(bash $(ENVTEST))" && KUBEBUILDER_ASSETS="$$(echo "$$assets" | tail -n 1)" $(PY) -m pytest
+	assets="$$(bash $(ENVTEST))" && KUBEBUILDER_ASSETS="$$(echo "$$assets" | tail -n 1)" $(PY) -m pytest -m "not heavy and not gpu"
 
-# The pure tier: no Ray, no servers, no API server, no browser (tests not marked slow).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
+	$(PY) -m pytest -m "not slow and not heavy and not gpu" -q -p no:cacheprovider
+
+test-heavy: $(STAMP)
+	$(PY) -m pytest -m heavy -p no:cacheprovider
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu -s -p no:cacheprovider
 
 # Style and structure: ruff's checks and formatter, then the layer contracts in pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ganops tests bench
 	$(VENV)/bin/ruff format --check ganops tests bench
 	$(VENV)/bin/lint-imports
-
-# Every case of the learning tier (25-35 min on 2 CPUs); make test runs its default subset.
-test-learning: $(STAMP)
-	GANOPS_LEARNING=full $(PY) -m pytest tests/test_learning.py -s
 
 # End to end on a real one-node Kubernetes cluster on this machine (cluster/local/up.sh; as
 # root): the GANJob tests on a cluster of their own, then the cluster alone (up, a ganops pod

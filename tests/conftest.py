@@ -50,6 +50,10 @@ def _environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     for key in set(os.environ) - set(before):
         os.environ.pop(key, None)
     os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
+    # A session fixture this test started lazily (request.getfixturevalue) keeps its variables
+    # for the session; monkeypatch takes them out again for the tests that do not ask for it.
+    for values in SESSION_ENV.values():
+        os.environ.update(values)
 
 
 def mnist_job(storage: Path | str, mnist_root: Path, *overrides: str, job: str = "mnist_dcgan") -> GANJob:
@@ -124,11 +128,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def bucket(s3_server: str) -> str:
-    """A fresh, empty bucket per test."""
+def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty bucket per test (and the S3 server's variables for the test, also when
+    it asks for the bucket lazily, after ``_environment`` has set the test's environment)."""
     import uuid
 
     import boto3
+
+    for key, value in SESSION_ENV["s3_server"].items():
+        monkeypatch.setenv(key, value)
 
     name = f"t-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)

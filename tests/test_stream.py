@@ -28,7 +28,7 @@ from ganops.spec.models import DataSpec
 from ganops.train.ranks import Ranks
 from ganops.train.stream import StreamBatches
 from tests.conftest import mnist_job
-from tests.test_failures import killer  # noqa: F401 - a fixture
+from tests.faults import killer  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +100,7 @@ def test_a_limit_streams_only_the_first_images(ray_cluster: None, local_pack: st
     assert b.per_epoch == 50 and len(got) == 2500 and got.max() < 2500 and len(np.unique(got)) == 2500
 
 
+@pytest.mark.heavy  # a worker really killed (make test-heavy)
 def test_a_job_trains_from_a_pack_on_s3_and_a_killed_worker_resumes_mid_epoch_exactly(
     ray_cluster: None, mnist_root: Path, bucket: str, tmp_path: Path, killer
 ) -> None:

@@ -33,7 +33,7 @@ from ganops import jobdir, storage
 from ganops.cli import main
 from tests.helpers import JOBS, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.heavy  # a Ray cluster of its own (make test-heavy)
 
 # The environment running the tests (whatever its directory): its `ray` and `ganops`.
 BIN = Path(sys.executable).parent
@@ -305,12 +305,22 @@ def test_the_embedded_ray_never_attaches_to_the_test_head(ray_head: Head) -> Non
 # -- a job's life -------------------------------------------------------------------------------
 
 
-def test_a_second_submit_of_a_running_job_is_refused(ray_head: Head, jobs: Jobs) -> None:
-    code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", "--set", f"metadata.name={jobs.long}",
-                          "--set", f"spec.storage={jobs.storage}")  # fmt: skip
-    assert code == 2, err
-    assert f"{jobs.long}: already " in err and f"ganops cancel {jobs.long}" in err
-    assert len([r for r in target(ray_head).list() if r.name == jobs.long]) == 1
+def test_a_second_submit_of_a_running_job_is_refused(ray_head: Head, jobs: Jobs, mnist_root: Path) -> None:
+    # A job of its own, so that whichever tests ran before (the cancel of the long one), one
+    # is pending or running now; it is cancelled at the end.
+    name = "ray-twice"
+    sets = [f"metadata.name={name}", f"spec.data.root={mnist_root}", "spec.data.split=test",
+            "spec.data.download=false", "spec.scaling.num_workers=1", "spec.train.epochs=5",
+            f"spec.storage={jobs.storage}", f"spec.tracking.uri=sqlite:///{jobs.storage}/mlflow-twice.db"]  # fmt: skip
+    code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", "-q", *_sets(sets))
+    assert code == 0, err
+    try:
+        code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", *_sets(sets))
+        assert code == 2, err
+        assert f"{name}: already " in err and f"ganops cancel {name}" in err
+        assert len([r for r in target(ray_head).list() if r.name == name]) == 1
+    finally:
+        ganops(ray_head, "cancel", name)
 
 
 def test_list_shows_the_jobs_newest_first(ray_head: Head, jobs: Jobs) -> None:
@@ -318,11 +328,12 @@ def test_list_shows_the_jobs_newest_first(ray_head: Head, jobs: Jobs) -> None:
     code, out, _ = ganops(ray_head, "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "KIND", "PHASE"]
     code, out, _ = ganops(ray_head, "list", "-o", "json")
-    items = json.loads(out)["items"]
+    # Other tests add jobs of their own (newer): the module's two keep their order.
+    items = [i for i in json.loads(out)["items"] if i["name"] in (jobs.long, jobs.short)]
     assert [i["name"] for i in items] == [jobs.long, jobs.short]
     for i in items:
         assert i["kind"] == "train" and i["target"] == "ray" and i["id"].startswith(f"ganops-{i['name']}-")
-        assert i["phase"] in ("Pending", "Running", "Succeeded") and i["submitted"].endswith("Z")
+        assert i["phase"] in ("Pending", "Running", "Succeeded", "Cancelled") and i["submitted"].endswith("Z")
 
 
 def test_a_job_runs_to_success_with_its_mlflow_run_and_checkpoint(ray_head: Head, jobs: Jobs) -> None:
@@ -358,7 +369,19 @@ def test_a_job_runs_to_success_with_its_mlflow_run_and_checkpoint(ray_head: Head
     assert LEAK not in everything and ray_head.token not in everything
 
 
-def test_cancel_stops_the_driver_after_it_writes_a_checkpoint(ray_head: Head, jobs: Jobs) -> None:
+@dataclass
+class Cancel:
+    seconds: float
+    message: str
+    streamed: str
+    follow_code: int
+    marker_s: float
+
+
+@pytest.fixture(scope="module")
+def cancelled(ray_head: Head, jobs: Jobs) -> Cancel:
+    """The long job cancelled once it trains, while ``ganops logs -f`` follows it (a fixture:
+    the tests that need the head's CPUs free depend on it, whichever runs first)."""
     t = target(ray_head)
     submission = t.status(jobs.long).id
     deadline = time.time() + 300
@@ -371,22 +394,28 @@ def test_cancel_stops_the_driver_after_it_writes_a_checkpoint(ray_head: Head, jo
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     t0 = time.time()
     code, _, err = ganops(ray_head, "cancel", jobs.long)
-    cancel_s = time.time() - t0
-    assert code == 0 and f"{jobs.long}: Cancelled" in err, err
+    seconds = time.time() - t0
+    assert code == 0, err
     streamed, follow_err = follow.communicate(timeout=60)  # -f ends with the job
     assert follow.returncode == 0, follow_err
+    latest = jobdir.JobDir(str(jobs.storage), jobs.long).latest_checkpoint()
+    marker_s = (Path(latest.uri) / jobdir.MARKER).stat().st_mtime - t0 if latest is not None else float("nan")
+    return Cancel(seconds, err, streamed, follow.returncode, marker_s)
 
+
+def test_cancel_stops_the_driver_after_it_writes_a_checkpoint(ray_head: Head, jobs: Jobs, cancelled: Cancel) -> None:
+    assert f"{jobs.long}: Cancelled" in cancelled.message, cancelled.message
     st = status(ray_head, jobs.long)
     assert st["phase"] == "Cancelled" and st["details"]["ray_status"] == "STOPPED"
     # SIGTERM was handled like the first Ctrl-C: a checkpoint mid-epoch, then a clean exit
     # (the summary is printed only if Ray did not have to SIGKILL the driver).
+    streamed = cancelled.streamed
     assert "stopping: the workers write a checkpoint first" in streamed, streamed[-3000:]
     assert "stopped early" in streamed and "resume with the same command" in streamed
     latest = jobdir.JobDir(str(jobs.storage), jobs.long).latest_checkpoint()
     assert latest is not None and latest.batch > 0 and latest.epoch < 5, latest
     assert st["latest_checkpoint"] == latest.uri
-    marker = Path(latest.uri) / jobdir.MARKER
-    print(f"\ncancel took {cancel_s:.1f} s; checkpoint complete {marker.stat().st_mtime - t0:.1f} s after it began")
+    print(f"\ncancel took {cancelled.seconds:.1f} s; checkpoint complete {cancelled.marker_s:.1f} s after it began")
 
     from mlflow.tracking import MlflowClient
 
@@ -395,7 +424,10 @@ def test_cancel_stops_the_driver_after_it_writes_a_checkpoint(ray_head: Head, jo
     assert code == 0 and "Cancelled" in err
 
 
-def test_generate_runs_on_the_cluster_from_the_trained_run(ray_head: Head, jobs: Jobs, tmp_path: Path) -> None:
+def test_generate_runs_on_the_cluster_from_the_trained_run(
+    ray_head: Head, jobs: Jobs, cancelled: Cancel, tmp_path: Path
+) -> None:
+    # ``cancelled``: the long job holds the head's CPUs until it is cancelled.
     from ganops.generate.writer import verify
 
     # The training job must have finished (and logged G) whichever tests ran before this one.
@@ -430,7 +462,9 @@ def test_a_failing_driver_reports_its_own_error(ray_head: Head, jobs: Jobs) -> N
     assert code == 0 and "Failed" in out and "spec.data.root" in out  # the wide table's MESSAGE
 
 
-def test_a_job_streams_a_pack_on_the_cluster(ray_head: Head, jobs: Jobs, mnist_root: Path, tmp_path: Path) -> None:
+def test_a_job_streams_a_pack_on_the_cluster(
+    ray_head: Head, jobs: Jobs, cancelled: Cancel, mnist_root: Path, tmp_path: Path
+) -> None:
     """Issue 16 on a Ray cluster: the driver on the head runs Ray Data's reads of the pack."""
     import numpy as np
     import torch
@@ -438,9 +472,7 @@ def test_a_job_streams_a_pack_on_the_cluster(ray_head: Head, jobs: Jobs, mnist_r
     pack = str(tmp_path / "pack")
     main(["data", "pack", "--quiet", pack, "--dataset", "mnist", "--root", str(mnist_root), "--split", "test",
           "--limit", "1024", "--shard-mb", "1"])  # fmt: skip
-    # The head's 2 CPUs fit one job: the long one goes first (cancelled already, unless
-    # this test runs alone; a second cancel changes nothing).
-    ganops(ray_head, "cancel", jobs.long)
+    # The head's 2 CPUs fit one job: the long one is cancelled first (``cancelled``).
     wait_for(ray_head, jobs.long, ("Succeeded", "Failed", "Cancelled"), timeout=300)
     name = "ray-shards"
     code, _, err = ganops(ray_head, "submit", SPEC, "--target", "ray", "-q", *_sets([
