@@ -1,14 +1,20 @@
-"""Training throughput: the ganops step against a plain PyTorch DCGAN loop, same process.
+"""Training throughput: the main job's step as configured against the plain float32 loop.
 
-Compared, on the same data, networks, initial weights, batch size and optimizer:
+Compared, on the same data, networks, initial weights, batch and optimizer, in one process:
 
-(A) ganops:  ``RankBatches`` (world 1) feeding ``GANStep(..., ddp=False).train_batch`` —
-    what each Ray Train worker runs per batch, minus DDP.
+(A) ganops:  ``RankBatches`` feeding ``GANStep(..., ddp=False).train_batch`` - what each Ray
+    Train worker runs per batch, minus DDP - exactly as the job configures it: its networks,
+    its per-worker batch (``batch_size / num_workers``), its precision as resolved on this
+    machine (``auto``: bf16 only where the CPU or GPU has bfloat16 units), its EMA.
 (B) plain:   the loop of pytorch/examples' ``dcgan/main.py`` (``tests/learning/plain.py``,
-    shared with the learning tests, in its textbook mode): a ``DataLoader`` over a
-    ``TensorDataset`` of float images in [-1, 1] (shuffle, drop_last, no worker processes)
-    and per batch D(real) backward, D(G(z).detach()) backward, D step, D(G(z)) backward,
-    G step, with BCE on logits (our D returns logits).
+    shared with the learning tests, in its textbook mode) in **float32**: a ``DataLoader`` over
+    a ``TensorDataset`` of float images in [-1, 1] (shuffle, drop_last, no worker processes)
+    and per batch D(real) backward, D(G(z).detach()) backward, D step, D(G(z)) backward, G step,
+    with BCE on logits (our D returns logits).
+
+A ratio well below 1 is a default that is slow on this machine: the shipped job asked for
+bf16, which runs emulated where the CPU has no bfloat16 units (issue 27: 16 img/s against
+~150 in float32 on a 2-core AVX2 CPU). The target is >= 0.95 on every machine.
 
 Both sides are timed in one process, interleaved: after a warm-up of each, every round
 times N steps of A and N steps of B in alternating chunks (``--chunk`` steps of one side,
@@ -17,20 +23,16 @@ noisy machine slows both alike. On CPU a chunk is one step by default: on a shar
 machine the load changes within seconds, and blocks of N steps per side gave per-round
 ratios anywhere from 0.4 to 2.6 on the same code. On CUDA a chunk is the whole round
 (N steps of A, then N of B), because the clock needs a device sync at each chunk's ends and
-a sync per step would add a host stall that real training does not have.
+a sync per step would add a host stall that real training does not have. The torch threads
+default to a worker's share of the CPUs (the CPUs / the job's workers), as Ray gives each.
 A step is fetching the batch plus one D and one G update.
 
 Reading the result: images/s per side per round, their medians, and the ratio
-ganops / plain (the median of the per-round ratios, robust to a noisy round).
-A ratio >= 1.0 means ganops trains at least as fast as the plain loop; below 1.0 it is
-slower (the script prints a note but always exits 0: this is a measurement, not a gate).
+ganops / plain (the median of the per-round ratios, robust to a noisy round). The script
+prints a note below the target but always exits 0: this is a measurement, not a gate.
 
-The plain loop is the textbook shape and knows nothing of the extras a spec may switch
-on (gradient penalty, d_steps > 1, EMA, clipping, label smoothing); with those the
-ratio compares different work, and the script says so.
-
-    .venv/bin/python bench/train_throughput.py                       # defaults: ~1.5 min on 2 idle CPUs
-    .venv/bin/python bench/train_throughput.py --set spec.train.batch_size=256 --rounds 7
+    .venv/bin/python bench/train_throughput.py                       # the main job, ~1 min on 2 idle CPUs
+    .venv/bin/python bench/train_throughput.py --set spec.train.precision=bf16   # what the old default did
     .venv/bin/python bench/train_throughput.py --steps 2 --rounds 1 --warmup 1   # smoke test
 """
 
@@ -54,6 +56,7 @@ from ganops import spec as gspec
 from ganops.errors import UserError
 from ganops.spec.models import GANJobSpec
 from ganops.train.batches import RankBatches
+from ganops.train.precision import describe as describe_device
 from ganops.train.step import GANStep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,15 +66,9 @@ from tests.learning.plain import PlainGAN  # noqa: E402 - needs the path above
 
 DEFAULT_JOB = REPO / "jobs" / "mnist_dcgan.yaml"
 MNIST = (REPO / ".." / "shared" / "datasets" / "mnist").resolve()
-# The official test split (10,000 images) is what the shared folder holds. Batch 128 is what
-# each of the job's 2 workers trains on (global 256 / 2), and keeps the default run near two
-# minutes on 2 CPU cores.
-DEFAULT_SETS = [
-    f"spec.data.root={MNIST}",
-    "spec.data.split=test",
-    "spec.data.download=false",
-    "spec.train.batch_size=128",
-]
+# The official test split (10,000 images) is what the shared folder holds.
+DEFAULT_SETS = [f"spec.data.root={MNIST}", "spec.data.split=test", "spec.data.download=false"]
+TARGET = 0.95
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="steps of one side before switching to the other (default: 1 on cpu, --steps on cuda)",
     )  # fmt: skip
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: a worker's share)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
     for flag in ("steps", "rounds", "threads"):
@@ -110,9 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- (A) ganops ----------------------------------------------------------------------
 
 
-def ganops_side(spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device) -> tuple[GANStep, Callable[[], None]]:
+def ganops_side(
+    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, batch: int
+) -> tuple[GANStep, Callable[[], None]]:
     step = GANStep(spec, ds.info.shape, ds.info.num_classes, device, ddp=False)
-    batches = RankBatches(ds.images, ds.labels, spec.train.batch_size, seed=spec.train.seed, device=device)
+    batches = RankBatches(ds.images, ds.labels, batch, seed=spec.train.seed, device=device)
 
     def stream() -> Iterator[tuple[Tensor, Tensor | None]]:
         epoch = 0
@@ -132,18 +131,21 @@ def ganops_side(spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device) 
 # --- (B) plain PyTorch, pytorch/examples dcgan style ---------------------------------
 
 
-def plain_side(spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep) -> Callable[[], None]:
+def plain_side(
+    spec: GANJobSpec, ds: gdata.ArrayDataset, device: torch.device, step: GANStep, batch: int
+) -> Callable[[], None]:
     # The loop itself is shared with the learning tests and bench/quality.py; textbook=True
-    # is pytorch/examples as it stands (BCE with hard labels, no clipping), whatever the spec.
+    # is pytorch/examples as it stands (BCE with hard labels, no clipping), whatever the spec,
+    # and in float32 whatever the spec's precision.
     num_classes = ds.info.num_classes if spec.model.conditional else None
     plain = PlainGAN(spec, ds.info.shape, num_classes, device, init=(step.g.state_dict(), step.d.state_dict()),
-                     textbook=True)  # fmt: skip
+                     textbook=True, precision="fp32")  # fmt: skip
     images = torch.from_numpy(gdata.to_unit_range(ds.images))
     # Unlabelled data gets dummy labels so the DataLoader yields the same (x, y) pairs.
     labels = torch.zeros(len(images), dtype=torch.long) if ds.labels is None else torch.from_numpy(ds.labels)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(images, labels),
-        batch_size=spec.train.batch_size, shuffle=True, drop_last=True, num_workers=0,
+        batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
     )  # fmt: skip
 
     def stream() -> Iterator[tuple[Tensor, Tensor]]:
@@ -193,20 +195,21 @@ def _not_compared(spec: GANJobSpec) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     job = gspec.load(args.job, DEFAULT_SETS + args.sets)
     spec = job.spec
+    workers = spec.scaling.num_workers
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // workers))
+    device = torch.device(args.device)
     ds = gdata.load(spec.data)
-    batch = spec.train.batch_size
+    batch = spec.train.batch_size // workers  # what each worker trains on per step
     chunk = args.chunk or (1 if device.type == "cpu" else args.steps)
     if batch > len(ds):
         # Both sides drop the last partial batch: an epoch would hold no batch at all.
-        raise UserError(f"spec.train.batch_size: {batch} is more than the {len(ds)} images")
+        raise UserError(f"spec.train.batch_size: {workers} workers x {batch} is more than the {len(ds)} images")
 
     torch.manual_seed(spec.train.seed)
-    step, run_ganops = ganops_side(spec, ds, device)
-    run_plain = plain_side(spec, ds, device, step)
+    step, run_ganops = ganops_side(spec, ds, device, batch)
+    run_plain = plain_side(spec, ds, device, step, batch)
     sides = {"ganops": run_ganops, "plain": run_plain}
 
     settings = {
@@ -215,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "images": len(ds),
         "image_shape": list(ds.info.shape),
         "batch": batch,
+        "workers": workers,
+        "precision": f"{spec.train.precision} -> {step.precision}",
+        "cpu": describe_device(torch.device("cpu")),
         "optimizer": spec.train.optimizer,
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "threads": torch.get_num_threads(),
@@ -226,9 +232,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(
         f"job {settings['job']} ({settings['arch']}, {settings['images']} images "
-        f"{'x'.join(map(str, ds.info.shape))}) | batch {batch} | {spec.train.optimizer} | "
+        f"{'x'.join(map(str, ds.info.shape))}) | batch {batch} per worker ({workers} workers) | "
+        f"precision {settings['precision']} (plain: fp32) | {spec.train.optimizer} | "
         f"device {settings['device']} | threads {settings['threads']} | torch {settings['torch']}"
     )
+    print(f"cpu: {settings['cpu']}")
     print(
         f"{args.rounds} rounds x {args.steps} steps per side in chunks of {chunk}, "
         f"after {args.warmup} warm-up steps each"
@@ -261,12 +269,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     med = {k: statistics.median(x[k] for x in rounds) for k in ("ganops", "plain", "ratio")}
     print(
-        f"ganops {med['ganops']:6.0f} img/s | plain {med['plain']:6.0f} img/s | ratio {med['ratio']:.2f}x "
-        f"(median of {args.rounds} rounds; target >= 1.0)"
+        f"ganops {med['ganops']:6.0f} img/s | plain fp32 {med['plain']:6.0f} img/s | ratio {med['ratio']:.2f}x "
+        f"(median of {args.rounds} rounds; target >= {TARGET})"
     )
-    if med["ratio"] < 1.0:
+    if med["ratio"] < TARGET:
         slower = (1 - med["ratio"]) * 100
-        print(f"note: ganops is {slower:.1f}% slower than the plain loop (below the 1.0 target)")
+        print(f"note: the job's step is {slower:.1f}% slower than the plain fp32 loop (below the {TARGET} target)")
 
     result = {"settings": settings, "not_compared": skipped, "rounds": rounds, "median": med}
     if args.json:

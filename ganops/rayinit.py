@@ -27,6 +27,11 @@ WORKER_ENV = (
 )  # fmt: skip
 
 
+def embedded_env() -> dict[str, str]:
+    """The settings an embedded Ray is started with (``init_ray`` sets the unset ones)."""
+    return {**_EMBEDDED_ENV, **_LOCAL_ONLY_ENV}
+
+
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
 

@@ -14,6 +14,7 @@ import pytest
 
 from ganops.spec.models import GANJob
 from tests.helpers import JOBS, REPO, MlflowServer
+from tests.runs import cgan_run, tracked_run, two_worker_run  # noqa: F401 - session fixtures
 
 MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 
@@ -31,7 +32,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--reverse", action="store_true", help="run the collected tests in reverse order")
 
 
+# What starts Ray, a server, the API server or a browser, and the tiers a test that asks for
+# one may be in (make test-fast runs none of them).
+SERVER_FIXTURES = {"ray_cluster", "s3_server", "mlflow_server", "kube_api", "browser", "ray_head", "bucket"}
+TIER_MARKERS = ("slow", "heavy", "gpu", "e2e")
+
+
+def _tier(item: pytest.Item) -> str | None:
+    return next((m for m in TIER_MARKERS if item.get_closest_marker(m)), None)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Every test that starts a server carries its tier's marker: else make test-fast would
+    # start it (as three tests of test_generate_bounded and the S3 tests once did, unmarked).
+    unmarked = [
+        f"{item.nodeid} (uses {', '.join(sorted(SERVER_FIXTURES & set(getattr(item, 'fixturenames', ()))))})"
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) and _tier(item) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that start Ray or a server need a tier marker (slow, heavy or gpu):\n  " + "\n  ".join(unmarked)
+        )
     # `pytest FILE --reverse`: a file's tests must pass in either order (no test may rely
     # on what an earlier one left behind).
     if config.getoption("--reverse"):
@@ -128,13 +150,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """A fresh, empty bucket per test (and the S3 server's variables for the test, also when
     it asks for the bucket lazily, after ``_environment`` has set the test's environment)."""
     import uuid
 
     import boto3
 
+    if _tier(request.node) is None:  # asked for lazily (getfixturevalue): not seen at collection
+        pytest.fail(f"{request.node.nodeid} starts the S3 server: mark it (or its parameter) slow")
     for key, value in SESSION_ENV["s3_server"].items():
         monkeypatch.setenv(key, value)
 
@@ -163,12 +187,22 @@ RAY_INIT: dict[str, Any] = {"address": "local", "num_cpus": 2, "include_dashboar
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server: str) -> Iterator[None]:
-    """One embedded Ray for the whole session (init costs ~10 s on 2 cores)."""
+    """One embedded Ray for the whole session (init costs ~10 s on 2 cores), started with the
+    settings ganops starts its own embedded Ray with (Ray Train's controller polling the
+    workers every 0.5 s instead of 2 s: each run's fit() returns ~2 s sooner)."""
     import ray
 
+    from ganops.rayinit import embedded_env
+
+    values = {k: v for k, v in embedded_env().items() if k not in os.environ}
+    os.environ.update(values)
+    SESSION_ENV["ray_cluster"] = values
     ray.init(**RAY_INIT)
     yield
     ray.shutdown()
+    del SESSION_ENV["ray_cluster"]
+    for k in values:
+        os.environ.pop(k, None)
 
 
 @pytest.fixture(autouse=True)

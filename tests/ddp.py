@@ -115,12 +115,3 @@ def train_many(jobs: dict[str, tuple[GANJob, Feed, int | None]], world: int, tmp
     payload = {name: (job.to_dict(), feed, classes) for name, (job, feed, classes) in jobs.items()}
     mp.start_processes(_rank_main, args=(world, free_port(), payload, out), nprocs=world, start_method="spawn")
     return [torch.load(f"{out}.rank{r}", weights_only=False) for r in range(world)]
-
-
-def train(job: GANJob, batches: list[torch.Tensor], zs: list[torch.Tensor], world: int, tmp: Path) -> dict[str, Any]:
-    """Train ``len(batches)`` iterations on ``world`` ranks; rank 0's nets and DDP reduction counts."""
-    feed = Feed(batches, None, zs, [torch.rand(b.size(0)) for b in batches])
-    (result,) = [r["job"] for r in train_many({"job": (job, feed, None)}, world, tmp)[:1]]
-    if "error" in result:
-        raise AssertionError(result["error"])
-    return result

@@ -25,7 +25,7 @@ from ganops.spec.models import DataSpec
 GANOPS = str(Path(sys.executable).with_name("ganops"))
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: the S3 server
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where packs go: a local directory, or a prefix in a fresh bucket of the session's S3 server."""
     if request.param == "local":

@@ -15,40 +15,28 @@ from ganops import jobdir
 from ganops.errors import UserError
 from ganops.generate.job import generate
 from ganops.generate.source import Source, load_discriminator, load_generator, resolve
-from ganops.tracking import embedded_store
-from tests.conftest import mnist_job, run
 from tests.helpers import generation, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _train(storage: Path, mnist_root: Path, job: str, *extra: str) -> tuple[str, str]:
-    result = run(
-        mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.data.limit=256", "spec.train.epochs=1",
-                  *extra, job=job)
-    )  # fmt: skip
-    return result.mlflow_run_id, embedded_store(str(storage))[0]
+@pytest.fixture(scope="module")
+def trained(two_worker_run) -> Source:
+    """The generator of the session's main run (tests/runs.py), registered as gen-test."""
+    return resolve(two_worker_run.tracking_uri, run_id=two_worker_run.run_id)
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Source:
-    storage = tmp_path_factory.mktemp("gen-train")
-    run_id, uri = _train(storage, mnist_root, "mnist_dcgan", "spec.tracking.register_as=gen-test")
-    return resolve(uri, run_id=run_id)
+def trained_cgan(cgan_run) -> Source:
+    return resolve(cgan_run.tracking_uri, run_id=cgan_run.run_id)
 
 
 @pytest.fixture(scope="module")
-def trained_cgan(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Source:
-    storage = tmp_path_factory.mktemp("gen-train-cgan")
-    run_id, uri = _train(storage, mnist_root, "mnist_cgan")
-    return resolve(uri, run_id=run_id)
-
-
-@pytest.fixture(scope="module")
-def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A run trained 2 epochs whose epoch-1 checkpoint is its best, and that checkpoint's G the
-    registered champion: recorded as the trainer records a new best (``best/``,
-    ``eval/best.json``, the run's tags, the version and its alias), with real functions.
+def champion(two_worker_run) -> dict:
+    """The session's main run (tests/runs.py) with its older kept checkpoint as its best, and
+    that checkpoint's G the registered champion: recorded as the trainer records a new best
+    (``best/``, ``eval/best.json``, the run's tags, the version and its alias), with real
+    functions. Other readers of the run read its final generator, which this leaves alone.
 
     No FID is computed (Inception is slow here): which epoch scores best would be chance,
     and the case that matters is a best that is not the latest checkpoint.
@@ -59,13 +47,11 @@ def champion(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempP
     from ganops.tracking import log_generator, promote_if_better
     from ganops.tracking import mlflow_client as _client
 
-    storage = tmp_path_factory.mktemp("gen-champion")
-    run_id, uri = _train(storage, mnist_root, "mnist_dcgan", "spec.train.epochs=2", "spec.checkpoint.keep=2",
-                         "spec.tracking.register_as=gen-champion")  # fmt: skip
+    storage, run_id, uri = two_worker_run.storage, two_worker_run.run_id, two_worker_run.tracking_uri
     final = resolve(uri, run_id=run_id)
     jd = jobdir.JobDir(str(storage), final.job.name)
     first, latest = jd.complete_checkpoints()[0], jd.latest_checkpoint()
-    assert latest is not None and (first.name, latest.name) == ("epoch_0001", "epoch_0002")
+    assert latest is not None and (first.name, latest.name) == ("epoch_0002", "epoch_0003")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(first.uri, tmp, dirs_exist_ok=True)
         best = jd.replace_best(tmp, first.name)

@@ -137,6 +137,7 @@ def test_best_of_holds_one_batch_of_candidates_not_every_candidate_of_the_shard(
 # --- the driver: nothing per shard ----------------------------------------------------------
 
 
+@pytest.mark.slow  # 2,200 images generated and written (~20 s: too long for make test-fast)
 @pytest.mark.timeout(300)
 def test_the_drivers_memory_does_not_grow_with_the_number_of_shards(
     logged: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -254,6 +255,7 @@ def _runs(source: Source) -> int:
         ({"workers": 1, "gpus_per_worker": 1}, "--gpus-per-worker", "need GPU 1 in all, but the Ray cluster has GPU 0"),
     ],
 )
+@pytest.mark.slow  # the session's Ray
 def test_workers_that_can_never_be_placed_fail_at_once_naming_the_flag_and_what_the_cluster_has(
     ray_cluster: None, logged: Source, tmp_path: Path, fields: dict, flag: str, what: str
 ) -> None:
@@ -269,6 +271,7 @@ def test_workers_that_can_never_be_placed_fail_at_once_naming_the_flag_and_what_
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # the session's Ray
 def test_workers_that_fit_are_reported_and_make_every_image_once(
     ray_cluster: None, logged: Source, tmp_path: Path
 ) -> None:

@@ -222,6 +222,7 @@ def test_a_z_file_may_carry_the_class_as_its_last_column_like_the_mlflow_model_i
     assert np.array_equal(got, x[:, :LATENT]) and labels.tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_z_file_is_read_from_s3(bucket: str) -> None:
     z = np.random.default_rng(3).standard_normal((3, LATENT)).astype(np.float32)
     buf = io.BytesIO()
@@ -428,7 +429,7 @@ def _png(out: storage.Location, name: str) -> Image.Image:
 
 
 @pytest.mark.parametrize("formats", [("png",), ("npz",), ("png", "npz")], ids=["png", "npz", "both"])
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: the S3 server
 def test_shards_manifest_and_verify_round_trip(
     where: str, formats: tuple[str, ...], g_cond: GeneratorExport, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -499,7 +500,7 @@ def test_rgb_images_are_written_as_rgb_pngs_with_exact_pixels() -> None:
         assert len(sha) == 64
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: the S3 server
 def test_worker_processes_threads_and_no_pool_write_the_same_files(
     where: str, g: GeneratorExport, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

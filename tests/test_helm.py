@@ -428,6 +428,7 @@ def test_bundled_mlflow_and_minio_are_wired_to_the_operator_and_each_other() -> 
     compile(c["command"][2], "buckets", "exec")  # the inline script is valid Python
 
 
+@pytest.mark.slow  # the S3 server
 def test_bucket_script_creates_missing_buckets_on_a_real_s3(s3_server: str) -> None:
     """The hook Job's script, run here against the session's S3 server (moto) instead of MinIO."""
     import subprocess

@@ -26,6 +26,7 @@ from ganops import run_note
 from ganops.run_note import Best, NoteFacts
 from ganops.tracking import scoped_tracking_uri
 from tests.conftest import mnist_job
+from tests.runs import TRACKED_MODEL
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 REGISTERED = "mnist-dcgan-ui"
@@ -153,23 +154,17 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def ui_run(ray_cluster: None, mlflow_server: str, mnist_root: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # fmt: skip
-    """One worker, two epochs, tracked on the session's MLflow server, its generator registered."""
+def ui_run(tracked_run: dict[str, Any]) -> dict[str, Any]:
+    """The session's tracked run (tests/runs.py: 2 workers, on the session's MLflow server, its
+    generator registered), as the UI shows it after its resume to 3 epochs."""
     from mlflow import MlflowClient
 
-    from ganops import client
-
-    storage = tmp_path_factory.mktemp("ui-runs")
-    job = mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.train.epochs=2",
-                    f"spec.tracking.uri={mlflow_server}", "spec.tracking.experiment=ui",
-                    f"spec.tracking.register_as={REGISTERED}")  # fmt: skip
-    result = client.submit(job, show_progress=False, echo=lambda _m: None)
-    mlflow = MlflowClient(mlflow_server)
+    result, uri = tracked_run["second"], tracked_run["uri"]
+    mlflow = MlflowClient(uri)
     run = mlflow.get_run(result.mlflow_run_id)
-    page = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    return {"result": result, "run": run, "uri": mlflow_server, "client": mlflow, "url": page,
-            "note": run.data.tags.get(run_note.NOTE_TAG, "")}  # fmt: skip
+    page = f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return {"result": result, "job": tracked_run["resumed_job"], "run": run, "uri": uri, "client": mlflow,
+            "url": page, "note": run.data.tags.get(run_note.NOTE_TAG, "")}  # fmt: skip
 
 
 def _keep(src: Path) -> None:
@@ -202,9 +197,10 @@ def test_the_run_logs_the_final_grid_the_gif_the_curves_and_a_model_with_a_signa
     assert info.signature is not None  # z in, images out: what serving and `ganops generate` rely on
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 100)
     assert tuple(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 28, 28)
-    versions = c.search_model_versions(f"name='{REGISTERED}'")
-    assert [v.run_id for v in versions] == [run.info.run_id]
-    assert f"registered as `{REGISTERED}` version {versions[0].version}" in ui_run["note"]
+    versions = c.search_model_versions(f"name='{TRACKED_MODEL}'")
+    assert {v.run_id for v in versions} == {run.info.run_id}  # one version per finished submit
+    latest = max(int(v.version) for v in versions)
+    assert f"registered as `{TRACKED_MODEL}` version {latest}" in ui_run["note"]
     assert run.data.tags[run_note.NETWORKS_TAG] in ui_run["note"]
 
 
@@ -250,7 +246,8 @@ def test_the_run_page_shows_the_description_a_loss_chart_and_the_sample_grid(
     codes = note.find_elements(By.CSS_SELECTOR, "pre code")
     assert codes, f"the description on the page shows no `ganops generate` command:\n{note.text}"
     assert codes[0].is_displayed() and codes[0].text.strip() == _generate_command(ui_run["note"])
-    assert "Epochs done 2 of 2 epochs" in note.text
+    epochs = ui_run["job"].spec.train.epochs
+    assert f"Epochs done {epochs} of {epochs} epochs" in note.text
     grid_png = Path(ui_run["client"].download_artifacts(run.info.run_id, run_note.GRID_ARTIFACT))
     width = Image.open(grid_png).width
 
@@ -280,4 +277,5 @@ def test_the_run_page_shows_the_description_a_loss_chart_and_the_sample_grid(
         _keep(tmp_path / "run-page-model-metrics.png")
     # A line through every logged point, not an empty chart.
     points = ui_run["client"].get_metric_history(run.info.run_id, "g_loss")
-    assert len(points) == 8 and path.count("L") == len(points) - 1, path
+    logged = ui_run["result"].step // ui_run["job"].spec.train.log_every_steps  # a point every log_every_steps
+    assert len(points) == logged and path.count("L") == len(points) - 1, path

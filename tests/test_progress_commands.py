@@ -18,8 +18,6 @@ import pytest
 from ganops.cli import main
 from ganops.generate.job import generate
 from ganops.generate.source import Source, resolve
-from ganops.tracking import embedded_store
-from tests.conftest import mnist_job, run
 from tests.helpers import REPO, generation
 from tests.test_evaluate import _random_inception_bytes
 
@@ -31,11 +29,9 @@ FINAL = re.compile(r"^(?P<label>[a-z ]+)  (?P<done>[\d,]+)/(?P<total>[\d,]+) ima
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Source:
-    storage = tmp_path_factory.mktemp("progress-train")
-    result = run(mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.data.limit=256",
-                           "spec.train.epochs=1"))  # fmt: skip
-    return resolve(embedded_store(str(storage))[0], run_id=result.mlflow_run_id)
+def trained(two_worker_run) -> Source:
+    """The generator of the session's main run (tests/runs.py)."""
+    return resolve(two_worker_run.tracking_uri, run_id=two_worker_run.run_id)
 
 
 def _lines(err: str, label: str) -> list[str]:

@@ -48,7 +48,7 @@ from tests.helpers import JOBS
 
 STEPS = 20
 WORLD = 2
-BATCH = 16  # global: 8 per rank
+BATCH = 8  # global: 4 per rank
 FP32_TOL = 1e-5
 # bf16 rounds every forward's products to 8 bits of mantissa: a float32 difference of 1e-7 in
 # an input can flip a rounding, which the next steps carry on. Measured between ganops and
@@ -58,7 +58,7 @@ BF16_TOL = 1e-2
 # mnist_dcgan's networks (28 px, BatchNorm in G) narrowed to run in milliseconds.
 BASE = [
     "spec.data.root=/unused", "spec.data.download=false",
-    "spec.model.g_widths=[16,8]", "spec.model.d_widths=[8,16]", "spec.model.kernel_size=3",
+    "spec.model.g_widths=[8,4]", "spec.model.d_widths=[4,8]", "spec.model.kernel_size=3",
     "spec.model.latent_dim=8", "spec.model.d_dropout=0", "spec.model.embed_dim=4",
     f"spec.train.batch_size={BATCH}", "spec.train.ema_decay=null", "spec.train.precision=fp32",
     f"spec.scaling.num_workers={WORLD}",
@@ -309,8 +309,11 @@ class PaperLoop:
         return {"g": g, "d": d, "g_ema": ema}
 
 
-def reference(case: Case, init: dict[str, dict[str, Tensor]]) -> PaperLoop:
-    parts = 1 if case.spec.scaling.sync_batchnorm else WORLD
+def reference(case: Case, init: dict[str, dict[str, Tensor]], parts: int | None = None) -> PaperLoop:
+    """The papers' loop on ``case`` from ``init``; ``parts``: how many shares BatchNorm
+    normalises apart (default: 1 with SyncBN, else one per rank)."""
+    if parts is None:
+        parts = 1 if case.spec.scaling.sync_batchnorm else WORLD
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)  # the ranks' setting: the same kernels, the same rounding
     torch.set_default_dtype(case.dtype)  # the nets in the feed's dtype, as on the ranks
@@ -354,6 +357,10 @@ def test_the_step_on_two_ddp_ranks_matches_the_papers_loop(variant: str, ddp_run
         assert "error" not in results[variant], f"rank {r}:\n{results[variant]['error']}"
     # One z per D step, and one interpolation weight per sample with a gradient penalty: all used.
     assert ranks[0][variant]["noise_left"] == (0, STEPS * (case.spec.train.loss != "wgan_gp"))
+    # One all-reduce (one bucket at these sizes) per D step and per G step; none for D's
+    # weights in the G step, where D runs frozen outside DDP.
+    d_steps = case.spec.train.d_steps
+    assert ranks[0][variant]["reductions"] == {"d": STEPS, "g": STEPS // d_steps}
     loop = reference(case, ranks[0][variant]["init"])
     tol = BF16_TOL if case.spec.train.precision == "bf16" else FP32_TOL
     for r, results in enumerate(ranks):
@@ -396,3 +403,14 @@ def test_the_reference_tells_the_variants_apart(ddp_runs) -> None:
     loop = reference(wrong, ranks[0]["hinge-none"]["init"])
     diffs = max_differences(ranks[0]["hinge-none"]["d"], loop.worker_state(0)["d"])
     assert max(diffs.values()) > 100 * FP32_TOL
+
+
+def test_sync_batchnorm_is_what_makes_two_ranks_train_the_global_batch(ddp_runs) -> None:
+    # The syncbn variant matches the loop that normalises the global batch as one share; it does
+    # not match per-rank shares, and plain BatchNorm on 2 ranks does not match the global batch:
+    # so the comparison sees the difference SyncBN makes (measured: ~1e-3 apart after 20 steps).
+    cases, ranks = ddp_runs
+    for name, parts in (("syncbn", WORLD), ("bce-batch", 1)):
+        loop = reference(cases[name], ranks[0][name]["init"], parts=parts)
+        diffs = max_differences(ranks[0][name]["d"], loop.worker_state(0)["d"])
+        assert max(diffs.values()) > 100 * FP32_TOL, (name, parts, max(diffs.values()))

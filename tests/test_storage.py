@@ -49,7 +49,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: the S3 server
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A storage root: a local directory, or a prefix in a fresh bucket."""
     if request.param == "local":
@@ -125,6 +125,7 @@ def test_check_writable_passes_and_leaves_no_probe_file(base: str) -> None:
 # --- check_writable fails fast, saying what to fix ---------------------------------------
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_missing_bucket_is_named_with_the_endpoint(s3_server: str) -> None:
     with pytest.raises(UserError) as e:
         storage.check_writable(storage.locate("s3://no-such-bucket-ganops/runs/job"))
@@ -135,6 +136,7 @@ def test_a_missing_bucket_is_named_with_the_endpoint(s3_server: str) -> None:
 
 
 @pytest.mark.parametrize("var", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+@pytest.mark.slow  # the S3 server
 def test_an_unreachable_endpoint_fails_within_seconds_naming_it(
     bucket: str, var: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +177,7 @@ def no_aws_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+@pytest.mark.slow  # the S3 server
 def test_missing_credentials_say_which_variables_to_set(
     bucket: str, no_aws_config: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,6 +191,7 @@ def test_missing_credentials_say_which_variables_to_set(
     )
 
 
+@pytest.mark.slow  # the S3 server
 def test_an_unknown_aws_profile_is_named(bucket: str, no_aws_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
     with pytest.raises(UserError) as e:
@@ -239,6 +243,7 @@ def use_keys(monkeypatch: pytest.MonkeyPatch, key_id: str, secret: str) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
 
 
+@pytest.mark.slow  # the S3 server
 def test_credentials_the_server_does_not_know_are_denied_without_leaking_the_secret(bucket: str) -> None:
     # The session's own keys (conftest's S3_SECRET) belong to no IAM user.
     uri = f"s3://{bucket}/runs/job"
@@ -247,6 +252,7 @@ def test_credentials_the_server_does_not_know_are_denied_without_leaking_the_sec
     assert message(e) == f"spec.storage: access to {uri} was denied; {DENIED_HINT}"
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_wrong_secret_is_denied_for_storage_and_for_data(
     bucket: str, iam_user: Callable[[list[str] | None], tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -264,6 +270,7 @@ def test_a_wrong_secret_is_denied_for_storage_and_for_data(
         )
 
 
+@pytest.mark.slow  # the S3 server
 def test_keys_without_a_policy_are_denied_and_keys_with_one_pass(
     bucket: str, iam_user: Callable[[list[str] | None], tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +285,7 @@ def test_keys_without_a_policy_are_denied_and_keys_with_one_pass(
         storage.check_writable(storage.locate(uri))  # the same check passes: enforcement is real
 
 
+@pytest.mark.slow  # the S3 server
 def test_keys_that_may_read_but_not_write_are_denied_at_the_write(
     bucket: str, iam_user: Callable[[list[str] | None], tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,6 +308,7 @@ def mnist_on_s3(bucket: str, mnist_root: Path) -> str:
     return f"s3://{bucket}/mnist"
 
 
+@pytest.mark.slow  # the S3 server
 def test_mnist_from_s3_loads_the_same_10000_digits_as_the_local_files(mnist_on_s3: str, mnist_root: Path) -> None:
     s3_spec = DataSpec(dataset="mnist", root=mnist_on_s3, split="test")
     assert data.probe(s3_spec).num_images == 10_000
@@ -310,6 +319,7 @@ def test_mnist_from_s3_loads_the_same_10000_digits_as_the_local_files(mnist_on_s
     np.testing.assert_array_equal(ds.labels, local.labels)
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_second_load_uses_the_cache_without_downloading(
     mnist_on_s3: str, bucket: str, cache: Path, gets: Callable[[str, str], int]
 ) -> None:
@@ -330,6 +340,7 @@ def test_a_second_load_uses_the_cache_without_downloading(
     ]
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_changed_dataset_on_s3_is_downloaded_again(
     bucket: str, tmp_path: Path, cache: Path, gets: Callable[[str, str], int]
 ) -> None:
@@ -358,6 +369,7 @@ def test_a_changed_dataset_on_s3_is_downloaded_again(
     assert sorted(p.name for p in local.parent.iterdir()) == ["digits", "digits.lock"]
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_changed_object_of_the_same_size_is_noticed(bucket: str) -> None:
     upload(bucket, "d", {"a.txt": b"one"})
     first = Path(local_root(f"s3://{bucket}/d"))
@@ -366,6 +378,7 @@ def test_a_changed_object_of_the_same_size_is_noticed(bucket: str) -> None:
     assert first == Path(local_root(f"s3://{bucket}/d/"))
 
 
+@pytest.mark.slow  # the S3 server
 def test_concurrent_callers_on_one_machine_download_once(
     mnist_on_s3: str, bucket: str, gets: Callable[[str, str], int]
 ) -> None:
@@ -393,6 +406,7 @@ def test_concurrent_callers_on_one_machine_download_once(
     assert data.probe(DataSpec(dataset="mnist", root=results[0], split="test")).num_images == 10_000
 
 
+@pytest.mark.slow  # the S3 server
 def test_an_empty_or_missing_prefix_is_a_user_error(bucket: str) -> None:
     upload(bucket, "mnist2", {"x": b"x"})  # a neighbour whose name starts the same
     boto3.client("s3").put_object(Bucket=bucket, Key="mnist/", Body=b"")  # a "folder" some tools create
@@ -404,6 +418,7 @@ def test_an_empty_or_missing_prefix_is_a_user_error(bucket: str) -> None:
         )
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_missing_bucket_as_data_root_names_spec_data_root(s3_server: str) -> None:
     with pytest.raises(UserError) as e:
         data.probe(DataSpec(dataset="mnist", root="s3://no-such-bucket-ganops/mnist", split="test"))
@@ -413,6 +428,7 @@ def test_a_missing_bucket_as_data_root_names_spec_data_root(s3_server: str) -> N
     )
 
 
+@pytest.mark.slow  # the S3 server
 def test_a_missing_split_on_s3_names_the_s3_location_not_the_cache(mnist_on_s3: str, cache: Path) -> None:
     with pytest.raises(UserError) as e:
         data.probe(DataSpec(dataset="mnist", root=mnist_on_s3, split="train"))

@@ -15,46 +15,17 @@ from ganops.errors import UserError
 from ganops.spec import dump
 from tests.conftest import S3_KEY_ID, S3_SECRET, mnist_job
 from tests.helpers import MlflowServer, free_port
+from tests.runs import TRACKED_MODEL, s3_keys
 
 pytestmark = pytest.mark.slow
 
-REGISTERED = "mnist-dcgan-tracked"
+REGISTERED = TRACKED_MODEL
 
 
-def _s3_keys(bucket: str, prefix: str = "") -> list[str]:
-    import boto3
-
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-@pytest.fixture(scope="module")
-def tracked(ray_cluster: None, mlflow_server: str, s3_server: str, mnist_root: Path):
-    """A 2-worker job with checkpoints and grids in S3, tracked on the MLflow server; then resumed."""
-    import boto3
-
-    from ganops import client
-
-    bucket = f"runs-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket=bucket)
-    for f in mnist_root.glob("t10k-*.gz"):  # the workers read MNIST from the bucket too
-        s3.upload_file(str(f), bucket, f"datasets/mnist/{f.name}")
-    overrides = (
-        "spec.scaling.num_workers=2", f"spec.tracking.uri={mlflow_server}", "spec.tracking.experiment=tracked",
-        f"spec.tracking.register_as={REGISTERED}", f"spec.data.root=s3://{bucket}/datasets/mnist",
-    )  # fmt: skip
-    first_log: list[str] = []
-    job = mnist_job(f"s3://{bucket}/team", mnist_root, *overrides, "spec.train.epochs=2")
-    first = client.submit(job, show_progress=False, echo=first_log.append)
-    keys_after_first = _s3_keys(bucket)
-    second_log: list[str] = []
-    resumed_job = mnist_job(f"s3://{bucket}/team", mnist_root, *overrides, "spec.train.epochs=3")
-    second = client.submit(resumed_job, show_progress=False, echo=second_log.append)
-    return {
-        "bucket": bucket, "job": job, "first": first, "second": second, "keys_after_first": keys_after_first,
-        "logs": first_log + second_log, "resumed_job": resumed_job,
-    }  # fmt: skip
+@pytest.fixture
+def tracked(tracked_run: dict) -> dict:
+    """The session's tracked run (tests/runs.py): 2 epochs, then resumed to 3."""
+    return tracked_run
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +94,7 @@ def test_sample_grids_are_images_keyed_by_step_and_the_gif_and_spec_are_artifact
     spec_text = Path(mlflow_client.download_artifacts(run_id, "spec.yaml")).read_text()
     assert spec_text == dump(tracked["resumed_job"])
     # The server proxies artifacts into the S3 bucket behind it.
-    assert any(run_id in k for k in _s3_keys("mlflow", "artifacts/"))
+    assert any(run_id in k for k in s3_keys("mlflow", "artifacts/"))
 
 
 def test_the_generator_is_a_loadable_mlflow_model_and_a_registered_version(

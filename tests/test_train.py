@@ -28,13 +28,6 @@ def load_state(ckpt_uri: str) -> dict:
     return torch.load(Path(ckpt_uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def two_worker_run(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    storage = tmp_path_factory.mktemp("two-workers")
-    job = mnist_job(storage, mnist_root, "spec.train.epochs=3", "spec.checkpoint.keep=2", "spec.scaling.num_workers=2")
-    return job, run(job)
-
-
 def test_two_workers_train_on_real_mnist_and_keep_the_newest_checkpoints(two_worker_run) -> None:
     job, result = two_worker_run
     jd = jobdir.JobDir(job.spec.storage, job.name)
@@ -131,16 +124,8 @@ def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(
         run(job)
 
 
-def test_conditional_grids_lay_classes_out_in_rows(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
-    job = mnist_job(
-        tmp_path,
-        mnist_root,
-        "spec.train.epochs=1",
-        "spec.scaling.num_workers=1",
-        "spec.samples.num=30",
-        job="mnist_cgan",
-    )
-    result = run(job)
+def test_conditional_grids_lay_classes_out_in_rows(cgan_run) -> None:
+    _, result = cgan_run  # 30 samples a grid
     grid = Image.open(Path(result.samples_uri) / "epoch_0001.png")
     assert grid.size == (3 * 30 + 2, 10 * 30 + 2)  # ten class rows of three samples
 
@@ -170,13 +155,33 @@ def uninterrupted(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.
     return _final_state(run(job))
 
 
-def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
-    uninterrupted: dict, mnist_root: Path, tmp_path: Path
+@pytest.fixture(scope="module")
+def two_timed_epochs(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uninterrupted run's first 2 epochs, with a checkpoint at every poll (a tiny
+    every_minutes: every 10 steps) and the names of the checkpoints it left. A job of its own:
+    ``test_a_job_extended_by_an_epoch...`` trains it on to a third epoch."""
+    storage = tmp_path_factory.mktemp("timed")
+    result = run(mnist_job(storage, mnist_root, *DETERMINISM, "spec.train.epochs=2",
+                           "spec.checkpoint.every_minutes=0.0001", "spec.checkpoint.keep=100"))  # fmt: skip
+    names = [c.name for c in jobdir.JobDir(str(storage), "mnist-dcgan").complete_checkpoints()]
+    return {"storage": storage, "result": result, "names": names}
+
+
+def test_timed_checkpoints_are_written_mid_epoch(two_timed_epochs: dict) -> None:
+    # every_minutes is checked at every poll (10 steps): a tiny interval saves at each one.
+    assert two_timed_epochs["names"] == ["epoch_0000_batch_00010", "epoch_0001", "epoch_0001_batch_00004",
+                                         "epoch_0001_batch_00014", "epoch_0002"]  # fmt: skip
+
+
+def test_a_job_extended_by_an_epoch_ends_with_the_same_weights_as_an_uninterrupted_one(
+    uninterrupted: dict, two_timed_epochs: dict, mnist_root: Path
 ) -> None:
-    first = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=1"))
-    assert first.epochs_done == 1
-    resumed = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=3"))
-    assert resumed.resumed_from.endswith("epoch_0001")
+    # A finished job submitted again with more epochs trains on from its last checkpoint; the
+    # timed checkpoints it wrote change nothing of the training.
+    assert two_timed_epochs["result"].epochs_done == 2
+    resumed = run(mnist_job(two_timed_epochs["storage"], mnist_root, *DETERMINISM, "spec.train.epochs=3",
+                            "spec.checkpoint.keep=100"))  # fmt: skip
+    assert resumed.resumed_from.endswith("epoch_0002")
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 
@@ -203,15 +208,6 @@ def test_a_run_resumed_from_a_mid_epoch_step_checkpoint_matches_an_uninterrupted
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 
-def test_timed_checkpoints_are_written_mid_epoch(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
-    # every_minutes is checked at every poll (10 steps): a tiny interval saves at each one.
-    run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=2", "spec.checkpoint.every_minutes=0.0001",
-                  "spec.checkpoint.keep=100"))  # fmt: skip
-    names = [c.name for c in jobdir.JobDir(str(tmp_path), "mnist-dcgan").complete_checkpoints()]
-    assert names == ["epoch_0000_batch_00010", "epoch_0001", "epoch_0001_batch_00004", "epoch_0001_batch_00014",
-                     "epoch_0002"]  # fmt: skip
-
-
 BATCHNORM_D = (
     "spec.scaling.num_workers=2", "spec.data.limit=1024", "spec.train.seed=7", "spec.model.d_norm=batch",
     "spec.scaling.sync_batchnorm=true",
@@ -219,20 +215,24 @@ BATCHNORM_D = (
 
 
 def test_a_batchnorm_discriminator_on_two_workers_resumes_exactly(
-    ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
 ) -> None:
     # BatchNorm's running statistics are state too, and with sync_batchnorm every forward is
-    # a collective: a resume must continue both exactly, on every rank.
-    straight = run(mnist_job(tmp_path_factory.mktemp("bn-straight"), mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
-    storage = tmp_path_factory.mktemp("bn-resumed")
-    assert run(mnist_job(storage, mnist_root, *BATCHNORM_D, "spec.train.epochs=1")).epochs_done == 1
-    resumed = run(mnist_job(storage, mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
+    # a collective: a resume must continue both exactly, on every rank. The run is stopped as
+    # a crash after epoch 1 would stop it: every later checkpoint gone.
+    straight = run(mnist_job(tmp_path, mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
+    a = _final_state(straight)
+    jd = jobdir.JobDir(str(tmp_path), "mnist-dcgan")
+    for c in jd.complete_checkpoints():
+        if c.epoch > 1:
+            shutil.rmtree(c.uri)
+    resumed = run(mnist_job(tmp_path, mnist_root, *BATCHNORM_D, "spec.train.epochs=3"))
     assert resumed.resumed_from.endswith("epoch_0001")
-    a, b = _final_state(straight), _final_state(resumed)
     assert any(k.endswith("running_var") for k in a["nets"]["d"])  # D really has BatchNorm
-    _assert_same_training_state(a, b)
+    _assert_same_training_state(a, _final_state(resumed))
 
 
+@pytest.mark.heavy  # a real process, really interrupted (make test-heavy)
 def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_one(
     uninterrupted: dict, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -279,6 +279,7 @@ def test_restart_moves_the_old_run_aside_and_starts_over(ray_cluster: None, mnis
     assert (old / jobdir.CHECKPOINTS / "epoch_0001" / jobdir.MARKER).exists()  # nothing lost
 
 
+@pytest.mark.heavy  # each option's step is exact on 2 DDP ranks in make test-fast (test_step_equivalence)
 def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
     # WGAN-GP's double backward through DDP, several D steps per G step, an EMA of G,
     # RMSprop with clipping and separate learning rates, on two real workers.

@@ -41,6 +41,7 @@ class PlainGAN:
         device: torch.device,
         init: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
         textbook: bool = False,
+        precision: str | None = None,
     ) -> None:
         t = spec.train
         if not textbook and t.d_steps != 1:
@@ -65,11 +66,11 @@ class PlainGAN:
             extra["betas"] = (t.betas[0], t.betas[1])
         self.optimizerG = opt(self.netG.parameters(), lr=t.lr_g, weight_decay=t.weight_decay, **extra)
         self.optimizerD = opt(self.netD.parameters(), lr=t.lr_d, weight_decay=t.weight_decay, **extra)
-        # What the spec's precision resolves to on this device (auto: bf16 only where native),
-        # so that the reference runs the arithmetic the ganops step runs.
+        # ``precision`` (fp32/bf16) when given, else what the spec's resolves to on this device
+        # (auto: bf16 only where native), so that the reference runs the ganops step's arithmetic.
         from ganops.train.precision import resolve
 
-        self.bf16 = resolve(getattr(t, "precision", "fp32"), device) == "bf16"
+        self.bf16 = (precision or resolve(getattr(t, "precision", "fp32"), device)) == "bf16"
 
     def _fwd(self, net: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
         """One forward pass, under bfloat16 autocast for a bf16 spec; float32 out."""
