@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
     for flag in ("steps", "rounds", "threads"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1")
     if args.chunk is not None and not 1 <= args.chunk <= args.steps:
         p.error("--chunk must be between 1 and --steps")

@@ -160,7 +160,8 @@ def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixt
     if _tier(request.node) is None:  # asked for lazily (getfixturevalue): not seen at collection
         pytest.fail(f"{request.node.nodeid} starts the S3 server: mark it (or its parameter) slow")
     for key, value in SESSION_ENV["s3_server"].items():
-        monkeypatch.setenv(key, value)
+        if key not in os.environ:  # taken out by _environment; a value the test set itself stays
+            monkeypatch.setenv(key, value)
 
     name = f"t-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)

@@ -56,13 +56,16 @@ def two_worker_run(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest
 
 @pytest.fixture(scope="session")
 def cgan_run(ray_cluster: None, mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """The conditional job (mnist_cgan), 1 worker, 1 epoch of 256 digits, grids of 30 samples
-    (3 per class). Read by test_train (grid rows) and test_generate (class-conditional images)."""
+    """The conditional job (mnist_cgan) with a hinge critic, 1 worker, 2 epochs of 256 digits
+    (4 steps each, far fewer than its log_every_steps of 50), grids of 30 samples (3 per
+    class). Read by test_train (grid rows), test_generate (class-conditional images) and
+    test_tracking (a short run's curves, a critic's raw scores)."""
     from tests.conftest import mnist_job, run
 
     storage = tmp_path_factory.mktemp("cgan")
-    job = mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.data.limit=256", "spec.train.epochs=1",
-                    "spec.samples.num=30", job="mnist_cgan")  # fmt: skip
+    job = mnist_job(storage, mnist_root, "spec.scaling.num_workers=1", "spec.data.limit=256", "spec.train.epochs=2",
+                    "spec.samples.num=30", "spec.train.loss=hinge", "spec.train.log_every_steps=50",
+                    job="mnist_cgan")  # fmt: skip
     return Trained(job, run(job))
 
 

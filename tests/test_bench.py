@@ -70,7 +70,7 @@ def test_train_throughput_flags_bf16_where_the_cpu_emulates_it(
     assert "slower than the plain fp32 loop (below the 0.95 target)" in printed
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # two fresh `ganops submit`-sized runs, each starting its own Ray (~1 min)
 def test_first_run_benchmark_times_both_runs_and_splits_the_ganops_one(
     mnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

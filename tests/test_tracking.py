@@ -54,7 +54,7 @@ def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_cl
     params, tags = run.data.params, run.data.tags
     assert params["train.lr"] == "0.0002" and params["model.arch"] == "dcgan" and params["data.dataset"] == "mnist"
     assert params["model.g_widths"] == "[256, 128, 64]"
-    assert tags["ganops.job"] == "mnist-dcgan" and tags["ganops.world_size"] == "2"
+    assert tags["ganops.job"] == "mnist-dcgan" and tags["ganops.world_size"] == "2" and tags["ganops.kind"] == "train"
     assert tags["ganops.dataset"] == "mnist" and tags["ganops.network"] == "dcgan" and tags["ganops.version"]
     for key in ("d_loss", "g_loss", "d_x", "d_g_z", "images_per_s", "lr_g", "lr_d"):
         history = mlflow_client.get_metric_history(run_id, key)
@@ -65,22 +65,16 @@ def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_cl
     assert {m.value for m in lr} == {2e-4}
 
 
-def test_a_short_run_still_has_curves_and_a_critic_reports_raw_scores(
-    ray_cluster: None, mlflow_server: str, mlflow_client, mnist_root: Path, tmp_path: Path
-) -> None:
-    from ganops import client
+def test_a_short_run_still_has_curves_and_a_critic_reports_raw_scores(cgan_run) -> None:
+    from mlflow import MlflowClient
 
-    # 448 images / 2 workers / 32 each = 7 steps an epoch, far fewer than log_every_steps.
-    job = mnist_job(
-        tmp_path, mnist_root, "spec.data.limit=448", "spec.train.log_every_steps=50", "spec.train.epochs=2",
-        "spec.train.loss=hinge", f"spec.tracking.uri={mlflow_server}", "spec.tracking.experiment=short",
-    )  # fmt: skip
-    result = client.submit(job, show_progress=False, echo=lambda _m: None)
-    run_id = result.mlflow_run_id
+    # The session's conditional run (tests/runs.py): 4 steps an epoch, far fewer than its
+    # log_every_steps (50), and a hinge critic. Each epoch's end still adds a point.
+    mlflow = MlflowClient(cgan_run.tracking_uri)
     for key in ("d_loss", "g_loss", "critic_real", "critic_fake", "images_per_s"):
-        assert [m.step for m in mlflow_client.get_metric_history(run_id, key)] == [7, 14], key
+        assert [m.step for m in mlflow.get_metric_history(cgan_run.run_id, key)] == [4, 8], key
     # A hinge critic's score is no log-odds: no sigmoid "probabilities" are logged for it.
-    assert mlflow_client.get_metric_history(run_id, "d_x") == []
+    assert mlflow.get_metric_history(cgan_run.run_id, "d_x") == []
 
 
 def test_sample_grids_are_images_keyed_by_step_and_the_gif_and_spec_are_artifacts(tracked, mlflow_client) -> None:
@@ -123,9 +117,10 @@ def test_a_resumed_job_continues_the_same_run(tracked, mlflow_client) -> None:
     assert second.resumed_from.endswith("epoch_0002") and second.epochs_done == 3
     assert second.mlflow_run_id == first.mlflow_run_id
     runs = mlflow_client.search_runs(
-        [mlflow_client.get_experiment_by_name("tracked").experiment_id], "tags.`ganops.job` = 'mnist-dcgan'"
+        [mlflow_client.get_experiment_by_name("tracked").experiment_id],
+        "tags.`ganops.job` = 'mnist-dcgan' and tags.`ganops.kind` = 'train'",
     )
-    assert len(runs) == 1  # never a duplicate run
+    assert len(runs) == 1  # never a duplicate training run (generate's runs beside it are kind generate)
     # The change of epochs is recorded (params are immutable in MLflow).
     assert runs[0].data.tags["ganops.resumed.train.epochs"] == "2 -> 3"
     assert any("continuing run" in line for line in tracked["logs"])

@@ -125,7 +125,7 @@ def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(
 
 
 def test_conditional_grids_lay_classes_out_in_rows(cgan_run) -> None:
-    _, result = cgan_run  # 30 samples a grid
+    _, result = cgan_run  # 30 samples a grid, 2 epochs
     grid = Image.open(Path(result.samples_uri) / "epoch_0001.png")
     assert grid.size == (3 * 30 + 2, 10 * 30 + 2)  # ten class rows of three samples
 
@@ -209,7 +209,7 @@ def test_a_run_resumed_from_a_mid_epoch_step_checkpoint_matches_an_uninterrupted
 
 
 BATCHNORM_D = (
-    "spec.scaling.num_workers=2", "spec.data.limit=1024", "spec.train.seed=7", "spec.model.d_norm=batch",
+    "spec.scaling.num_workers=2", "spec.data.limit=512", "spec.train.seed=7", "spec.model.d_norm=batch",
     "spec.scaling.sync_batchnorm=true",
 )  # fmt: skip
 
@@ -266,6 +266,28 @@ def test_ctrl_c_writes_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted
     assert latest is not None and latest.batch > 0 and latest.epoch < 3  # stopped mid-epoch
     resumed = run(mnist_job(tmp_path, mnist_root, *DETERMINISM, "spec.train.epochs=3"))
     assert resumed.resumed_from == latest.uri
+    _assert_same_training_state(uninterrupted, _final_state(resumed))
+
+
+def test_a_time_budget_stops_with_a_checkpoint_the_gif_and_the_generator_and_the_job_trains_on(
+    uninterrupted: dict, mnist_root: Path, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    sets = (*DETERMINISM, "spec.train.epochs=3")
+    lines: list[str] = []
+    # A budget spent at once: training stops at the first check, 10 steps in (16 an epoch).
+    job = mnist_job(tmp_path, mnist_root, *sets, "spec.train.max_minutes=0.0001")
+    result = client.submit(job, show_progress=False, echo=lines.append)
+    assert result.stopped_early and result.step == 10, lines
+    assert any("stopping at step 10: the time budget, spec.train.max_minutes=0.0001 is spent" in x for x in lines)
+    latest = jobdir.JobDir(str(tmp_path), job.name).latest_checkpoint()
+    assert latest is not None and (latest.epoch, latest.batch) == (0, 10) and result.gif_uri
+    run_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    assert run_.data.tags["ganops.model_uri"] and "max_minutes" in run_.data.tags["ganops.stopped"]
+    # The same job without the budget trains on from there, as if it had never stopped.
+    resumed = run(mnist_job(tmp_path, mnist_root, *sets))
+    assert resumed.resumed_from == latest.uri and resumed.epochs_done == 3
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 

@@ -244,6 +244,11 @@ class TrainSpec(_Strict):
     fid_patience: Annotated[int, Field(ge=1, le=1000)] = 3
     """Evaluations in a row with an FID worse than the best before the run counts as
     regressing (the `fid_regression` health signal)."""
+    max_minutes: Annotated[float, Field(gt=0, le=525600)] | None = None
+    """A time budget: stop after this many minutes of training in one submission (checked
+    every 10 steps, start-up not counted), as a stop_on signal stops: a checkpoint where it
+    stopped, the GIF and the generator logged. Submitting again trains on from there, with a
+    fresh budget. Unset: train to `epochs`."""
     stop_on: list[Literal["fid_regression", "d_overpowers_g"]] = Field(default_factory=list, max_length=2)
     """Health signals that end training early (a final checkpoint is written; with
     `checkpoint.keep_best: fid` the best one stays in best/): `fid_regression`,

@@ -220,6 +220,8 @@ def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
 def _tags(job: GANJob, world_size: int) -> dict[str, str]:
     spec = job.spec
     tags = {
+        # train; the runs of generate and evaluate say generate and evaluate: a filter finds each kind.
+        "ganops.kind": "train",
         "ganops.job": job.name,
         "ganops.version": __version__,
         "ganops.dataset": spec.data.dataset,

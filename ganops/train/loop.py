@@ -165,7 +165,7 @@ class Worker:
             best = self.eval.best  # the job's best so far (rank 0): regressions count from it
             if self.health is not None and best is not None:
                 self.health.seed_best(float(best["fid"]), int(best.get("step", 0)))
-        self._last_save = time.monotonic()
+        self._last_save = self._training_since = time.monotonic()
         stop = False
         t_log, steps_since_log = time.perf_counter(), 0
         while self.pos.epoch < spec.train.epochs and not stop:
@@ -276,12 +276,29 @@ class Worker:
             flags[0] = max(flags[0], float(self._stop_reason is not None))
             minutes = self.spec.checkpoint.every_minutes
             flags[1] = float(minutes is not None and time.monotonic() - self._last_save >= minutes * 60)
+            self._check_time_budget()
         bad = self.step.nonfinite()
         flags[2] = float(bool(bad))
         self.ranks.max_tensor(flags)
         if flags[2]:
             raise self.divergence.error(bad)
         return bool(flags[0]), bool(flags[1])
+
+    def _check_time_budget(self) -> None:
+        """Rank 0: past spec.train.max_minutes of training, stop as a stop_on signal stops."""
+        budget = self.spec.train.max_minutes
+        if budget is None or self._stop_reason is not None:
+            return
+        if time.monotonic() - self._training_since < budget * 60:
+            return
+        self._stop_reason = f"the time budget, spec.train.max_minutes={budget:g}"
+        if self.tracker is not None:
+            self.tracker.set_tag(STOPPED_TAG, self._stop_reason)
+        if self.control is not None:
+            self.control.note.remote(
+                f"stopping at step {self.pos.step}: {self._stop_reason} is spent (a checkpoint, the GIF and the "
+                "generator follow; submit again to train on)"
+            )
 
     def _roll_back(self, err: DivergedError) -> bool:
         """``on_divergence: rollback`` (every rank); False: the run must stop instead."""

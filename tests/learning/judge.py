@@ -36,6 +36,14 @@ from tests.learning.data import Digits, mnist, to_judged, unit
 SAMPLES = 1000
 MIN_SHARE = 0.05  # a class "is there" when it holds at least 5% of the samples
 
+# -- the bar (the learning tier's pass rule; tests/learning/fixtures.py says why) ----------
+# A generator passes when its samples are digit-like (FD below CEILING_FRACTION x the lowest
+# FD that noise or collapse scores), cover MIN_CLASSES classes, and (conditional) show the
+# class asked for in MIN_AGREEMENT of the samples.
+CEILING_FRACTION = 0.5
+MIN_CLASSES = 8
+MIN_AGREEMENT = 0.8
+
 
 def frechet(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), in float64."""
@@ -138,6 +146,24 @@ def sample(g: nn.Module, n: int = SAMPLES, seed: int = 0, eval_mode: bool = True
     return images.cpu(), y
 
 
+def ceiling_of(judge: Judge) -> float:
+    """The FD a generator must stay below: a fraction of the best that noise or collapse reaches."""
+    failed = [v.fd for name, v in judge.baselines().items() if not name.startswith("real")]
+    return CEILING_FRACTION * min(failed)
+
+
+def failures(v: Verdict, ceiling: float, conditional: bool = False) -> list[str]:
+    """Why ``v`` fails the bar; empty: it passes."""
+    out = []
+    if v.fd >= ceiling:
+        out.append(f"not digit-like (FD {v.fd:.1f} >= ceiling {ceiling:.1f})")
+    if v.classes < MIN_CLASSES:
+        out.append(f"too few classes ({v.classes} with >= 5% of the samples, want {MIN_CLASSES})")
+    if conditional and (v.agreement is None or v.agreement < MIN_AGREEMENT):
+        out.append(f"samples do not show the class asked for (agreement {v.agreement or 0:.0%})")
+    return out
+
+
 # --- command line ---------------------------------------------------------------------
 
 _SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "svhn": (3, 32, 32)}
@@ -190,6 +216,12 @@ def main(argv: list[str] | None = None) -> Verdict:
         print(f"agreement with the asked-for class: {v.agreement:.1%}")
     base = judge.baselines()
     print("for scale: " + " | ".join(f"{name} FD {b.fd:.1f}" for name, b in base.items()))
+    ceiling = ceiling_of(judge)
+    why = failures(v, ceiling, conditional=v.agreement is not None)
+    if why:
+        print(f"verdict: not yet digits of {MIN_CLASSES}+ classes: {'; '.join(why)}")
+    else:
+        print(f"verdict: digits of {v.classes} classes (FD {v.fd:.0f}, below the bar of {ceiling:.0f}): learned")
     return v
 
 
