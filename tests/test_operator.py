@@ -371,12 +371,25 @@ def cluster(kube_api: kube.KubeAPI, chart_docs: list[dict[str, Any]], mlflow_ser
         namespaces=watched, kubeconfig=str(kube_api.kubeconfig(token, NS, name="operator")),
         environ={**env, "GANOPS_OPERATOR_POLL_S": "1"},  # the MLflow poll, fast for the test
     )  # fmt: skip
+    # The running operator's shared state (what it remembers between polls), for the tests
+    # that check it stays bounded: its handlers get it from op._context as it is built.
+    contexts: list[op._Context] = []
+    real_context = op._context
+
+    def kept(cfg: op.OperatorConfig) -> op._Context:
+        contexts.append(real_context(cfg))
+        return contexts[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(op, "_context", kept)
+        operator = op.InProcess(config)
+    (ctx,) = contexts
     log = KopfLog()
     for name in OPERATOR_LOGGERS:
         logging.getLogger(name).addHandler(log)
     try:
-        with helm.applied(kube_api, rbac), op.InProcess(config):
-            yield {"log": log, "env": env}
+        with helm.applied(kube_api, rbac), operator:
+            yield {"log": log, "env": env, "ctx": ctx}
     finally:
         for name in OPERATOR_LOGGERS:
             logging.getLogger(name).removeHandler(log)
@@ -693,6 +706,39 @@ def test_mlflow_run_and_checkpoint_reach_the_status(cluster: dict, admin: Any, c
 
 
 @slow
+def test_the_operator_forgets_a_finished_job_once_it_is_deleted(
+    cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator remembers which finished GANJobs have had their last MLflow poll; a
+    deleted one must leave that memory, else it grows with every job over the operator's life."""
+    settled: set[str] = cluster["ctx"].settled
+
+    def finished(name: str) -> str:
+        """A job taken to its end as KubeRay reports it, once the poller has settled it: its uid."""
+        submitted(admin, name, capsys)
+        uid = ganjob(admin, name)["metadata"]["uid"]
+        kuberay_sets(admin, name, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
+        wait_phase(admin, name, "Succeeded")
+        wait_for(f"{name}'s last MLflow poll", lambda: uid in settled)
+        return uid
+
+    gone, canary = unique("gone"), unique("canary")
+    try:
+        uid = finished(gone)
+        _delete_job_and_rayjob(admin, gone, ns=NS)
+        # The canary finishes after the deletion: once it is settled, a poll has listed the
+        # jobs since the deletion (the poller's own, every second), and had its chance to forget.
+        finished(canary)
+        remembered = set(settled)
+        live = {o["metadata"]["uid"] for o in admin.list_namespaced_custom_object(G, V, NS, "ganjobs")["items"]}
+        assert uid not in remembered, "a deleted GANJob is still remembered as settled"
+        assert remembered <= live, remembered - live
+    finally:
+        for name in (gone, canary):
+            _delete_job_and_rayjob(admin, name, ns=NS)
+
+
+@slow
 def test_unwatched_namespace_is_left_alone(cluster: dict, admin: Any, capsys: pytest.CaptureFixture[str]) -> None:
     elsewhere, canary = unique("elsewhere"), unique("canary")
     body = {"apiVersion": f"{G}/{V}", "kind": "GANJob", "metadata": {"name": elsewhere, "namespace": OTHER},
@@ -794,11 +840,11 @@ def _fake_ganjob(name: str) -> dict[str, Any]:
             "spec": {"data": {"dataset": "fake"}, "storage": "s3://runs/x"}}  # fmt: skip
 
 
-def _delete_job_and_rayjob(admin: Any, name: str) -> None:
+def _delete_job_and_rayjob(admin: Any, name: str, ns: str = OTHER) -> None:
     """No garbage collector runs here: remove the RayJob as well as its owner (either may be gone)."""
     for group, version, plural in ((G, V, "ganjobs"), ("ray.io", "v1", "rayjobs")):
         try:
-            admin.delete_namespaced_custom_object(group, version, OTHER, plural, name)
+            admin.delete_namespaced_custom_object(group, version, ns, plural, name)
         except Exception as e:  # noqa: BLE001 - not created (a test that failed early), or deleted already
             assert getattr(e, "status", None) == 404, e
 

@@ -169,6 +169,26 @@ def test_an_unwritable_local_directory_is_named(tmp_path: Path) -> None:
     assert msg.endswith("use a writable location or fix spec.storage")
 
 
+def test_a_failed_local_checkpoint_write_names_the_directory_and_no_s3_retries(tmp_path: Path) -> None:
+    # A checkpoint as checkpoints.py uploads it: its files, the marker last.
+    local = tmp_path / "epoch_0001"
+    local.mkdir()
+    (local / "state.pt").write_bytes(b"state")
+    (local / "marker.json").write_text("{}")
+    # A destination below a regular file: the write fails even for root, on the local disk.
+    (tmp_path / "a-file").write_text("")
+    dest = tmp_path / "a-file" / "checkpoints" / "epoch_0001"
+    loc = storage.locate(str(dest))
+    with pytest.raises(OSError) as e:
+        storage.replace_dir_from_local(str(local), loc.fs, loc.path, last="marker.json")
+    msg = str(e.value)
+    # A local disk error is not retried: naming S3's retry count would send the reader to
+    # look for a flaky S3 server that is not there.
+    assert msg.startswith(f"could not write {dest}: "), msg
+    assert "Not a directory" in msg  # and why: the OS's reason
+    assert "each request tried" not in msg and "s3://" not in msg, msg
+
+
 @pytest.fixture
 def no_aws_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing but the environment provides credentials (no files, no instance metadata)."""
