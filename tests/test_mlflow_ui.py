@@ -88,7 +88,7 @@ def test_a_starting_run_says_what_trains_and_when_the_rest_appears(mnist_root: P
                    gif_artifact=None, networks=run_note.describe_networks(job))  # fmt: skip
     note = run_note.render(facts)
     assert note.startswith("### mnist-dcgan: training, 2/5 epochs\n")
-    assert "**Networks** dcgan, z 100, G 256→128→64, D 64→128" in note
+    assert "**Networks** dcgan, z 100, G 128→64→32, D 32→64" in note
     assert "appear here when training ends" in note and "--run-id" not in note and "![" not in note
 
 

@@ -50,7 +50,8 @@ def test_jobs_carry_the_seed_tutorial_settings() -> None:
     assert (mnist.model.arch, mnist.model.latent_dim) == ("dcgan", 100)
     # The DCGAN paper's optimizer and pytorch/examples' batch (see the job file for why).
     assert (mnist.train.lr, mnist.train.betas, mnist.train.batch_size) == (2e-4, (0.5, 0.999), 64)
-    assert mnist.model.g_widths == [256, 128, 64] and mnist.model.d_dropout == 0.3
+    # Half the tutorial's widths and the DCGAN paper's D (BatchNorm, no dropout): see the job file.
+    assert mnist.model.g_widths == [128, 64, 32] and mnist.model.d_norm == "batch" and mnist.model.d_dropout == 0
     cifar = load(JOBS / "cifar_dcgan.yaml").spec
     assert cifar.train.label_smoothing == 0.1 and cifar.model.g_widths == [512, 256, 128]
     assert cifar.model.d_norm == "batch" and cifar.model.g_activation == "relu"

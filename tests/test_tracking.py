@@ -53,7 +53,7 @@ def test_one_mlflow_run_holds_params_tags_and_metrics_by_step(tracked, mlflow_cl
     assert run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
     assert params["train.lr"] == "0.0002" and params["model.arch"] == "dcgan" and params["data.dataset"] == "mnist"
-    assert params["model.g_widths"] == "[256, 128, 64]"
+    assert params["model.g_widths"] == "[128, 64, 32]"
     assert tags["ganops.job"] == "mnist-dcgan" and tags["ganops.world_size"] == "2" and tags["ganops.kind"] == "train"
     assert tags["ganops.dataset"] == "mnist" and tags["ganops.network"] == "dcgan" and tags["ganops.version"]
     for key in ("d_loss", "g_loss", "d_x", "d_g_z", "images_per_s", "lr_g", "lr_d"):

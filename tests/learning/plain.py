@@ -20,6 +20,7 @@ with the same arithmetic.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import torch
@@ -46,8 +47,9 @@ class PlainGAN:
         t = spec.train
         if not textbook and t.d_steps != 1:
             raise ValueError("the plain loop does one D step per G step")
-        # ``t.ema_decay`` is not followed: the plain loop samples its raw G, as pytorch/examples
-        # does; an EMA changes what G is sampled, not how it trains.
+        # ``t.ema_decay`` (not in textbook mode): an exponential moving average of G's weights
+        # after each G step (Yazici et al. 2019), with G's BatchNorm statistics; ``sampler`` is
+        # then that average, as the ganops step's is, so both sides are judged on what they draw.
         self.spec, self.device, self.textbook = spec, device, textbook
         self.loss = "bce" if textbook else t.loss
         self.num_classes = num_classes if spec.model.conditional else None
@@ -57,6 +59,8 @@ class PlainGAN:
         if init is not None:  # identical starting weights to the side it is compared with
             self.netG.load_state_dict(init[0])
             self.netD.load_state_dict(init[1])
+        self.ema_decay = None if textbook else t.ema_decay
+        self.netG_ema = copy.deepcopy(self.netG).requires_grad_(False) if self.ema_decay is not None else None
         opt: Any = torch.optim.RMSprop if t.optimizer == "rmsprop" else torch.optim.Adam
         # eps and rmsprop_alpha are newer spec fields: PyTorch's defaults where a spec lacks them.
         extra: dict[str, Any] = {"eps": getattr(t, "eps", 1e-8)}
@@ -146,3 +150,15 @@ class PlainGAN:
         errG.backward()
         self._clip(netG)
         self.optimizerG.step()
+        if self.netG_ema is not None:
+            beta = self.ema_decay
+            with torch.no_grad():  # theta' <- beta theta' + (1 - beta) theta; statistics copied
+                for p_ema, p in zip(self.netG_ema.parameters(), netG.parameters(), strict=True):
+                    p_ema.mul_(beta).add_(p, alpha=1 - beta)
+                for b_ema, b in zip(self.netG_ema.buffers(), netG.buffers(), strict=True):
+                    b_ema.copy_(b)
+
+    @property
+    def sampler(self) -> nn.Module:
+        """What to draw samples from: the EMA of G when the spec keeps one, else G."""
+        return self.netG_ema if self.netG_ema is not None else self.netG

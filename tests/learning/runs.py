@@ -93,4 +93,4 @@ def train_pair(job_spec, steps: int, seed: int = 0, plain: bool = True, device: 
             ref.train_batch(real, y)
         secs["ganops"] += t1 - t0
         secs["plain"] += time.perf_counter() - t1
-    return Pair(step.sampler, ref.netG if ref is not None else None, steps, secs)
+    return Pair(step.sampler, ref.sampler if ref is not None else None, steps, secs)
