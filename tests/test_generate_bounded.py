@@ -201,6 +201,8 @@ def test_limits_whatever_the_model_are_refused_before_anything_is_looked_up(
     assert not (tmp_path / "out").exists()
 
 
+# slow: logging the model to MLflow (~9 s) and a ganops process per flag (~4 s each).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
