@@ -51,8 +51,9 @@ def checkpoint_name(epoch: int, batch: int = 0) -> str:
     return f"epoch_{epoch:04d}" if batch == 0 else f"epoch_{epoch:04d}_batch_{batch:05d}"
 
 
-def sample_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.png"
+def sample_name(epoch: int, batch: int = 0) -> str:
+    """Named as the checkpoint of the same point, so names sort in training order."""
+    return f"{checkpoint_name(epoch, batch)}.png"
 
 
 def eval_record_name(step: int) -> str:
@@ -140,7 +141,8 @@ class JobDir:
         return done[-1] if done else None
 
     def sample_grids(self) -> list[str]:
-        return [n for n in storage.list_dir(self.samples) if re.match(r"^epoch_\d+\.png$", n)]
+        """Per-epoch grids and the grid of a mid-epoch stop (spec.train.stop_on, max_minutes), in training order."""
+        return [n for n in storage.list_dir(self.samples) if re.match(r"^epoch_\d+(_batch_\d+)?\.png$", n)]
 
     def restart_token(self) -> str | None:
         """The token of the --restart that began this run (``submit --restart-token``)."""

@@ -71,6 +71,7 @@ class NoteFacts:
     registered_version: str | None = None
     grid_artifact: str | None = None
     grid_epoch: int | None = None
+    grid_batch: int | None = None  # set: the grid is of a stop this many batches into epoch grid_epoch + 1
     gif_artifact: str | None = None
     storage_flag: str | None = None
     """``--storage ROOT`` when the run lives in the embedded store of that root, else None."""
@@ -179,7 +180,12 @@ def render(facts: NoteFacts) -> str:
         lines.append(model)
     lines.append("")
     if facts.grid_artifact:
-        epoch = f"after epoch {facts.grid_epoch}" if facts.grid_epoch is not None else "so far"
+        if facts.grid_epoch is None:
+            epoch = "so far"
+        elif facts.grid_batch:
+            epoch = f"where training stopped (epoch {facts.grid_epoch + 1}, batch {facts.grid_batch})"
+        else:
+            epoch = f"after epoch {facts.grid_epoch}"
         gif = f"; [training GIF]({artifact_url(facts.run_id, facts.gif_artifact)})" if facts.gif_artifact else ""
         lines += [
             f"**Samples {epoch}** (the same fixed noise every epoch{gif})",
@@ -223,7 +229,7 @@ def collect(ref: tracking.RunRef, job: GANJob, jd: jobdir.JobDir, info: ImageInf
     as ``GRID_ARTIFACT`` on the way (the note shows it), unless the run is just starting."""
     tags: dict[str, str] = {}
     artifacts: set[str] = set()
-    grid_epoch = None
+    grid_epoch = grid_batch = None
     if status != "RUNNING":
         tags = tracking.run_tags(ref)
         grids = jd.sample_grids()  # epoch_0004.png, ... in order
@@ -231,6 +237,8 @@ def collect(ref: tracking.RunRef, job: GANJob, jd: jobdir.JobDir, info: ImageInf
             png = storage.read_bytes(jd.samples.child(grids[-1]))
             tracking.log_artifact_bytes(ref, png, GRID_ARTIFACT)
             grid_epoch = int(grids[-1].split("_")[1].split(".")[0])
+            if "_batch_" in grids[-1]:  # a mid-epoch stop's grid: N epochs and some batches done
+                grid_batch = int(grids[-1].rsplit("_", 1)[1].split(".")[0])
         artifacts = set(tracking.list_artifacts(ref, jobdir.SAMPLES))
     latest = jd.latest_checkpoint()
     embedded = ref.tracking_uri == tracking.embedded_store(job.spec.storage)[0]
@@ -252,6 +260,7 @@ def collect(ref: tracking.RunRef, job: GANJob, jd: jobdir.JobDir, info: ImageInf
         registered_version=tags.get(tracking.REGISTERED_TAG),
         grid_artifact=GRID_ARTIFACT if GRID_ARTIFACT in artifacts else None,
         grid_epoch=grid_epoch,
+        grid_batch=grid_batch,
         gif_artifact=GIF_ARTIFACT if GIF_ARTIFACT in artifacts else None,
         storage_flag=storage.resolve(job.spec.storage) if embedded else None,
     )

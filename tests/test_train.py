@@ -283,6 +283,8 @@ def test_a_time_budget_stops_with_a_checkpoint_the_gif_and_the_generator_and_the
     assert any("stopping at step 10: the time budget, spec.train.max_minutes=0.0001 is spent" in x for x in lines)
     latest = jobdir.JobDir(str(tmp_path), job.name).latest_checkpoint()
     assert latest is not None and (latest.epoch, latest.batch) == (0, 10) and result.gif_uri
+    # The GIF ends on a grid of where training stopped (no epoch had ended).
+    assert jobdir.JobDir(str(tmp_path), job.name).sample_grids() == [jobdir.sample_name(0, 10)]
     run_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result.mlflow_run_id)
     assert run_.data.tags["ganops.model_uri"] and "max_minutes" in run_.data.tags["ganops.stopped"]
     # The same job without the budget trains on from there, as if it had never stopped.

@@ -223,6 +223,8 @@ class Worker:
         # A run that a health signal stopped (spec.train.stop_on) is finished: GIF and model as
         # at the last epoch. One stopped by Ctrl-C is to be resumed.
         finished = not stop or self._stop_reason is not None
+        if self.ranks.is_chief and stop and finished and self.pos.batch:
+            self._write_grid(self.pos.epoch, self.pos.batch)  # the GIF's last frame: where it stopped
         if self.ranks.is_chief and spec.samples.gif and finished:
             self._write_gif()
             mark("rank0.gif")
@@ -271,12 +273,12 @@ class Worker:
         timed checkpoint due (rank 0 decides both), has any rank's loss gone non-finite."""
         flags = torch.zeros(3, device=self.ranks.device)
         if self.ranks.is_chief:
+            self._check_time_budget()  # first: a budget spent by now stops at this very poll
             if self.control is not None:
                 flags[0] = float(ray.get(self.control.stop_requested.remote()))
             flags[0] = max(flags[0], float(self._stop_reason is not None))
             minutes = self.spec.checkpoint.every_minutes
             flags[1] = float(minutes is not None and time.monotonic() - self._last_save >= minutes * 60)
-            self._check_time_budget()
         bad = self.step.nonfinite()
         flags[2] = float(bool(bad))
         self.ranks.max_tensor(flags)
@@ -414,7 +416,7 @@ class Worker:
 
     # -- outputs (rank 0) -------------------------------------------------------------
     @torch.no_grad()
-    def _write_grid(self, epoch: int) -> None:
+    def _write_grid(self, epoch: int, batch: int = 0) -> None:
         net = self.step.sampler
         was_training = net.training
         net.eval()
@@ -423,7 +425,7 @@ class Worker:
         net.train(was_training)
         tile = images.grid(images.to_uint8(imgs), ncols=self.noise.cols)
         png = images.png_bytes(tile)
-        storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch)), png)
+        storage.write_bytes(self.jobdir.samples.child(jobdir.sample_name(epoch, batch)), png)
         if self.tracker is not None:
             # Keyed by step, so the MLflow UI's step slider walks through training.
             self.tracker.log_image(png, "samples", self.pos.step)
