@@ -81,7 +81,7 @@ lint: $(STAMP)
 # End to end on a real one-node Kubernetes cluster on this machine (cluster/local/up.sh; as
 # root): the GANJob tests on a cluster of their own, then the cluster alone (up, a ganops pod
 # reaches S3 and MLflow, down, and the host is as before). Builds the Kubernetes binaries and
-# the ganops image once (cached in ~/.cache); see the README for the times.
+# the ganops image once (cached in ~/.cache); see docs/development.md, "CI", for the times.
 e2e: $(STAMP)
 	GANOPS_E2E=1 $(PY) -m pytest -p no:cacheprovider -s tests/e2e
 

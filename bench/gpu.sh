@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (see README "Performance" -> GPU): training, generation and
+# One call on a lent GPU machine (see docs/performance.md, "On a GPU"): training, generation and
 # Inception throughput on CUDA. The machine has its own torch and no internet: pydantic's
 # wheels travel in .whl/, MNIST's test split in .gpudata/ (both git-ignored, carried).
 #   run(command="bash bench/gpu.sh", carry=[".whl", ".gpudata"])
