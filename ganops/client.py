@@ -109,9 +109,11 @@ def preflight(job: GANJob) -> gdata.ImageInfo:
 
 
 def preflight_eval_weights(job: GANJob, *, address: str | None, echo: Callable[[str], None] = print) -> None:
-    """With evaluation on and no ``spec.eval.inception_weights``: make sure the workers can fetch them.
+    """With evaluation on: the weights the workers will load are there, and the pinned ones.
 
-    Here, on the driver, so that an offline machine fails before any worker starts, with
+    With ``spec.eval.inception_weights`` and no ``address``, the file is read and its sha256
+    checked here, before any worker starts. Without it, the pinned file is made sure of here,
+    on the driver, so that an offline machine fails before any worker starts, with
     the file to put where. Without ``address`` every worker runs on this machine: download
     now, into the cache they will read (under its lock, once). With ``address`` (a cluster
     joined, the remote driver of ``--target ray``/``k8s``) the workers may be on other
@@ -121,7 +123,14 @@ def preflight_eval_weights(job: GANJob, *, address: str | None, echo: Callable[[
     ``validate`` and ``--dry-run`` must not download 90 MB.
     """
     ev = job.spec.eval
-    if ev.every_epochs is None or ev.inception_weights:
+    if ev.every_epochs is None:
+        return
+    if ev.inception_weights:
+        if not address:  # the workers will read this very file: check its sha256 before any starts
+            from ganops.evaluate.weights import SHA_FIELD, WEIGHTS_FIELD, read_weights
+
+            read_weights(ev.inception_weights, ev.inception_sha256, field=f"spec.{WEIGHTS_FIELD}",
+                         sha_field=f"spec.{SHA_FIELD}")  # fmt: skip
         return
     from ganops.evaluate import fetch
 

@@ -342,9 +342,25 @@ def max_differences(ours: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str
 # -- the runs: every variant on 2 ranks, once per module ---------------------------------------
 
 
+def _selected_variants(request: pytest.FixtureRequest) -> list[str]:
+    """The variants this session's selected tests of this file ask for: all of them unless only
+    some parametrized variants were selected (``pytest FILE::test…[hinge-none]``, the mutants)."""
+    wanted: set[str] = set()
+    for item in request.session.items:
+        if getattr(item, "module", None) is not request.module:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or "variant" not in callspec.params:
+            return list(VARIANTS)  # a test over every variant
+        wanted.add(callspec.params["variant"])
+    return [v for v in VARIANTS if v in wanted] or list(VARIANTS)
+
+
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Case], list[dict[str, Any]]]]:
-    cases = {name: make_case(name) for name in VARIANTS}
+def ddp_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, Case], list[dict[str, Any]]]]:
+    cases = {name: make_case(name) for name in _selected_variants(request)}
     jobs = {name: (load(name), c.feed, c.classes) for name, c in cases.items()}
     yield cases, train_many(jobs, WORLD, tmp_path_factory.mktemp("ddp"))
 

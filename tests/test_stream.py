@@ -133,6 +133,7 @@ def test_a_job_trains_from_a_pack_on_s3_and_a_killed_worker_resumes_mid_epoch_ex
     assert popcount(mid["stream"]["seen"].numpy()) == names[resumed_from].batch * 64
 
 
+@pytest.mark.heavy  # a memory bound, measured on a real worker (make test ≤ 15 min)
 def test_a_worker_holds_batches_not_the_pack(ray_cluster: None, local_pack: str) -> None:
     """The reader's memory does not grow with the images streamed (a crude bound here; the
     benchmark measures peak RSS for 10k- and 100k-image packs)."""

@@ -110,6 +110,7 @@ def test_workers_that_cannot_fit_the_cluster_fail_at_once(ray_cluster: None, mni
     assert time.time() - t0 < 30
 
 
+@pytest.mark.heavy  # an error path that costs a worker group's start (make test ≤ 15 min)
 def test_a_truncated_dataset_found_by_a_worker_is_a_user_error(
     ray_cluster: None, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -185,6 +186,7 @@ def test_a_job_extended_by_an_epoch_ends_with_the_same_weights_as_an_uninterrupt
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 
+@pytest.mark.heavy  # make test resumes mid-epoch exactly in the time-budget test; this one adds every_steps
 def test_a_run_resumed_from_a_mid_epoch_step_checkpoint_matches_an_uninterrupted_one(
     uninterrupted: dict, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -214,6 +216,7 @@ BATCHNORM_D = (
 )  # fmt: skip
 
 
+@pytest.mark.heavy  # two 3-epoch runs; SyncBN's step is exact on 2 ranks in make test-fast
 def test_a_batchnorm_discriminator_on_two_workers_resumes_exactly(
     ray_cluster: None, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -293,14 +296,16 @@ def test_a_time_budget_stops_with_a_checkpoint_the_gif_and_the_generator_and_the
     _assert_same_training_state(uninterrupted, _final_state(resumed))
 
 
-def test_restart_moves_the_old_run_aside_and_starts_over(ray_cluster: None, mnist_root: Path, tmp_path: Path) -> None:
+def test_restart_moves_the_old_run_aside_and_starts_over(two_worker_run, mnist_root: Path, tmp_path: Path) -> None:
+    # The old run: a copy of the shared one (3 epochs done), so only the restarted run trains.
+    job, _ = two_worker_run
+    shutil.copytree(Path(job.spec.storage) / job.name, tmp_path / job.name)
     args = ("spec.scaling.num_workers=1", "spec.data.limit=128", "spec.train.epochs=1")
-    run(mnist_job(tmp_path, mnist_root, *args))
     again = run(mnist_job(tmp_path, mnist_root, *args), restart=True)
     assert again.trained and again.resumed_from is None and again.epochs_done == 1
     old = Path(again.archived_to)
     assert old.name.startswith("mnist-dcgan.restart-")
-    assert (old / jobdir.CHECKPOINTS / "epoch_0001" / jobdir.MARKER).exists()  # nothing lost
+    assert (old / jobdir.CHECKPOINTS / "epoch_0003" / jobdir.MARKER).exists()  # nothing lost
 
 
 @pytest.mark.heavy  # each option's step is exact on 2 DDP ranks in make test-fast (test_step_equivalence)
