@@ -226,7 +226,7 @@ def test_offline_submit_fails_before_any_worker_without_a_traceback(tmp_path: Pa
 
 
 def test_submit_downloads_the_weights_on_the_driver_before_the_workers(
-    server: WeightsServer, cache: Path, monkeypatch: pytest.MonkeyPatch
+    server: WeightsServer, cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from ganops import client
 
@@ -241,10 +241,16 @@ def test_submit_downloads_the_weights_on_the_driver_before_the_workers(
     fetch.cached_path(sha).unlink()
     client.preflight_eval_weights(job, address="ray://head:10001", echo=said.append)
     assert not fetch.cached_path(sha).exists()
-    # Weights named in the spec, or no evaluation: nothing to fetch.
+    # Weights named in the spec are checked where they are, not fetched; no evaluation: nothing.
     before = server.count("driver.pth")
+    named = tmp_path / "w.pth"
+    named.write_bytes(b"named weights")
+    named_sha = hashlib.sha256(b"named weights").hexdigest()
     off = ["spec.eval.every_epochs=null", "spec.checkpoint.keep_best=null"]
-    for sets in (["spec.eval.inception_weights=s3://b/w.pth"], off):
+    for sets in ([f"spec.eval.inception_weights={named}", f"spec.eval.inception_sha256={named_sha}"], off):
         other = client.load_job(JOBS / "cifar_dcgan.yaml", [*fake, *sets])
         client.preflight_eval_weights(other, address=None, echo=said.append)
     assert server.count("driver.pth") == before
+    wrong = client.load_job(JOBS / "cifar_dcgan.yaml", [*fake, f"spec.eval.inception_weights={named}"])
+    with pytest.raises(UserError, match=r"spec\.eval\.inception_weights: .*w\.pth has sha256 .*expected 6726825d"):
+        client.preflight_eval_weights(wrong, address=None, echo=said.append)
