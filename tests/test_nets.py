@@ -27,6 +27,9 @@ NETS = [
     ("dcgan", (3, 64, 64)),
     ("deep", (1, 28, 28)),
     ("deep", (3, 32, 32)),
+    ("resnet", (1, 28, 28)),
+    ("resnet", (3, 32, 32)),
+    ("resnet", (3, 64, 64)),
 ]
 CONDITIONING: dict[str, dict[str, Any]] = {
     "unconditional": {},
@@ -339,13 +342,13 @@ def test_embed_dim_sets_the_label_embedding_size() -> None:
 
 def test_unknown_arch_lists_the_valid_names() -> None:
     # The spec's Literal stops this earlier; construct() skips validation to reach the registry.
-    model = ModelSpec.model_construct(**{**ModelSpec().model_dump(), "arch": "resnet"})
+    model = ModelSpec.model_construct(**{**ModelSpec().model_dump(), "arch": "stylegan9"})
     for call in (
         lambda: build_generator(model, (1, 28, 28), None),
         lambda: build_discriminator(model, (1, 28, 28), None),
-        lambda: default_widths("resnet", 28),
+        lambda: default_widths("stylegan9", 28),
     ):
-        with pytest.raises((KeyError, ValueError), match="'resnet'.*mlp, dcgan, deep"):
+        with pytest.raises((KeyError, ValueError), match="'stylegan9'.*mlp, dcgan, deep, resnet"):
             call()
 
 
@@ -387,6 +390,7 @@ LOSS_NETS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {
     "mlp": ((1, 28, 28), {"g_widths": [32, 64], "d_widths": [64, 32]}),
     "dcgan": ((3, 32, 32), {"g_widths": [32, 16, 8], "d_widths": [8, 16, 32]}),
     "deep": ((1, 28, 28), {"g_widths": [32, 16, 8, 4], "d_widths": [8, 16, 16, 32]}),
+    "resnet": ((1, 28, 28), {"g_widths": [16, 8, 8], "d_widths": [8, 8, 16, 16]}),
 }
 
 
@@ -408,7 +412,7 @@ def test_every_net_trains_with_every_loss(arch: str, cond: str, loss_name: str) 
     shape, widths = LOSS_NETS[arch]
     loss = LOSSES[loss_name]
     fields = {**CONDITIONING[cond], **widths}
-    if loss.gradient_penalty:
+    if loss.gradient_penalty and arch != "resnet":  # resnet's D has no norm layers
         fields["d_norm"] = "layer"  # BatchNorm mixes samples, which breaks per-sample gradient norms
     G, D = _nets(arch, shape, **fields)
     z, y = torch.randn(N, G.latent_dim), _labels(fields)
@@ -447,6 +451,13 @@ def test_the_specs_batchnorm_check_agrees_with_the_nets(
 ) -> None:
     # Validation decides "BatchNorm critic?" without torch; it must say what the nets build.
     model = ModelSpec(arch=arch, d_norm=d_norm)  # type: ignore[arg-type]
+    if arch == "resnet" and d_norm in ("batch", "layer"):
+        # No norm layers in SNGAN's D: refused by the nets and, without torch, by validation.
+        with pytest.raises(UserError, match=r"spec\.model\.d_norm: resnet has no"):
+            build_discriminator(model, shape, None)
+        with pytest.raises(ValueError, match=r"model\.d_norm: resnet has no"):
+            spec_models.check_model(model)
+        return
     D = build_discriminator(model, shape, None)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in D.modules())
     assert spec_models.batchnorm_critic(model, shape[1]) == has_bn
@@ -459,3 +470,154 @@ def test_a_layer_norm_critic_scores_each_sample_alone() -> None:
     _, D = _nets("dcgan", (3, 32, 32), d_norm="layer", d_widths=[8, 16, 32])
     x = torch.rand(6, 3, 32, 32)
     assert torch.allclose(D(x)[:2], D(x[:2]), atol=1e-6)
+
+
+# --- resnet (SNGAN, Mimicry's layout) and spectral norm ---------------------------------
+
+
+def _params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _spectral(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding))]
+
+
+def test_resnet_at_32_is_mimicrys_sngan_32() -> None:
+    from ganops.nets.resnet import ConditionalBatchNorm2d, DBlock, GBlock
+
+    G, D = _nets("resnet", (3, 32, 32), latent_dim=128)
+    z = torch.randn(N, 128)
+    # G: linear 128 -> 4x4x256, three up-blocks 256 -> 256 (4 -> 8 -> 16 -> 32), BN, ReLU, 3x3 conv.
+    blocks = [m for m in G.modules() if isinstance(m, GBlock)]
+    assert [b.upsample for b in blocks] == [True] * 3
+    assert (G.body.linear.in_features, G.body.linear.out_features) == (128, 4 * 4 * 256)
+    assert _output_shapes(G, (GBlock,), z) == [(256, 8, 8), (256, 16, 16), (256, 32, 32)]
+    assert not any(isinstance(m, ConditionalBatchNorm2d) for m in G.modules())
+    # D: an optimised block 3 -> 128 and a down-block (32 -> 16 -> 8), two plain blocks, sum pooling.
+    d_blocks = [m for m in D.modules() if isinstance(m, DBlock)]
+    assert [(b.first, b.downsample) for b in d_blocks] == [(True, True), (False, True), (False, False), (False, False)]
+    x = torch.rand(N, 3, 32, 32)
+    assert _output_shapes(D, (DBlock,), x) == [(128, 16, 16), (128, 8, 8), (128, 8, 8), (128, 8, 8)]
+    # Parameter counts, layer for layer those of Mimicry's ResNetGenerator32/Discriminator32.
+    assert (_params(G), _params(D)) == (4_276_739, 1_053_825)
+    # Spectral norm on every D layer (shortcuts and the output linear too), none in G.
+    assert all(nn.utils.parametrize.is_parametrized(m, "weight") for m in _spectral(D))
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in G.modules())
+
+
+@pytest.mark.parametrize(("size", "g", "d"), [(28, 4_119_555, 1_053_825), (64, 12_220_675, 10_141_441)])
+def test_resnet_at_28_and_64_px(size: int, g: int, d: int) -> None:
+    from ganops.nets.resnet import DBlock
+
+    G, D = _nets("resnet", (3, size, size), latent_dim=128)
+    x = torch.rand(N, 3, size, size)
+    assert G(torch.randn(N, 128)).shape == x.shape
+    downs = [b.downsample for b in D.modules() if isinstance(b, DBlock)]
+    assert downs == ([True, True, False, False] if size == 28 else [True] * 5)  # 28 -> 14 -> 7; 64 -> 2
+    assert (_params(G), _params(D)) == (g, d)
+
+
+def test_spectral_norm_holds_each_d_layers_largest_singular_value_at_one() -> None:
+    _, D = _nets("resnet", (1, 28, 28), d_widths=[8, 16, 16, 16])
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        for m in _spectral(D):
+            m.parametrizations.weight.original.mul_(3)  # far from 1 to start with
+        for _ in range(30):  # one power iteration per training forward
+            D(x)
+        for m in _spectral(D):
+            w = m.weight.flatten(1)  # the normalised weight the layer uses
+            raw = m.parametrizations.weight.original.flatten(1)
+            assert float(torch.linalg.matrix_norm(w, ord=2)) == pytest.approx(1.0, abs=2e-3), m
+            assert float(torch.linalg.matrix_norm(raw, ord=2)) > 1.5, m  # it did normalise
+
+
+def test_d_spectral_norm_is_off_for_the_dcgan_family_unless_asked() -> None:
+    _, D = _nets("dcgan", (1, 28, 28), conditional=True)
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in D.modules())
+    _, D = _nets("dcgan", (1, 28, 28), conditional=True, d_spectral_norm=True)
+    assert all(nn.utils.parametrize.is_parametrized(m, "weight") for m in _spectral(D))  # projection too
+    _, D = _nets("resnet", (1, 28, 28), d_spectral_norm=False, d_widths=[8, 8])
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in D.modules())
+    # Concat conditioning's label map is D's input, not one of its layers: left alone.
+    _, D = _nets("dcgan", (1, 28, 28), conditional=True, d_conditioning="concat", d_spectral_norm=True)
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in D.label_map.modules())
+
+
+def test_conditional_resnet_is_biggan_style_cbn_in_g_and_a_projection_d() -> None:
+    from ganops.nets.resnet import ConditionalBatchNorm2d
+
+    G, D = _nets("resnet", (1, 28, 28), conditional=True, g_widths=[16, 8, 8], d_widths=[8, 8])
+    assert G.embed is None  # no embedding joined to z: the class enters through every block's BN
+    cbns = [m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d)]
+    assert len(cbns) == 4 and isinstance(G.body.bn, nn.BatchNorm2d)  # 2 per block; the last BN plain
+    assert D.project is not None and D.label_map is None
+    # cBN: class k's gain and bias are row k of its embedding, applied to the plain BN output.
+    cbn = cbns[0]
+    with torch.no_grad():
+        cbn.embed.weight.normal_()
+    x, y = torch.randn(6, cbn.channels, 4, 4), torch.tensor([0, 1, 2, 3, 4, 5])
+    gain, bias = cbn.embed.weight[y, : cbn.channels], cbn.embed.weight[y, cbn.channels :]
+    plain = nn.functional.batch_norm(x, None, None, training=True)
+    assert torch.allclose(cbn(x, y), gain[:, :, None, None] * plain + bias[:, :, None, None], atol=1e-5)
+
+
+def test_a_resnet_d_blocks_shortcut_sees_the_input_not_its_rectified_copy() -> None:
+    # The documented departure from Mimicry (whose in-place ReLU also rectifies the shortcut's input).
+    from ganops.nets.resnet import DBlock
+
+    block = DBlock(4, 4, downsample=False, k=3, first=False)
+    nn.init.zeros_(block.c2.weight)
+    nn.init.zeros_(block.c2.bias)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(block(x), x)  # negative entries pass the identity shortcut unchanged
+
+
+def test_resnet_is_initialised_as_the_sngan_code() -> None:
+    from ganops.nets.resnet import GBlock
+
+    G, _ = _nets("resnet", (1, 28, 28))
+    block = next(m for m in G.modules() if isinstance(m, GBlock))
+    for conv, gain in ((block.c1, 2**0.5), (block.c2, 2**0.5), (block.c_sc, 1.0)):
+        fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+        bound = gain * (6 / (fan_in + fan_out)) ** 0.5  # Glorot uniform: U(-bound, bound)
+        assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"d_dropout": 0.3}, "d_dropout"),
+        ({"g_dropout": 0.1}, "g_dropout"),
+        ({"kernel_size": 4}, "kernel_size"),
+        ({"g_widths": [64, 64]}, "g_widths"),
+    ],
+)
+def test_resnet_refuses_what_it_cannot_build_naming_the_field(fields: dict[str, Any], field: str) -> None:
+    model = ModelSpec(arch="resnet", **fields)
+    with pytest.raises(UserError, match=rf"spec\.model\.{field}"):
+        build_generator(model, (1, 28, 28), None) if field == "g_widths" else build_discriminator(
+            model, (1, 28, 28), None
+        )
+    if field != "g_widths":
+        with pytest.raises(ValueError, match=rf"model\.{field}"):
+            spec_models.check_model(model)
+
+
+def test_a_spectrally_normalised_d_reloads_from_its_state_dict_with_its_power_iteration() -> None:
+    # A checkpoint keeps each layer's raw weight and the power iteration's u and v: a resumed
+    # run (and generate --best-of's D) scores exactly as the saved D did.
+    model = ModelSpec(arch="resnet", conditional=True, d_widths=[8, 8])
+    D = build_discriminator(model, (1, 28, 28), NUM_CLASSES)
+    x, y = torch.rand(N, 1, 28, 28), torch.arange(N)
+    for _ in range(3):
+        D(x, y)  # training forwards move u and v
+    state = pickle.loads(pickle.dumps(D.state_dict()))
+    assert any(k.endswith("parametrizations.weight.0._u") for k in state)
+    torch.manual_seed(1)  # another init, other random u and v
+    other = build_discriminator(model, (1, 28, 28), NUM_CLASSES)
+    other.load_state_dict(state)
+    D.eval(), other.eval()
+    with torch.no_grad():
+        assert torch.equal(other(x, y), D(x, y))

@@ -142,13 +142,24 @@ def test_errors_name_the_field_path_and_the_constraint() -> None:
 
 
 def test_enums_list_the_valid_choices() -> None:
-    got = problems(minimal(model={"arch": "resnet"}, train={"loss": "wasserstein"}))
+    got = problems(minimal(model={"arch": "stylegan9"}, train={"loss": "wasserstein"}))
     for arch in ARCHS:
         assert arch in got["spec.model.arch"]
     assert "wgan_gp" in got["spec.train.loss"]
     # float16 would need loss scaling; only bfloat16 autocast is offered.
     got = problems(minimal(train={"precision": "fp16"}))
     assert "bf16" in got["spec.train.precision"] and "fp32" in got["spec.train.precision"]
+
+
+def test_resnet_refuses_layers_it_does_not_have_naming_the_field() -> None:
+    # Checked at validation (no torch), before any worker: SNGAN's D has no norm or dropout.
+    got = problems(minimal(model={"arch": "resnet", "d_norm": "batch"}))
+    assert "resnet has no such layers" in got["spec.model.d_norm"]
+    got = problems(minimal(model={"arch": "resnet", "g_dropout": 0.2}))
+    assert "resnet has no such layers" in got["spec.model.g_dropout"]
+    got = problems(minimal(model={"arch": "resnet", "kernel_size": 4}))
+    assert "odd kernels" in got["spec.model.kernel_size"]
+    validate(minimal(model={"arch": "resnet", "d_norm": "none", "d_dropout": 0, "d_spectral_norm": False}))
 
 
 def test_registries_in_the_spec_match_the_worker_side_registries() -> None:
@@ -345,7 +356,7 @@ def test_generation_option_combinations_are_refused_by_the_spec_itself(fields: d
 
 
 def test_the_arch_sizes_the_preflight_checks_are_the_nets_own() -> None:
-    from ganops.nets import dcgan, deep, mlp
+    from ganops.nets import ARCHS as NET_ARCHS
     from ganops.spec.models import ARCH_RESOLUTIONS
 
-    assert ARCH_RESOLUTIONS == {m.ARCH.name: m.ARCH.resolutions for m in (dcgan, deep, mlp)}
+    assert ARCH_RESOLUTIONS == {a.name: a.resolutions for a in NET_ARCHS.values()}

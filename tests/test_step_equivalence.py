@@ -65,6 +65,12 @@ BASE = [
 ]  # fmt: skip
 
 LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
+RESNET = [
+    "spec.model.arch=resnet",
+    "spec.model.d_norm=null",
+    "spec.model.g_widths=[8,4,4]",
+    "spec.model.d_widths=[4,8]",
+]
 NORMS = ("none", "batch", "layer")
 
 # name -> (job file, overrides)
@@ -118,6 +124,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "spec.checkpoint.keep_best=null",
         ],
     ),  # fmt: skip
+    # SNGAN's ResNets (spectral norm: one power iteration per D forward, on every rank), hinge
+    # with two D steps per G step and the SNGAN betas; conditional: cBN in G, projection D.
+    "resnet-hinge-2-d-steps": (
+        "mnist_dcgan",
+        [*RESNET, "spec.train.loss=hinge", "spec.train.d_steps=2", "spec.train.betas=[0.0,0.9]"],
+    ),  # fmt: skip
+    "resnet-conditional": ("mnist_cgan", [*RESNET, "spec.train.loss=hinge", "spec.train.ema_decay=0.9"]),
+    "dcgan-spectral-norm": ("mnist_cgan", ["spec.model.d_spectral_norm=true", "spec.model.d_norm=none"]),
     "bf16-bce-batch": ("mnist_dcgan", ["spec.train.precision=bf16", "spec.model.d_norm=batch"]),
     "bf16-wgan_gp": (
         "mnist_dcgan",

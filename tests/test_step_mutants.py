@@ -30,7 +30,7 @@ EQUIVALENCE = "tests/test_step_equivalence.py::test_the_step_on_two_ddp_ranks_ma
 MUTANTS: dict[str, tuple[str, str, str]] = {
     "batchnorm-on-real-and-fake-together": (
         "ganops/train/step.py",
-        "PartsForward(self.d, separate=has_batchnorm(self.d))",
+        "PartsForward(self.d, separate=has_batchnorm(self.d) or has_spectral_norm(self.d))",
         "PartsForward(self.d, separate=False)",
     ),
     "d-forward-bypasses-ddp": (
@@ -82,7 +82,8 @@ def _copy_with(tmp: Path, file: str, old: str, new: str) -> Path:
 # The variants that exercise each bug's code, the ones run against it: a mutant must fail each of
 # them (the whole file takes ~30 s a mutant; these, ~10 s).
 CATCHERS: dict[str, list[str]] = {
-    "batchnorm-on-real-and-fake-together": ["bce-batch", "syncbn"],
+    # Spectral norm counts D's forwards too (one power iteration each, as SNGAN's code).
+    "batchnorm-on-real-and-fake-together": ["bce-batch", "syncbn", "dcgan-spectral-norm"],
     "d-forward-bypasses-ddp": ["bce-none", "hinge-layer"],
     "label-smoothing-on-the-fakes": ["bce-label-smoothing"],
     "hinge-sign-flipped": ["hinge-none", "hinge-batch"],

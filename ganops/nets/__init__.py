@@ -13,8 +13,18 @@ from typing import TypeVar
 
 from torch import nn
 
-from ganops.nets import dcgan, deep, mlp
-from ganops.nets.common import Arch, Discriminator, Generator, ModelSpecError, NetConfig, init_dcgan_, resolve
+from ganops.nets import dcgan, deep, mlp, resnet
+from ganops.nets.common import (
+    Arch,
+    Discriminator,
+    Generator,
+    ModelSpecError,
+    NetConfig,
+    init_dcgan_,
+    init_xavier_,
+    resolve,
+    spectral_norm_,
+)  # fmt: skip
 from ganops.spec.models import ModelSpec
 
 __all__ = [
@@ -32,7 +42,7 @@ __all__ = [
 
 _Net = TypeVar("_Net", bound=nn.Module)
 
-ARCHS: dict[str, Arch] = {a.name: a for a in (mlp.ARCH, dcgan.ARCH, deep.ARCH)}
+ARCHS: dict[str, Arch] = {a.name: a for a in (mlp.ARCH, dcgan.ARCH, deep.ARCH, resnet.ARCH)}
 
 
 def get_arch(name: str) -> Arch:
@@ -58,6 +68,8 @@ def resolve_config(model: ModelSpec, image_shape: tuple[int, int, int], num_clas
 def _init(net: _Net, cfg: NetConfig) -> _Net:
     if cfg.init == "dcgan":
         init_dcgan_(net)
+    elif cfg.init == "xavier":
+        init_xavier_(net)
     return net  # "default": PyTorch's own init
 
 
@@ -71,4 +83,9 @@ def build_discriminator(model: ModelSpec, image_shape: tuple[int, int, int], num
     """D: (x [N, C, H, W], y [N] | None) -> raw logits [N]."""
     cfg = resolve_config(model, image_shape, num_classes)
     body, features = get_arch(cfg.arch).discriminator(cfg)
-    return _init(Discriminator(body, features, cfg), cfg)
+    d = _init(Discriminator(body, features, cfg), cfg)
+    if cfg.d_spectral_norm:
+        # After init: the parametrisation keeps the initialised weight as its `original`.
+        # The label map of concat conditioning is D's input, not one of its layers.
+        spectral_norm_(d, skip=d.label_map)
+    return d

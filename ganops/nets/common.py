@@ -41,6 +41,9 @@ class Defaults:
     d_norm: str
     d_dropout: float
     g_dropout: float
+    kernel_size: int = 5
+    init: str = "dcgan"
+    d_spectral_norm: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,16 @@ class NetConfig:
     d_dropout: float
     g_dropout: float
     init: str
+    d_spectral_norm: bool
+    g_labels: str = "embed"
+    """How G's body sees the class: `embed` (a class embedding joined to z) or `body` (the
+    body takes y itself, e.g. through conditional BatchNorm)."""
 
     @property
     def g_in(self) -> int:
-        """Width of the generator body's input: z, plus the class embedding."""
-        return self.latent_dim + (self.embed_dim if self.num_classes is not None else 0)
+        """Width of the generator body's input: z, plus the class embedding when G joins one."""
+        joined = self.num_classes is not None and self.g_labels == "embed"
+        return self.latent_dim + (self.embed_dim if joined else 0)
 
     @property
     def d_in_channels(self) -> int:
@@ -87,6 +95,9 @@ class Arch:
     """(N, cfg.g_in) -> (N, C, H, W) in [-1, 1]."""
     discriminator: Callable[[NetConfig], tuple[nn.Module, int]]
     """-> (body, F): (N, cfg.d_in_channels, H, W) -> (N, F) features."""
+    g_labels: str = "embed"
+    """`embed`: G's body maps (N, cfg.g_in) to images and the wrapper joins the class
+    embedding to z; `body`: the body is called as body(z, y) and conditions itself."""
 
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:
         c, h, w = image_shape
@@ -124,12 +135,14 @@ def resolve(arch: Arch, model: ModelSpec, image_shape: tuple[int, int, int], num
         d_conditioning=model.d_conditioning,
         g_widths=tuple(pick(model.g_widths, d.g_widths)),
         d_widths=tuple(pick(model.d_widths, d.d_widths)),
-        kernel_size=model.kernel_size,
+        kernel_size=pick(model.kernel_size, d.kernel_size),
         g_activation=pick(model.g_activation, d.g_activation),
         d_norm=pick(model.d_norm, d.d_norm),
         d_dropout=pick(model.d_dropout, d.d_dropout),
         g_dropout=pick(model.g_dropout, d.g_dropout),
-        init=model.init,
+        init=pick(model.init, d.init),
+        d_spectral_norm=pick(model.d_spectral_norm, d.d_spectral_norm),
+        g_labels=arch.g_labels,
     )
     for field in ("g_widths", "d_widths"):
         if not getattr(cfg, field):
@@ -250,14 +263,18 @@ class Generator(nn.Module):
         self.latent_dim = cfg.latent_dim
         self.num_classes = cfg.num_classes
         self.image_shape = cfg.image_shape
+        joins = cfg.num_classes is not None and cfg.g_labels == "embed"
         # Only created when used: DDP fails on parameters that get no gradient.
-        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if cfg.num_classes is not None else None
+        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim) if joins else None
+        self.body_takes_labels = cfg.num_classes is not None and cfg.g_labels == "body"
         self.body = body
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Unconditional generators ignore y, so a loop can pass the labels it has either way."""
         if z.dim() != 2 or z.size(1) != self.latent_dim:
             raise ValueError(f"generator expects z of shape [N, {self.latent_dim}], got {list(z.shape)}")
+        if self.body_takes_labels:
+            return self.body(z, _labels(y, z.size(0), "generator"))
         if self.embed is not None:
             z = torch.cat([z, self.embed(_labels(y, z.size(0), "generator"))], dim=1)
         return self.body(z)
@@ -296,7 +313,7 @@ class Discriminator(nn.Module):
         return logit
 
 
-# --- init ----------------------------------------------------------------------------
+# --- init and spectral norm ----------------------------------------------------------
 
 _WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # LayerNorm/GroupNorm keep PyTorch's (1, 0) init
@@ -316,4 +333,32 @@ def init_dcgan_(net: nn.Module) -> nn.Module:
         elif isinstance(m, _NORMS):
             nn.init.normal_(m.weight, 1.0, DCGAN_INIT_STD)
             nn.init.zeros_(m.bias)
+    return net
+
+
+def init_xavier_(net: nn.Module) -> nn.Module:
+    """Glorot-uniform weights, as the SNGAN code (Miyato et al.; Mimicry) initialises its
+    ResNets: gain `init_gain` where a layer sets one (sqrt 2 in the residual branches,
+    which ReLUs follow), else 1. Biases, norms and embeddings keep their own init, as there.
+    """
+    for m in net.modules():
+        if isinstance(m, _WEIGHTED):
+            nn.init.xavier_uniform_(m.weight, getattr(m, "init_gain", 1.0))
+    return net
+
+
+_SPECTRAL = (nn.Linear, nn.Conv2d, nn.Embedding)
+
+
+def spectral_norm_(net: nn.Module, skip: nn.Module | None = None) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) of every linear, conv and embedding layer
+    of `net` but those inside `skip`: W / sigma(W), sigma estimated by one power iteration
+    per training forward. PyTorch's parametrisation, so `weight` stays a computed tensor,
+    the state_dict keeps `original` and the power iteration's u and v (a resumed run
+    continues the same estimate), and R1's double backward runs through it.
+    """
+    skipped = set(skip.modules()) if skip is not None else set()
+    for m in list(net.modules()):
+        if isinstance(m, _SPECTRAL) and m not in skipped:
+            nn.utils.parametrizations.spectral_norm(m)
     return net

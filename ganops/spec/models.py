@@ -21,10 +21,15 @@ KIND = "GANJob"
 
 # Names of the registries the workers build from. Kept here (not imported from the torch
 # side) so that validating a spec never imports torch; tests check the two agree.
-ARCHS = ("mlp", "dcgan", "deep")
+ARCHS = ("mlp", "dcgan", "deep", "resnet")
 # The square sizes each conv arch builds nets for (None: any); equal to ganops.nets' own
 # (a test checks), here so that the pre-flight check imports no torch.
-ARCH_RESOLUTIONS: dict[str, tuple[int, ...] | None] = {"mlp": None, "dcgan": (28, 32, 64), "deep": (28, 32, 64)}
+ARCH_RESOLUTIONS: dict[str, tuple[int, ...] | None] = {
+    "mlp": None,
+    "dcgan": (28, 32, 64),
+    "deep": (28, 32, 64),
+    "resnet": (28, 32, 64),
+}
 LOSSES = ("bce", "minimax", "hinge", "wgan_gp", "lsgan")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake", "shards")
 OPTIMIZERS = ("adam", "rmsprop")
@@ -156,12 +161,15 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    arch: Literal["mlp", "dcgan", "deep"] = "dcgan"
-    """Network family: fully-connected `mlp`, `dcgan`, or the deeper CNN `deep`."""
+    arch: Literal["mlp", "dcgan", "deep", "resnet"] = "dcgan"
+    """Network family: fully-connected `mlp`, `dcgan`, the deeper CNN `deep`, or `resnet`: the
+    SNGAN ResNets as Mimicry builds them (spectral norm on every D layer; when conditional,
+    conditional BatchNorm in G and a projection D, BigGAN style)."""
     latent_dim: PositiveInt = 100
     """Size of the noise vector z."""
     conditional: bool = False
-    """Class-conditional G and D (needs a labelled dataset)."""
+    """Class-conditional G and D (needs a labelled dataset): G joins a class embedding to z
+    (resnet: conditional BatchNorm in every block), D as `d_conditioning` says."""
     embed_dim: PositiveInt | None = None
     """Class embedding size for conditional models (default: 50)."""
     d_conditioning: Literal["projection", "concat"] = "projection"
@@ -170,8 +178,8 @@ class ModelSpec(_Strict):
     """Generator layer widths, widest first (default: the arch's, per resolution)."""
     d_widths: list[PositiveInt] | None = None
     """Discriminator layer widths, narrowest first (default: the arch's, per resolution)."""
-    kernel_size: PositiveInt = 5
-    """Convolution kernel size of the conv archs."""
+    kernel_size: PositiveInt | None = None
+    """Convolution kernel size of the conv archs (default: 5; resnet 3)."""
     g_activation: Literal["relu", "leaky_relu"] | None = None
     """Generator hidden activation (default: the arch's)."""
     d_norm: Literal["batch", "layer", "none"] | None = None
@@ -181,8 +189,13 @@ class ModelSpec(_Strict):
     """Dropout after each D block (default: the arch's)."""
     g_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     """Dropout in G (the deep arch uses it; default: the arch's)."""
-    init: Literal["dcgan", "default"] = "dcgan"
-    """`dcgan`: weights from N(0, 0.02), BatchNorm scale from N(1, 0.02); `default`: PyTorch's."""
+    init: Literal["dcgan", "xavier", "default"] | None = None
+    """`dcgan`: weights from N(0, 0.02), BatchNorm scale from N(1, 0.02); `xavier`: Glorot
+    uniform as the SNGAN code (gain sqrt 2 in residual branches); `default`: PyTorch's
+    (default: the arch's: resnet `xavier`, the others `dcgan`)."""
+    d_spectral_norm: bool | None = None
+    """Spectral normalisation of every D layer (Miyato et al. 2018; default: the arch's:
+    on for resnet, off for the others)."""
 
 
 class TrainSpec(_Strict):
@@ -378,6 +391,22 @@ def batchnorm_critic(model: ModelSpec, image_size: int | None) -> bool:
     return model.arch == "dcgan" and image_size is not None and image_size != 28
 
 
+def check_model(model: ModelSpec) -> None:
+    """What the nets refuse, refused at validation (no torch): resnet has no normalisation
+    or dropout layers in D and no dropout in G, and keeps sizes with odd kernels only."""
+    if model.arch != "resnet":
+        return
+    for field, value in (("d_norm", model.d_norm), ("d_dropout", model.d_dropout), ("g_dropout", model.g_dropout)):
+        if value not in (None, "none", 0, 0.0):
+            raise FieldValueError(
+                f"model.{field}", f"resnet has no such layers (its D is spectrally normalised), got {value!r}"
+            )
+    if model.kernel_size is not None and model.kernel_size % 2 == 0:
+        raise FieldValueError(
+            "model.kernel_size", f"resnet's convs keep the size with odd kernels, got {model.kernel_size}"
+        )
+
+
 # Kubernetes resource quantities, kept apart because a CPU quantity in a memory field (or
 # "16Gi" for CPU) passes a generic pattern and only fails when the operator makes the pod.
 _CPU_RE = re.compile(r"([0-9]+(\.[0-9]+)?|\.[0-9]+)m?")  # "2", "1.5", "500m"
@@ -494,6 +523,7 @@ class GANJobSpec(_Strict):
                 f"{self.train.batch_size} is not divisible by scaling.num_workers={workers} "
                 "(the batch is global: each worker gets batch_size / num_workers)",
             )
+        check_model(self.model)
         if self.train.loss == "wgan_gp" and batchnorm_critic(self.model, static_image_size(self.data)):
             raise FieldValueError(
                 "model.d_norm",

@@ -57,13 +57,24 @@ def has_batchnorm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
+def has_spectral_norm(net: nn.Module) -> bool:
+    return any(
+        type(p).__name__ == "_SpectralNorm"
+        for m in net.modules()
+        if nn.utils.parametrize.is_parametrized(m)
+        for plist in m.parametrizations.values()
+        for p in plist
+    )
+
+
 class PartsForward(nn.Module):
     """D over several batches in one call: one DDP forward, one backward, one all-reduce.
 
     With ``separate`` each part runs through D alone, so BatchNorm normalises each with its
     own statistics (and advances its running statistics once per part, as separate D calls
-    would); without it the parts are concatenated into one cheaper pass, which is the same
-    computation for a D without BatchNorm. Parameters used by several parts get their
+    would) and spectral norm runs one power iteration per part (as SNGAN's code and Mimicry,
+    which call D on the real and the fake batch apart); without it the parts are
+    concatenated into one cheaper pass, which is the same computation for a D with neither. Parameters used by several parts get their
     gradients summed by autograd before DDP's hook fires, so the all-reduce stays one.
     """
 
@@ -128,7 +139,7 @@ class GANStep:
         self.loss = get_loss(spec.train.loss)
         self.stat_names = stat_names(spec.train.loss)
         self.g_train: nn.Module = self.g
-        self.d_train: nn.Module = PartsForward(self.d, separate=has_batchnorm(self.d))
+        self.d_train: nn.Module = PartsForward(self.d, separate=has_batchnorm(self.d) or has_spectral_norm(self.d))
         if ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
