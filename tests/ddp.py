@@ -34,6 +34,9 @@ class Feed:
     labels: list[torch.Tensor] | None
     z: list[torch.Tensor]
     mix: list[torch.Tensor]
+    aug: list[torch.Tensor] | None = None
+    """Per step, the augmentation draws ([3, batch, ganops.augment.UNIFORMS]: D's real, D's
+    fake, the G step's fake; the last unused on steps without a G step)."""
 
     def __len__(self) -> int:
         return len(self.real)
@@ -69,8 +72,13 @@ def _steps(spec: Any, feed: Feed, num_classes: int | None, rank: int, world: int
             net.register_comm_hook(None, hook)
     zs = [z.chunk(world)[rank] for z in feed.z]
     mixes = [m.chunk(world)[rank] for m in feed.mix]
+    augs: list[torch.Tensor] = []
+    for i, a in enumerate(feed.aug or []):
+        real_u, fake_u, g_u = a.chunk(world, dim=1)[rank]
+        augs += [real_u, fake_u] + ([g_u] if (i + 1) % spec.train.d_steps == 0 else [])
     step.sample_z = lambda n: zs.pop(0)  # type: ignore[method-assign]
     step.sample_mix = lambda n: mixes.pop(0)  # type: ignore[method-assign]
+    step.sample_aug = lambda n: augs.pop(0)  # type: ignore[method-assign]
     for i, real in enumerate(feed.real):
         y = feed.labels[i].chunk(world)[rank] if feed.labels is not None else None
         step.train_batch(real.chunk(world)[rank].clone(), y)
@@ -81,6 +89,8 @@ def _steps(spec: Any, feed: Feed, num_classes: int | None, rank: int, world: int
         "g_ema": _copy(step.g_ema.state_dict()) if step.g_ema is not None else None,
         "reductions": reductions,
         "noise_left": (len(zs), len(mixes)),
+        "aug_left": len(augs),
+        "augment_p": float(step.augment_p),
     }
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from ganops.errors import SpecError, UserError
 from ganops.spec import apply_overrides, dump, load, validate
-from ganops.spec.models import ARCHS, DATASETS, LOSSES
+from ganops.spec.models import ARCHS, AUGMENT_POLICIES, DATASETS, LOSSES
 from tests.helpers import JOBS, REPO, run_cli
 
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
@@ -162,12 +162,25 @@ def test_resnet_refuses_layers_it_does_not_have_naming_the_field() -> None:
     validate(minimal(model={"arch": "resnet", "d_norm": "none", "d_dropout": 0, "d_spectral_norm": False}))
 
 
+def test_augment_refuses_what_it_cannot_do_naming_the_field() -> None:
+    got = problems(minimal(augment={"policy": ["color", "flip"]}))
+    assert got["spec.augment.policy[1]"] == "must be one of: 'color', 'translation', 'cutout' (got 'flip')"
+    got = problems(minimal(augment={"ada_target": 0.6}))
+    assert "empty" in got["spec.augment.ada_target"]
+    got = problems(minimal(augment={"policy": ["color", "color"]}))
+    assert "twice" in got["spec.augment.policy"]
+    assert "spec.augment.p" in problems(minimal(augment={"policy": ["color"], "p": 1.5}))
+
+
 def test_registries_in_the_spec_match_the_worker_side_registries() -> None:
     from ganops import data, losses, nets
 
     assert set(ARCHS) == set(nets.ARCHS)
     assert set(LOSSES) == set(losses.LOSSES)
     assert set(DATASETS) == set(data.DATASETS)
+    from ganops import augment
+
+    assert AUGMENT_POLICIES == tuple(augment.POLICIES)
 
 
 def test_global_batch_must_split_evenly_over_workers() -> None:

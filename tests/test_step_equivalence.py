@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ganops import client
+from ganops.augment import UNIFORMS
 from ganops.nets import build_discriminator, build_generator
 from ganops.spec.models import GANJobSpec
 from tests.ddp import Feed, train_many
@@ -72,6 +73,8 @@ RESNET = [
     "spec.model.d_widths=[4,8]",
 ]
 NORMS = ("none", "batch", "layer")
+ADA = ["spec.augment.policy=[color,translation,cutout]", "spec.augment.ada_target=0.6", "spec.augment.p=0.5",
+       "spec.augment.ada_kimg=0.4"]  # fmt: skip
 
 # name -> (job file, overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -132,6 +135,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),  # fmt: skip
     "resnet-conditional": ("mnist_cgan", [*RESNET, "spec.train.loss=hinge", "spec.train.ema_decay=0.9"]),
     "dcgan-spectral-norm": ("mnist_cgan", ["spec.model.d_spectral_norm=true", "spec.model.d_norm=none"]),
+    # DiffAugment (every policy, p = 1) on D's real and fake and in the G step; ADA moving p
+    # (from 0.5, by 0.08 per adjustment, every 4 D steps: 0.5 -> 0.1, never 0); augmented interpolates for WGAN-GP.
+    "diffaugment": ("mnist_dcgan", ["spec.augment.policy=[color,translation,cutout]", "spec.model.d_norm=batch"]),
+    "ada-hinge-2-d-steps": ("mnist_dcgan", [*ADA, "spec.train.loss=hinge", "spec.train.d_steps=2"]),
+    "diffaugment-wgan_gp": (
+        "mnist_dcgan",
+        ["spec.augment.policy=[translation,cutout]", "spec.train.loss=wgan_gp", "spec.model.d_norm=layer"],
+    ),  # fmt: skip
     "bf16-bce-batch": ("mnist_dcgan", ["spec.train.precision=bf16", "spec.model.d_norm=batch"]),
     "bf16-wgan_gp": (
         "mnist_dcgan",
@@ -182,7 +193,12 @@ def make_case(name: str) -> Case:
     z = [torch.randn(BATCH, spec.model.latent_dim, generator=g, dtype=dtype) for _ in range(STEPS)]
     # One interpolation weight per sample and D step (WGAN-GP); unused by the other losses.
     mix = [torch.rand(BATCH, generator=g, dtype=dtype) for _ in range(STEPS)]
-    return Case(name, spec, shape, classes, Feed(real, labels, z, mix))
+    aug = (
+        [torch.rand(3, BATCH, UNIFORMS, generator=g, dtype=dtype) for _ in range(STEPS)]
+        if spec.augment.policy
+        else None
+    )
+    return Case(name, spec, shape, classes, Feed(real, labels, z, mix, aug))
 
 
 # -- the reference ---------------------------------------------------------------------------
@@ -218,6 +234,52 @@ def g_loss_paper(loss: str, fake: Tensor) -> Tensor:
     raise AssertionError(loss)
 
 
+def _randint(u: Tensor, low: int, high: int) -> Tensor:
+    """torch.randint(low, high) for each draw u ~ U(0, 1): the draws ganops takes them from."""
+    return low + (u * (high - low)).floor().long()
+
+
+def diffaugment_paper(x: Tensor, u: Tensor, policy: list[str], p: float | Tensor) -> Tensor:
+    """DiffAugment_pytorch.py (Zhao et al. 2020) with its torch.rand/randint draws replaced
+    by the columns of u (brightness, saturation, contrast, 2 translations, 2 cutout offsets,
+    then whether each policy applies: u < p, ADA's per-sample choice; always with p = 1)."""
+    n = x.size(0)
+    col = {name: u[:, i] for i, name in enumerate(
+        ("b", "s", "c", "tx", "ty", "ox", "oy", "color", "translation", "cutout"))}  # fmt: skip
+    for name in policy:
+        if name == "color":
+            y = x + (col["b"].view(-1, 1, 1, 1) - 0.5)
+            y_mean = y.mean(dim=1, keepdim=True)
+            y = (y - y_mean) * (col["s"].view(-1, 1, 1, 1) * 2) + y_mean
+            y_mean = y.mean(dim=[1, 2, 3], keepdim=True)
+            y = (y - y_mean) * (col["c"].view(-1, 1, 1, 1) + 0.5) + y_mean
+        elif name == "translation":
+            shift_x, shift_y = x.size(2) // 8, x.size(3) // 8
+            translation_x = _randint(col["tx"], -shift_x, shift_x + 1).view(-1, 1, 1)
+            translation_y = _randint(col["ty"], -shift_y, shift_y + 1).view(-1, 1, 1)
+            grid_batch, grid_x, grid_y = torch.meshgrid(
+                torch.arange(n), torch.arange(x.size(2)), torch.arange(x.size(3)), indexing="ij"
+            )
+            grid_x = torch.clamp(grid_x + translation_x + 1, 0, x.size(2) + 1)
+            grid_y = torch.clamp(grid_y + translation_y + 1, 0, x.size(3) + 1)
+            x_pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
+            y = x_pad[grid_batch, :, grid_x, grid_y].permute(0, 3, 1, 2)
+        else:  # cutout
+            cutout_size = x.size(2) // 2, x.size(3) // 2
+            offset_x = _randint(col["ox"], 0, x.size(2) + (1 - cutout_size[0] % 2)).view(-1, 1, 1)
+            offset_y = _randint(col["oy"], 0, x.size(3) + (1 - cutout_size[1] % 2)).view(-1, 1, 1)
+            grid_batch, grid_x, grid_y = torch.meshgrid(
+                torch.arange(n), torch.arange(cutout_size[0]), torch.arange(cutout_size[1]), indexing="ij"
+            )
+            grid_x = torch.clamp(grid_x + offset_x - cutout_size[0] // 2, min=0, max=x.size(2) - 1)
+            grid_y = torch.clamp(grid_y + offset_y - cutout_size[1] // 2, min=0, max=x.size(3) - 1)
+            mask = torch.ones(n, x.size(2), x.size(3), dtype=x.dtype)
+            mask[grid_batch, grid_x, grid_y] = 0
+            y = x * mask.unsqueeze(1)
+        x = torch.where((col[name] < p).view(-1, 1, 1, 1), y, x)
+    return x
+
+
 class PaperLoop:
     """The papers' training loop for ``parts`` data-parallel workers, in one process.
 
@@ -240,6 +302,9 @@ class PaperLoop:
         self.opt_d = self._optimizer(self.D, t.d_lr or t.lr)
         self.ema = {k: p.detach().clone() for k, p in self.G.named_parameters()} if t.ema_decay else None
         self.iteration = 0
+        self.aug = spec.augment
+        self.p = self.aug.start_p
+        self.signs: list[Tensor] = []  # ADA: sign D(real) of every real image since the last adjustment
 
     def _optimizer(self, net: nn.Module, lr: float) -> torch.optim.Optimizer:
         t = self.t
@@ -267,28 +332,48 @@ class PaperLoop:
         elif self.t.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(net.parameters(), self.t.clip_grad_norm)
 
-    def train_batch(self, real: Tensor, labels: Tensor | None, z: Tensor, mix: Tensor) -> None:
+    def _augment(self, x: Tensor, u: Tensor) -> Tensor:
+        return diffaugment_paper(x, u, self.aug.policy, self.p) if self.aug.policy else x
+
+    def _ada(self, d_real: Tensor) -> None:
+        """Karras et al. 2020 (ADA): r_t = E[sign D(real)] over the interval, p moved toward the target."""
+        if self.aug.ada_target is None:
+            return
+        self.signs.append(torch.sign(d_real.detach()))
+        if self.iteration % self.aug.ada_interval == 0:
+            r_t = float(torch.cat(self.signs).double().mean())
+            step = self.t.batch_size * self.aug.ada_interval / (self.aug.ada_kimg * 1000)
+            self.p = max(self.p + (r_t > self.aug.ada_target) * step - (r_t < self.aug.ada_target) * step, 0.0)
+            self.signs = []
+
+    def train_batch(self, real: Tensor, labels: Tensor | None, z: Tensor, mix: Tensor,
+                    aug: Tensor | None = None) -> None:  # fmt: skip
         t = self.t
         self.iteration += 1
         g_turn = self.iteration % t.d_steps == 0  # n_critic D steps per G step
         shares = list(zip(real.chunk(self.parts), z.chunk(self.parts), mix.chunk(self.parts), strict=True))
         ys = labels.chunk(self.parts) if labels is not None and self.classes else [None] * self.parts
+        # Augmentation draws per worker: for its real batch, its fakes, and its fakes in the G step.
+        us = aug.chunk(self.parts, dim=1) if aug is not None else [None] * self.parts
         # (1) D: each worker's loss on its share, the update on their mean.
         self.D.zero_grad()
-        fakes, d_total = [], 0.0
-        for w, ((x, zw, a), y) in enumerate(zip(shares, ys, strict=True)):
+        fakes, d_total, d_reals = [], 0.0, []
+        for w, ((x, zw, a), y, u) in enumerate(zip(shares, ys, us, strict=True)):
             with self._autocast():
                 if g_turn:
                     fake = self._run(self.G, self.g_buf[w], zw, y)
                 else:
                     with torch.no_grad():
                         fake = self._run(self.G, self.g_buf[w], zw, y)
-                d_real = self._logits(self.D, self.d_buf[w], x, y)
-                d_fake = self._logits(self.D, self.d_buf[w], fake.detach(), y)
+                x_in = self._augment(x, u[0]) if u is not None else x
+                fake_in = self._augment(fake.detach(), u[1]) if u is not None else fake.detach()
+                d_real = self._logits(self.D, self.d_buf[w], x_in, y)
+                d_fake = self._logits(self.D, self.d_buf[w], fake_in, y)
+                d_reals.append(d_real)
                 loss = d_loss_paper(t.loss, d_real, d_fake, t.label_smoothing)
                 if t.loss == "wgan_gp":
                     a = a.view(-1, 1, 1, 1)
-                    x_hat = (a * x + (1 - a) * fake.detach()).requires_grad_(True)
+                    x_hat = (a * x_in + (1 - a) * fake_in).requires_grad_(True)
                     out = self._logits(self.D, self.d_buf[w], x_hat, y)
                     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
                     loss = loss + t.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
@@ -297,14 +382,16 @@ class PaperLoop:
         d_total.backward()
         self._clip(self.D)
         self.opt_d.step()
+        self._ada(torch.cat(d_reals))
         if not g_turn:
             return
         # (2) G through the updated D, on the same fakes.
         self.G.zero_grad()
         g_total = 0.0
-        for w, (fake, y) in enumerate(zip(fakes, ys, strict=True)):
+        for w, (fake, y, u) in enumerate(zip(fakes, ys, us, strict=True)):
             with self._autocast():
-                g_total = g_total + g_loss_paper(t.loss, self._logits(self.D, self.d_buf[w], fake, y)) / self.parts
+                fake_in = self._augment(fake, u[2]) if u is not None else fake
+                g_total = g_total + g_loss_paper(t.loss, self._logits(self.D, self.d_buf[w], fake_in, y)) / self.parts
         g_total.backward()
         self._clip(self.G)
         self.opt_g.step()
@@ -335,7 +422,9 @@ def reference(case: Case, init: dict[str, dict[str, Tensor]], parts: int | None 
         loop = PaperLoop(case.spec, case.shape, case.classes, copy.deepcopy(init), parts)
         for i in range(STEPS):
             f = case.feed
-            loop.train_batch(f.real[i], f.labels[i] if f.labels else None, f.z[i], f.mix[i])
+            loop.train_batch(
+                f.real[i], f.labels[i] if f.labels else None, f.z[i], f.mix[i], f.aug[i] if f.aug else None
+            )
     finally:
         torch.set_num_threads(threads)
         torch.set_default_dtype(dtype)
@@ -387,12 +476,17 @@ def test_the_step_on_two_ddp_ranks_matches_the_papers_loop(variant: str, ddp_run
         assert "error" not in results[variant], f"rank {r}:\n{results[variant]['error']}"
     # One z per D step, and one interpolation weight per sample with a gradient penalty: all used.
     assert ranks[0][variant]["noise_left"] == (0, STEPS * (case.spec.train.loss != "wgan_gp"))
+    assert ranks[0][variant]["aug_left"] == 0  # every augmentation draw used: D's real and fake, G's fake
     # One all-reduce (one bucket at these sizes) per D step and per G step; none for D's
     # weights in the G step, where D runs frozen outside DDP.
     d_steps = case.spec.train.d_steps
     assert ranks[0][variant]["reductions"] == {"d": STEPS, "g": STEPS // d_steps}
     loop = reference(case, ranks[0][variant]["init"])
     tol = BF16_TOL if case.spec.train.precision == "bf16" else FP32_TOL
+    for r, results in enumerate(ranks):  # ADA's p, where both ended (the same on every rank)
+        assert results[variant]["augment_p"] == pytest.approx(loop.p, abs=1e-12), (r, loop.p)
+    if case.spec.augment.ada_target is not None:
+        assert 0 < loop.p < case.spec.augment.start_p, loop.p  # it moved, and not into the clamp
     for r, results in enumerate(ranks):
         ref = loop.worker_state(r)
         for net in ("g", "d", "g_ema"):

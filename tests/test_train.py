@@ -332,6 +332,32 @@ def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Pat
     assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)
 
 
+@pytest.mark.heavy  # the step is exact on 2 DDP ranks in make test-fast (resnet-*, ada-* variants)
+def test_a_conditional_resnet_with_ada_runs_under_ddp_and_logs_p(
+    ray_cluster: None, mnist_root: Path, tmp_path: Path
+) -> None:
+    # BigGAN style (cBN in G, spectral-norm projection D) with DiffAugment and ADA on two real
+    # workers, through checkpoints and MLflow: p is a metric curve and the checkpoint keeps it
+    # with the spectral norm's raw weights; the ranks stay in step.
+    from mlflow import MlflowClient
+
+    job = mnist_job(
+        tmp_path, mnist_root, "spec.model.arch=resnet", "spec.model.d_norm=null", "spec.model.g_widths=[16,8,8]",
+        "spec.model.d_widths=[8,16]", "spec.train.loss=hinge", "spec.train.epochs=1", "spec.data.limit=256",
+        "spec.augment.policy=[translation,cutout]", "spec.augment.ada_target=0.6", "spec.augment.ada_interval=1",
+        "spec.augment.ada_kimg=0.5", job="mnist_cgan",
+    )  # fmt: skip
+    result = run(job)
+    state = load_state(result.latest_checkpoint)
+    assert state["nets"]["augment"]["ada_steps"] == 4  # 256 images / 64: one adjustment per D step
+    assert any(k.endswith("parametrizations.weight.original") for k in state["nets"]["d"])
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(result.mlflow_run_id, "augment_p")
+    assert [m.step for m in history] == [2, 4]
+    assert history[-1].value == pytest.approx(state["nets"]["augment"]["p"])
+    meta = json.loads((Path(result.latest_checkpoint) / jobdir.MARKER).read_text())
+    assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)
+
+
 def test_the_embedded_mlflow_store_records_the_run_next_to_the_jobs(two_worker_run) -> None:
     from mlflow import MlflowClient
 

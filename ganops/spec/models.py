@@ -346,6 +346,45 @@ def check_metrics(v: list[str] | None) -> list[str] | None:
     return v
 
 
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+
+
+class AugmentSpec(_Strict):
+    """Differentiable augmentation of everything D sees (real and fake, in the D and the G
+    step): DiffAugment's policies (Zhao et al. 2020), each applied to a sample with
+    probability `p`, and ADA's controller of p (Karras et al. 2020)."""
+
+    policy: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
+    """DiffAugment policies, any combination, applied in this order: `color` (brightness,
+    saturation, contrast), `translation` (by up to 1/8 of the size, zero fill), `cutout` (a
+    half-size square). Empty: no augmentation."""
+    p: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Probability that each policy transforms a sample (default: 1, DiffAugment's; with
+    `ada_target`, where p starts: 0 as in StyleGAN2-ADA)."""
+    ada_target: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Adapt p (ADA): every `ada_interval` D steps r_t = E[sign D(real)] over them and the
+    workers, and p moves by sign(r_t - target) * batch_size * ada_interval / (ada_kimg * 1000),
+    never below 0. StyleGAN2-ADA uses 0.6. Unset: p stays fixed."""
+    ada_interval: PositiveInt = 4
+    """D steps between two adjustments of p."""
+    ada_kimg: PositiveFloat = 500
+    """Thousands of real images over which p can move by 1 (StyleGAN2-ADA: 500)."""
+
+    @model_validator(mode="after")
+    def _ada_needs_policy(self) -> AugmentSpec:
+        if self.ada_target is not None and not self.policy:
+            raise FieldValueError("ada_target", "adapts the probability of `policy`, which is empty")
+        if len(set(self.policy)) != len(self.policy):
+            raise FieldValueError("policy", f"lists a policy twice: {self.policy}")
+        return self
+
+    @property
+    def start_p(self) -> float:
+        if self.p is not None:
+            return self.p
+        return 0.0 if self.ada_target is not None else 1.0
+
+
 class EvalSpec(_Strict):
     every_epochs: PositiveInt | None = None
     """Score G every N epochs and at the end (unset: no evaluation during training)."""
@@ -499,6 +538,8 @@ class GANJobSpec(_Strict):
     """G and D: architecture, widths, latent size, conditioning, normalisation."""
     train: TrainSpec = Field(default_factory=TrainSpec)
     """The objective, optimizers, batch, epochs, seed."""
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    """DiffAugment / ADA: differentiable augmentation of what D sees."""
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     """Data-parallel workers and what each reserves."""
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)

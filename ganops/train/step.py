@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ganops.augment import UNIFORMS, ada_adjust, augment
 from ganops.losses import get_loss, gradient_penalty, interpolates
 from ganops.nets import build_discriminator, build_generator
 from ganops.nets.syncbn import convert_sync_batchnorm
@@ -160,6 +161,16 @@ class GANStep:
         self._first_bad = torch.full((2,), -1.0, device=device)
         self.lr_scale = 1.0
         """What rollbacks after a divergence have multiplied the spec's learning rates by."""
+        aug = spec.augment
+        self.ddp = ddp
+        self.augment_p: Tensor | float = aug.start_p
+        """The probability of each augmentation policy: a float when fixed; with ADA a device
+        tensor (adjusted without a host sync, kept in checkpoints)."""
+        self._ada = torch.zeros(3, dtype=torch.float64, device=device)  # sum sign D(real), count, last r_t
+        self._ada_steps = 0
+        if aug.ada_target is not None:
+            self.augment_p = torch.tensor(aug.start_p, dtype=torch.float64, device=device)
+            self._ada[2] = float("nan")
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         """Forward passes only: PyTorch advises against running backward under autocast."""
@@ -170,6 +181,41 @@ class GANStep:
     # -- sampling ---------------------------------------------------------------------
     def sample_z(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.device, generator=self.noise)
+
+    def sample_aug(self, n: int) -> Tensor:
+        """The U(0, 1) draws of one augmentation of n images (ganops.augment), from the noise stream."""
+        return torch.rand(n, UNIFORMS, device=self.device, generator=self.noise)
+
+    def _augment(self, x: Tensor) -> Tensor:
+        """What D sees of x: x itself, or its augmentation (a fresh draw on every call)."""
+        policy = self.spec.augment.policy
+        if not policy:
+            return x
+        return augment(x, self.sample_aug(x.size(0)), policy, self.augment_p)
+
+    @torch.no_grad()
+    def _ada_observe(self, real_logits: Tensor) -> None:
+        """ADA: accumulate sign D(real); every ada_interval D steps, move p (all ranks agree:
+        the sums are all-reduced first)."""
+        aug = self.spec.augment
+        if aug.ada_target is None:
+            return
+        self._ada[0] += torch.sign(real_logits).sum().double()
+        self._ada[1] += real_logits.numel()
+        self._ada_steps += 1
+        if self._ada_steps % aug.ada_interval:
+            return
+        totals = self._ada[:2].clone()
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.all_reduce(totals)
+        r_t = totals[0] / totals[1]
+        images = self.train_spec.batch_size * aug.ada_interval
+        assert isinstance(self.augment_p, Tensor)
+        self.augment_p = ada_adjust(self.augment_p, r_t, aug.ada_target, images, aug.ada_kimg)
+        self._ada[0] = self._ada[1] = 0.0
+        self._ada[2] = r_t
 
     def sample_mix(self, n: int) -> Tensor:
         """WGAN-GP's interpolation weights, one per sample, from the noise stream (after z)."""
@@ -205,10 +251,12 @@ class GANStep:
             else:
                 with torch.no_grad():
                     fake = self.g(z, y)
-            parts = [real, fake.detach()]
+            # D sees augmented batches (when spec.augment asks), each with its own draw; the
+            # gradient penalty's interpolates lie between what D sees.
+            parts = [self._augment(real), self._augment(fake.detach())]
             interp = None
             if self.loss.gradient_penalty:
-                interp = interpolates(real, fake.detach(), self.sample_mix(n))
+                interp = interpolates(parts[0], parts[1], self.sample_mix(n))
                 parts.append(interp)
             logits = _full(self.d_train(parts, [y] * len(parts) if y is not None else None))
             real_logits, fake_logits = logits[:n], logits[n : 2 * n]
@@ -221,6 +269,7 @@ class GANStep:
         self.opt_d.step()
         with torch.no_grad():
             self._watch(0, loss)
+            self._ada_observe(real_logits)
             s = self.stats.sums
             s[0] += loss.detach()
             if self.loss.probabilistic:
@@ -236,7 +285,7 @@ class GANStep:
         self.d.requires_grad_(False)
         try:
             with self._autocast():
-                loss = self.loss.g_loss(_full(self.d(fake, y)))
+                loss = self.loss.g_loss(_full(self.d(self._augment(fake), y)))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -306,6 +355,11 @@ class GANStep:
         per = (d, g, d, d)  # the G loss is summed per G step, the rest per D step
         out = {name: v / n for name, v, n in zip(self.stat_names, sums, per, strict=True)}
         self.stats.reset()
+        if self.spec.augment.policy:
+            out["augment_p"] = float(self.augment_p)
+        r_t = float(self._ada[2])
+        if self.spec.augment.ada_target is not None and r_t == r_t:  # NaN until the first adjustment
+            out["ada_r_t"] = r_t
         return out
 
     # -- state ------------------------------------------------------------------------
@@ -319,6 +373,7 @@ class GANStep:
             "batches": self._batches,
             "lr_scale": self.lr_scale,
             "precision": self.precision,
+            "augment": {"p": float(self.augment_p), "ada": self._ada.tolist(), "ada_steps": self._ada_steps},
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -337,4 +392,10 @@ class GANStep:
         self._batches = int(state.get("batches", 0))
         if self.train_spec.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
             self.precision = str(state["precision"])  # a job keeps the arithmetic it started with
+        saved = state.get("augment")
+        if isinstance(saved, dict) and self.spec.augment.ada_target is not None:
+            # ADA resumes where it was (stylegan2-ada-pytorch#81): p and the open interval.
+            self.augment_p = torch.tensor(float(saved["p"]), dtype=torch.float64, device=self.device)
+            self._ada = torch.tensor(saved["ada"], dtype=torch.float64, device=self.device)
+            self._ada_steps = int(saved["ada_steps"])
         self.clear_nonfinite()
