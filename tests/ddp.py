@@ -59,6 +59,7 @@ def _steps(spec: Any, feed: Feed, num_classes: int | None, rank: int, world: int
     from ganops.train.step import GANStep
 
     step = GANStep(spec, tuple(feed.real[0].shape[1:]), num_classes, torch.device("cpu"), ddp=world > 1)
+    step.run_batches = len(feed)  # the run is the feed (linear lr_decay's length)
     init = {"g": _copy(step.g.state_dict()), "d": _copy(step.d.state_dict())}
     reductions = {"d": 0, "g": 0}
     if world > 1:
@@ -91,6 +92,7 @@ def _steps(spec: Any, feed: Feed, num_classes: int | None, rank: int, world: int
         "noise_left": (len(zs), len(mixes)),
         "aug_left": len(augs),
         "augment_p": float(step.augment_p),
+        "lr": (step.opt_g.param_groups[0]["lr"], step.opt_d.param_groups[0]["lr"]),
     }
 
 

@@ -67,3 +67,25 @@ def test_bf16_runs_the_forwards_in_bfloat16_and_keeps_float32_weights_and_state(
     assert all(v == v and abs(v) < 1e3 for v in stats.values()), stats  # finite
     # And sampling (grids, evaluation, export) is plain float32 outside autocast.
     assert step.sampler(torch.randn(2, 100)).dtype == torch.float32
+
+
+def test_linear_lr_decay_resumes_where_the_schedule_was_mid_g_step() -> None:
+    # 8 batches, 2 D steps per G step: rates 1, 3/4, 1/2, 1/4 of the spec's. Stopped after 3
+    # batches (inside G step 1), the resumed step continues at 3/4, then 1/2, as the original.
+    job = small_job("spec.train.lr_decay=linear", "spec.train.d_steps=2", "spec.train.lr=1e-3")
+    batches, _ = data(5)
+    torch.manual_seed(0)
+    step = GANStep(job.spec, (3, 32, 32), 10, torch.device("cpu"))
+    step.run_batches = 8
+    for real in batches[:3]:
+        step.train_batch(real, None)
+    resumed = GANStep(job.spec, (3, 32, 32), 10, torch.device("cpu"))
+    resumed.run_batches = 8
+    resumed.load_state_dict(step.state_dict())
+    rates = []
+    for s in (step, resumed):
+        assert s.opt_d.param_groups[0]["lr"] == s.opt_g.param_groups[0]["lr"] == 1e-3 * 3 / 4
+        for real in batches[3:5]:
+            s.train_batch(real, None)
+        rates.append((s.opt_g.param_groups[0]["lr"], s.opt_d.param_groups[0]["lr"]))
+    assert rates == [(1e-3 / 2, 1e-3 / 2)] * 2

@@ -111,6 +111,17 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "spec.model.d_norm=batch",
         ],
     ),  # fmt: skip
+    # Mimicry's SNGAN recipe: both rates fall linearly to 0 over the run's G steps.
+    "linear-lr-decay-2-d-steps": (
+        "mnist_dcgan",
+        [
+            "spec.train.lr_decay=linear",
+            "spec.train.d_steps=2",
+            "spec.train.loss=hinge",
+            "spec.train.betas=[0.0,0.9]",
+            "spec.train.lr=1e-3",
+        ],
+    ),  # fmt: skip
     "ttur-weight-decay": (
         "mnist_dcgan",
         ["spec.train.g_lr=1e-4", "spec.train.d_lr=4e-4", "spec.train.weight_decay=1e-3", "spec.train.betas=[0.0,0.9]"],
@@ -351,6 +362,11 @@ class PaperLoop:
         t = self.t
         self.iteration += 1
         g_turn = self.iteration % t.d_steps == 0  # n_critic D steps per G step
+        if t.lr_decay == "linear":  # Mimicry's linear decay: lr * (1 - k / K) in G iteration k of K
+            k, total = (self.iteration - 1) // t.d_steps, STEPS // t.d_steps
+            for opt, lr in ((self.opt_g, t.g_lr or t.lr), (self.opt_d, t.d_lr or t.lr)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1 - k / total)
         shares = list(zip(real.chunk(self.parts), z.chunk(self.parts), mix.chunk(self.parts), strict=True))
         ys = labels.chunk(self.parts) if labels is not None and self.classes else [None] * self.parts
         # Augmentation draws per worker: for its real batch, its fakes, and its fakes in the G step.
@@ -483,6 +499,9 @@ def test_the_step_on_two_ddp_ranks_matches_the_papers_loop(variant: str, ddp_run
     assert ranks[0][variant]["reductions"] == {"d": STEPS, "g": STEPS // d_steps}
     loop = reference(case, ranks[0][variant]["init"])
     tol = BF16_TOL if case.spec.train.precision == "bf16" else FP32_TOL
+    if case.spec.train.lr_decay == "linear":  # the last G step ran at 1/K of the rate
+        t, total = case.spec.train, STEPS // case.spec.train.d_steps
+        assert ranks[0][variant]["lr"] == pytest.approx((t.lr / total, t.lr / total))
     for r, results in enumerate(ranks):  # ADA's p, where both ended (the same on every rank)
         assert results[variant]["augment_p"] == pytest.approx(loop.p, abs=1e-12), (r, loop.p)
     if case.spec.augment.ada_target is not None:

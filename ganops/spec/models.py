@@ -230,7 +230,12 @@ class TrainSpec(_Strict):
     clip_grad_norm: PositiveFloat | None = None
     """Clip the gradient norm of each net to this value before a step."""
     d_steps: PositiveInt = 1
-    """Discriminator steps per generator step."""
+    """Discriminator steps per generator step (each on its own real batch)."""
+    lr_decay: Literal["none", "linear"] = "none"
+    """`linear`: both learning rates fall linearly toward 0 over the run's G steps, as in
+    Mimicry's SNGAN recipe: lr * (1 - k / K) for G step k of K = epochs * batches per epoch /
+    d_steps (the D steps before G step k use the same rate). A resumed run continues the
+    schedule; a time budget does not shorten it."""
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Keep an exponential moving average of G's weights with this decay (e.g. 0.999)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -133,6 +133,7 @@ class Worker:
                 rank=r.rank, world=r.world, seed=spec.train.seed, device=device,
             )  # fmt: skip
         self.batches_per_epoch = self.batches.per_epoch
+        self.step.run_batches = spec.train.epochs * self.batches_per_epoch  # linear lr_decay's length
         self.checkpoints = Checkpoints(self.job, self.jobdir, self.step, r, self.pos, self.noise, self.stream)
         self.divergence = DivergenceGuard(spec.train, self.step, r, self.pos, self.checkpoints, self.jobdir)
         self.eval: EvalRound | None = None

@@ -161,6 +161,8 @@ class GANStep:
         self._first_bad = torch.full((2,), -1.0, device=device)
         self.lr_scale = 1.0
         """What rollbacks after a divergence have multiplied the spec's learning rates by."""
+        self.run_batches: int | None = None
+        """The D steps the whole run takes (epochs x batches per epoch): linear lr_decay's length."""
         aug = spec.augment
         self.ddp = ddp
         self.augment_p: Tensor | float = aug.start_p
@@ -326,9 +328,21 @@ class GANStep:
     def scale_lr(self, scale: float) -> None:
         """Set the learning rates to the spec's times ``scale`` (kept in checkpoints)."""
         self.lr_scale = scale
+        self._set_lr()
+
+    def _decay(self) -> float:
+        """Linear lr_decay's factor for the next batch: 1 - k / K at G step k of K."""
+        t = self.train_spec
+        if t.lr_decay != "linear" or not self.run_batches:
+            return 1.0
+        total = max(self.run_batches // t.d_steps, 1)
+        return max(1.0 - (self._batches // t.d_steps) / total, 0.0)
+
+    def _set_lr(self) -> None:
+        factor = self.lr_scale * self._decay()
         for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d)):
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * factor
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -341,6 +355,8 @@ class GANStep:
 
     def train_batch(self, real: Tensor, labels: Tensor | None) -> None:
         """One D step, plus a G step every ``d_steps`` batches."""
+        if self.train_spec.lr_decay != "none" and self._batches % self.train_spec.d_steps == 0:
+            self._set_lr()  # a new G step: its rate (and that of the D steps before it)
         self._batches += 1
         g_turn = self._batches % self.train_spec.d_steps == 0
         real = real.contiguous(memory_format=self.memory_format)
@@ -386,10 +402,11 @@ class GANStep:
                 self.g_ema.load_state_dict(self.g.state_dict())
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        # The optimizer state carries the old learning rates; the resolved spec wins, so a
-        # resumed job can change them (times what rollbacks scaled them by).
-        self.scale_lr(float(state.get("lr_scale", 1.0)))
         self._batches = int(state.get("batches", 0))
+        # The optimizer state carries the old learning rates; the resolved spec wins, so a
+        # resumed job can change them (times what rollbacks scaled them by, and where the
+        # batch count puts linear lr_decay).
+        self.scale_lr(float(state.get("lr_scale", 1.0)))
         if self.train_spec.precision == "auto" and state.get("precision") in ("fp32", "bf16"):
             self.precision = str(state["precision"])  # a job keeps the arithmetic it started with
         saved = state.get("augment")
