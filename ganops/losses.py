@@ -96,3 +96,10 @@ def gradient_penalty(logits: Tensor, inputs: Tensor) -> Tensor:
     """
     (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def gradient_sq_norm(logits: Tensor, inputs: Tensor) -> Tensor:
+    """E ||grad_x D(x)||^2 over the samples: R1 at real inputs, R2 at fake ones (Mescheder
+    et al. 2018; StyleGAN2's r1_penalty). Like ``gradient_penalty``, touches only the inputs."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()

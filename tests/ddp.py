@@ -35,8 +35,9 @@ class Feed:
     z: list[torch.Tensor]
     mix: list[torch.Tensor]
     aug: list[torch.Tensor] | None = None
-    """Per step, the augmentation draws ([3, batch, ganops.augment.UNIFORMS]: D's real, D's
-    fake, the G step's fake; the last unused on steps without a G step)."""
+    """Per step, the augmentation draws ([5, batch, ganops.augment.UNIFORMS]: D's real, D's
+    fake, a lazy R1's real, a lazy R2's fake, the G step's fake; each used only on the steps
+    that have that pass)."""
 
     def __len__(self) -> int:
         return len(self.real)
@@ -74,9 +75,14 @@ def _steps(spec: Any, feed: Feed, num_classes: int | None, rank: int, world: int
     zs = [z.chunk(world)[rank] for z in feed.z]
     mixes = [m.chunk(world)[rank] for m in feed.mix]
     augs: list[torch.Tensor] = []
+    t = spec.train
+    lazy = t.reg_interval > 1
     for i, a in enumerate(feed.aug or []):
-        real_u, fake_u, g_u = a.chunk(world, dim=1)[rank]
-        augs += [real_u, fake_u] + ([g_u] if (i + 1) % spec.train.d_steps == 0 else [])
+        real_u, fake_u, r1_u, r2_u, g_u = a.chunk(world, dim=1)[rank]
+        augs += [real_u, fake_u]
+        if lazy and i % t.reg_interval == 0:
+            augs += ([r1_u] if t.r1_gamma else []) + ([r2_u] if t.r2_gamma else [])
+        augs += [g_u] if (i + 1) % t.d_steps == 0 else []
     step.sample_z = lambda n: zs.pop(0)  # type: ignore[method-assign]
     step.sample_mix = lambda n: mixes.pop(0)  # type: ignore[method-assign]
     step.sample_aug = lambda n: augs.pop(0)  # type: ignore[method-assign]

@@ -172,6 +172,12 @@ def test_augment_refuses_what_it_cannot_do_naming_the_field() -> None:
     assert "spec.augment.p" in problems(minimal(augment={"policy": ["color"], "p": 1.5}))
 
 
+def test_regularisers_and_d_steps_refuse_impossible_values_naming_the_field() -> None:
+    got = problems(minimal(train={"r1_gamma": -1, "r2_gamma": -0.5, "reg_interval": 0, "d_steps": 0}))
+    assert set(got) == {"spec.train.r1_gamma", "spec.train.r2_gamma", "spec.train.reg_interval", "spec.train.d_steps"}
+    assert got["spec.train.r1_gamma"] == "must be >= 0", got
+
+
 def test_registries_in_the_spec_match_the_worker_side_registries() -> None:
     from ganops import data, losses, nets
 

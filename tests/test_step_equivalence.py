@@ -154,6 +154,29 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "mnist_dcgan",
         ["spec.augment.policy=[translation,cutout]", "spec.train.loss=wgan_gp", "spec.model.d_norm=layer"],
     ),  # fmt: skip
+    # R1 (and R2) as StyleGAN2 regularises lazily: every 4th D step a penalty-only update,
+    # times 4, with D's lr and betas rescaled by 4/5; R1 on augmented reals (the gradient
+    # taken before the augmentation); and both penalties in every D step's loss.
+    "r1-lazy": (
+        "mnist_dcgan",
+        ["spec.train.r1_gamma=5", "spec.train.reg_interval=4", "spec.model.d_norm=none", "spec.train.loss=bce"],
+    ),  # fmt: skip
+    "r1-r2-lazy-ada-spectral": (
+        "mnist_dcgan",
+        [
+            *ADA,
+            "spec.train.r1_gamma=2",
+            "spec.train.r2_gamma=1",
+            "spec.train.reg_interval=4",
+            "spec.model.d_spectral_norm=true",
+            "spec.model.d_norm=none",
+            "spec.train.loss=hinge",
+        ],
+    ),  # fmt: skip
+    "r1-r2-every-step": (
+        "mnist_cgan",
+        ["spec.train.r1_gamma=3", "spec.train.r2_gamma=1", "spec.train.reg_interval=1", "spec.model.d_norm=none"],
+    ),  # fmt: skip
     "bf16-bce-batch": ("mnist_dcgan", ["spec.train.precision=bf16", "spec.model.d_norm=batch"]),
     "bf16-wgan_gp": (
         "mnist_dcgan",
@@ -205,7 +228,7 @@ def make_case(name: str) -> Case:
     # One interpolation weight per sample and D step (WGAN-GP); unused by the other losses.
     mix = [torch.rand(BATCH, generator=g, dtype=dtype) for _ in range(STEPS)]
     aug = (
-        [torch.rand(3, BATCH, UNIFORMS, generator=g, dtype=dtype) for _ in range(STEPS)]
+        [torch.rand(5, BATCH, UNIFORMS, generator=g, dtype=dtype) for _ in range(STEPS)]
         if spec.augment.policy
         else None
     )
@@ -309,20 +332,24 @@ class PaperLoop:
         self.D.load_state_dict(init["d"])
         self.g_buf = [{k: b.clone() for k, b in self.G.named_buffers()} for _ in range(parts)]
         self.d_buf = [{k: b.clone() for k, b in self.D.named_buffers()} for _ in range(parts)]
+        # StyleGAN2's lazy regularisation: D's optimizer at lr * c and betas ** c, c = N / (N + 1).
+        regularised = (t.r1_gamma or t.r2_gamma) and t.reg_interval > 1
+        self.c = t.reg_interval / (t.reg_interval + 1) if regularised else 1.0
         self.opt_g = self._optimizer(self.G, t.g_lr or t.lr)
-        self.opt_d = self._optimizer(self.D, t.d_lr or t.lr)
+        self.opt_d = self._optimizer(self.D, (t.d_lr or t.lr) * self.c, self.c)
         self.ema = {k: p.detach().clone() for k, p in self.G.named_parameters()} if t.ema_decay else None
         self.iteration = 0
         self.aug = spec.augment
         self.p = self.aug.start_p
         self.signs: list[Tensor] = []  # ADA: sign D(real) of every real image since the last adjustment
 
-    def _optimizer(self, net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    def _optimizer(self, net: nn.Module, lr: float, c: float = 1.0) -> torch.optim.Optimizer:
         t = self.t
         if t.optimizer == "rmsprop":
-            return torch.optim.RMSprop(net.parameters(), lr=lr, alpha=t.rmsprop_alpha, eps=t.eps,
+            return torch.optim.RMSprop(net.parameters(), lr=lr, alpha=t.rmsprop_alpha**c, eps=t.eps,
                                        weight_decay=t.weight_decay)  # fmt: skip
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+        betas = (t.betas[0] ** c, t.betas[1] ** c)
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, eps=t.eps, weight_decay=t.weight_decay)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         # The AMP recipe: forwards and losses under autocast, backward outside, fp32 weights.
@@ -357,6 +384,37 @@ class PaperLoop:
             self.p = max(self.p + (r_t > self.aug.ada_target) * step - (r_t < self.aug.ada_target) * step, 0.0)
             self.signs = []
 
+    def _r1_r2(self, d_real: Tensor | None, x: Tensor, d_fake: Tensor | None, f: Tensor) -> Tensor:
+        """Mescheder et al. 2018: gamma/2 E||grad_x D(x)||^2 at the reals (R1) and the fakes (R2)."""
+        t, total = self.t, 0.0
+        for gamma, out, inp in ((t.r1_gamma, d_real, x), (t.r2_gamma, d_fake, f)):
+            if gamma:
+                (grad,) = torch.autograd.grad(out.sum(), inp, create_graph=True)
+                total = total + gamma / 2 * (grad**2).sum(dim=[1, 2, 3]).mean()
+        return total
+
+    def _lazy_step(self, shares: list, ys: list, us: list, fakes: list[Tensor]) -> None:
+        """StyleGAN2's lazy regularisation: an update of the penalty alone, times N, on the
+        step's real images and fakes (each worker's share; the gradient mean over workers)."""
+        t = self.t
+        self.D.zero_grad()
+        total = 0.0
+        for w, ((x, _zw, _a), y, u, fake) in enumerate(zip(shares, ys, us, fakes, strict=True)):
+            x_req, f_req = x.detach().requires_grad_(True), fake.detach().requires_grad_(True)
+            x_in = self._augment(x_req, u[2]) if u is not None else x_req
+            f_in = self._augment(f_req, u[3]) if u is not None else f_req
+            with self._autocast():
+                d_real = self._logits(self.D, self.d_buf[w], x_in, y) if t.r1_gamma else None
+                d_fake = self._logits(self.D, self.d_buf[w], f_in, y) if t.r2_gamma else None
+                penalty = self._r1_r2(d_real, x_req, d_fake, f_req) * t.reg_interval
+                # StyleGAN2-ADA's Dreg phase adds real_logits * 0: every D parameter gets a (zero)
+                # gradient, so Adam steps those the penalty does not reach (the output bias) too.
+                outs = [o for o in (d_real, d_fake) if o is not None]
+                total = total + (penalty + 0 * torch.cat(outs).sum()) / self.parts
+        total.backward()
+        self._clip(self.D)
+        self.opt_d.step()
+
     def train_batch(self, real: Tensor, labels: Tensor | None, z: Tensor, mix: Tensor,
                     aug: Tensor | None = None) -> None:  # fmt: skip
         t = self.t
@@ -364,7 +422,7 @@ class PaperLoop:
         g_turn = self.iteration % t.d_steps == 0  # n_critic D steps per G step
         if t.lr_decay == "linear":  # Mimicry's linear decay: lr * (1 - k / K) in G iteration k of K
             k, total = (self.iteration - 1) // t.d_steps, STEPS // t.d_steps
-            for opt, lr in ((self.opt_g, t.g_lr or t.lr), (self.opt_d, t.d_lr or t.lr)):
+            for opt, lr in ((self.opt_g, t.g_lr or t.lr), (self.opt_d, (t.d_lr or t.lr) * self.c)):
                 for group in opt.param_groups:
                     group["lr"] = lr * (1 - k / total)
         shares = list(zip(real.chunk(self.parts), z.chunk(self.parts), mix.chunk(self.parts), strict=True))
@@ -381,12 +439,17 @@ class PaperLoop:
                 else:
                     with torch.no_grad():
                         fake = self._run(self.G, self.g_buf[w], zw, y)
-                x_in = self._augment(x, u[0]) if u is not None else x
-                fake_in = self._augment(fake.detach(), u[1]) if u is not None else fake.detach()
+                both = t.reg_interval == 1  # R1/R2 inside the D loss
+                x_req = x.detach().requires_grad_(True) if both and t.r1_gamma else x
+                f_req = fake.detach().requires_grad_(True) if both and t.r2_gamma else fake.detach()
+                x_in = self._augment(x_req, u[0]) if u is not None else x_req
+                fake_in = self._augment(f_req, u[1]) if u is not None else f_req
                 d_real = self._logits(self.D, self.d_buf[w], x_in, y)
                 d_fake = self._logits(self.D, self.d_buf[w], fake_in, y)
                 d_reals.append(d_real)
                 loss = d_loss_paper(t.loss, d_real, d_fake, t.label_smoothing)
+                if both:
+                    loss = loss + self._r1_r2(d_real, x_req, d_fake, f_req)
                 if t.loss == "wgan_gp":
                     a = a.view(-1, 1, 1, 1)
                     x_hat = (a * x_in + (1 - a) * fake_in).requires_grad_(True)
@@ -399,6 +462,8 @@ class PaperLoop:
         self._clip(self.D)
         self.opt_d.step()
         self._ada(torch.cat(d_reals))
+        if (t.r1_gamma or t.r2_gamma) and t.reg_interval > 1 and (self.iteration - 1) % t.reg_interval == 0:
+            self._lazy_step(shares, ys, us, fakes)
         if not g_turn:
             return
         # (2) G through the updated D, on the same fakes.
@@ -406,7 +471,7 @@ class PaperLoop:
         g_total = 0.0
         for w, (fake, y, u) in enumerate(zip(fakes, ys, us, strict=True)):
             with self._autocast():
-                fake_in = self._augment(fake, u[2]) if u is not None else fake
+                fake_in = self._augment(fake, u[4]) if u is not None else fake
                 g_total = g_total + g_loss_paper(t.loss, self._logits(self.D, self.d_buf[w], fake_in, y)) / self.parts
         g_total.backward()
         self._clip(self.G)
@@ -495,8 +560,11 @@ def test_the_step_on_two_ddp_ranks_matches_the_papers_loop(variant: str, ddp_run
     assert ranks[0][variant]["aug_left"] == 0  # every augmentation draw used: D's real and fake, G's fake
     # One all-reduce (one bucket at these sizes) per D step and per G step; none for D's
     # weights in the G step, where D runs frozen outside DDP.
-    d_steps = case.spec.train.d_steps
-    assert ranks[0][variant]["reductions"] == {"d": STEPS, "g": STEPS // d_steps}
+    t = case.spec.train
+    lazy = (t.r1_gamma or t.r2_gamma) and t.reg_interval > 1
+    # ... plus one per lazy R1/R2 update (D steps 1, N + 1, ...).
+    regs = len(range(0, STEPS, t.reg_interval)) if lazy else 0
+    assert ranks[0][variant]["reductions"] == {"d": STEPS + regs, "g": STEPS // t.d_steps}
     loop = reference(case, ranks[0][variant]["init"])
     tol = BF16_TOL if case.spec.train.precision == "bf16" else FP32_TOL
     if case.spec.train.lr_decay == "linear":  # the last G step ran at 1/K of the rate

@@ -336,8 +336,8 @@ def test_every_training_option_runs_under_ddp(ray_cluster: None, mnist_root: Pat
 def test_a_conditional_resnet_with_ada_runs_under_ddp_and_logs_p(
     ray_cluster: None, mnist_root: Path, tmp_path: Path
 ) -> None:
-    # BigGAN style (cBN in G, spectral-norm projection D) with DiffAugment and ADA on two real
-    # workers, through checkpoints and MLflow: p is a metric curve and the checkpoint keeps it
+    # BigGAN style (cBN in G, spectral-norm projection D) with DiffAugment, ADA and lazy R1 on
+    # two real workers, through checkpoints and MLflow: p is a metric curve and the checkpoint keeps it
     # with the spectral norm's raw weights; the ranks stay in step.
     from mlflow import MlflowClient
 
@@ -345,7 +345,7 @@ def test_a_conditional_resnet_with_ada_runs_under_ddp_and_logs_p(
         tmp_path, mnist_root, "spec.model.arch=resnet", "spec.model.d_norm=null", "spec.model.g_widths=[16,8,8]",
         "spec.model.d_widths=[8,16]", "spec.train.loss=hinge", "spec.train.epochs=1", "spec.data.limit=256",
         "spec.augment.policy=[translation,cutout]", "spec.augment.ada_target=0.6", "spec.augment.ada_interval=1",
-        "spec.augment.ada_kimg=0.5", job="mnist_cgan",
+        "spec.augment.ada_kimg=0.5", "spec.train.r1_gamma=1", "spec.train.reg_interval=2", job="mnist_cgan",
     )  # fmt: skip
     result = run(job)
     state = load_state(result.latest_checkpoint)

@@ -231,6 +231,15 @@ class TrainSpec(_Strict):
     """Clip the gradient norm of each net to this value before a step."""
     d_steps: PositiveInt = 1
     """Discriminator steps per generator step (each on its own real batch)."""
+    r1_gamma: Annotated[float, Field(ge=0)] = 0.0
+    """R1 (Mescheder et al. 2018): D's loss gains gamma / 2 * E ||grad D(x)||^2 at the real
+    images (before augmentation, as StyleGAN2-ADA). 0: off. StyleGAN2-ADA's CIFAR-10 setting: 0.01."""
+    r2_gamma: Annotated[float, Field(ge=0)] = 0.0
+    """R2: the same penalty at the fake images of the D step. 0: off."""
+    reg_interval: PositiveInt = 16
+    """Lazy regularisation (StyleGAN2): R1/R2 as their own D update every N D steps, scaled by
+    N, with D's learning rate and Adam betas (RMSprop's alpha) rescaled by c = N / (N + 1)
+    (lr * c, beta ** c). 1: the penalty joins every D step's loss, nothing rescaled."""
     lr_decay: Literal["none", "linear"] = "none"
     """`linear`: both learning rates fall linearly toward 0 over the run's G steps, as in
     Mimicry's SNGAN recipe: lr * (1 - k / K) for G step k of K = epochs * batches per epoch /

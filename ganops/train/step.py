@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ganops.augment import UNIFORMS, ada_adjust, augment
-from ganops.losses import get_loss, gradient_penalty, interpolates
+from ganops.losses import get_loss, gradient_penalty, gradient_sq_norm, interpolates
 from ganops.nets import build_discriminator, build_generator
 from ganops.nets.syncbn import convert_sync_batchnorm
 from ganops.spec.models import GANJobSpec, TrainSpec
@@ -41,12 +41,20 @@ def stat_names(loss: str) -> tuple[str, str, str, str]:
     return ("d_loss", "g_loss", "critic_real", "critic_fake")
 
 
-def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _optimizer(train: TrainSpec, params: list[nn.Parameter], lr: float, c: float = 1.0) -> torch.optim.Optimizer:
+    """``c``: lazy regularisation's rescaling (StyleGAN2): lr * c, and the moment decays ** c."""
     if train.optimizer == "rmsprop":
         return torch.optim.RMSprop(
-            params, lr=lr, alpha=train.rmsprop_alpha, eps=train.eps, weight_decay=train.weight_decay
+            params, lr=lr * c, alpha=train.rmsprop_alpha**c, eps=train.eps, weight_decay=train.weight_decay
         )
-    return torch.optim.Adam(params, lr=lr, betas=tuple(train.betas), eps=train.eps, weight_decay=train.weight_decay)
+    betas = (train.betas[0] ** c, train.betas[1] ** c)
+    return torch.optim.Adam(params, lr=lr * c, betas=betas, eps=train.eps, weight_decay=train.weight_decay)
+
+
+def lazy_c(train: TrainSpec) -> float:
+    """StyleGAN2's mb_ratio for D: N / (N + 1) with R1/R2 every N > 1 D steps, else 1."""
+    regularised = train.r1_gamma > 0 or train.r2_gamma > 0
+    return train.reg_interval / (train.reg_interval + 1) if regularised and train.reg_interval > 1 else 1.0
 
 
 def _full(logits: Tensor) -> Tensor:
@@ -136,7 +144,8 @@ class GANStep:
         if spec.train.ema_decay is not None:
             self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.opt_g = _optimizer(spec.train, list(self.g.parameters()), spec.train.lr_g)
-        self.opt_d = _optimizer(spec.train, list(self.d.parameters()), spec.train.lr_d)
+        self.d_lr_c = lazy_c(spec.train)
+        self.opt_d = _optimizer(spec.train, list(self.d.parameters()), spec.train.lr_d, self.d_lr_c)
         self.loss = get_loss(spec.train.loss)
         self.stat_names = stat_names(spec.train.loss)
         self.g_train: nn.Module = self.g
@@ -247,15 +256,19 @@ class GANStep:
         n = real.size(0)
         y = labels if self.num_classes is not None else None
         z = self.sample_z(n)
+        t = self.train_spec
+        every_step = t.reg_interval == 1  # R1/R2 in this loss, not in a lazy step of their own
         with self._autocast():
             if keep_fake:
                 fake = self.g_train(z, y)
             else:
                 with torch.no_grad():
                     fake = self.g(z, y)
+            real_x = real.detach().requires_grad_(True) if every_step and t.r1_gamma else real
+            fake_x = fake.detach().requires_grad_(True) if every_step and t.r2_gamma else fake.detach()
             # D sees augmented batches (when spec.augment asks), each with its own draw; the
             # gradient penalty's interpolates lie between what D sees.
-            parts = [self._augment(real), self._augment(fake.detach())]
+            parts = [self._augment(real_x), self._augment(fake_x)]
             interp = None
             if self.loss.gradient_penalty:
                 interp = interpolates(parts[0], parts[1], self.sample_mix(n))
@@ -265,6 +278,8 @@ class GANStep:
             loss = self.loss.d_loss(real_logits, fake_logits, self.train_spec.label_smoothing)
             if interp is not None:
                 loss = loss + self.train_spec.gp_weight * gradient_penalty(logits[2 * n :], interp)
+            if every_step:
+                loss = loss + self._penalty(real_logits, real_x, fake_logits, fake_x, scale=1.0)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(list(self.d.parameters()))
@@ -280,6 +295,39 @@ class GANStep:
             s[3] += fake_logits.mean()
         self.stats.d_steps += 1
         return fake
+
+    def _penalty(self, real_logits: Tensor, real_x: Tensor, fake_logits: Tensor, fake_x: Tensor,
+                 scale: float) -> Tensor:  # fmt: skip
+        """gamma / 2 * E ||grad D||^2 at the real (R1) and the fake (R2) inputs, times ``scale``."""
+        t = self.train_spec
+        total = real_logits.new_zeros(())
+        if t.r1_gamma:
+            total = total + t.r1_gamma / 2 * gradient_sq_norm(real_logits, real_x)
+        if t.r2_gamma:
+            total = total + t.r2_gamma / 2 * gradient_sq_norm(fake_logits, fake_x)
+        return total * scale
+
+    def regularise(self, real: Tensor, fake: Tensor, labels: Tensor | None) -> None:
+        """Lazy R1/R2 (StyleGAN2): a D update of the penalty alone, times reg_interval, on the
+        D step's real images (gradient taken before augmentation) and fakes."""
+        t = self.train_spec
+        n = real.size(0)
+        y = labels if self.num_classes is not None else None
+        real_x = real.detach().requires_grad_(True)
+        fake_x = fake.detach().requires_grad_(True)
+        inputs = [x for x, gamma in ((real_x, t.r1_gamma), (fake_x, t.r2_gamma)) if gamma]
+        with self._autocast():
+            parts = [self._augment(x) for x in inputs]
+            logits = _full(self.d_train(parts, [y] * len(parts) if y is not None else None)).split(n)
+            real_logits, fake_logits = logits[0], logits[-1]  # whichever are used
+            loss = self._penalty(real_logits, real_x, fake_logits, fake_x, scale=float(t.reg_interval))
+            # + 0 * D's output, as StyleGAN2-ADA's Dreg phase: parameters the penalty does not
+            # reach (the output bias) still get a (zero) gradient, so DDP's all-reduce completes.
+            loss = loss + 0.0 * torch.cat(logits).sum()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip(list(self.d.parameters()))
+        self.opt_d.step()
 
     def g_step(self, fake: Tensor, labels: Tensor | None) -> None:
         """(2) Update G: push D(G(z)) up, through D's plain module with D frozen."""
@@ -340,7 +388,7 @@ class GANStep:
 
     def _set_lr(self) -> None:
         factor = self.lr_scale * self._decay()
-        for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d)):
+        for opt, lr in ((self.opt_g, self.train_spec.lr_g), (self.opt_d, self.train_spec.lr_d * self.d_lr_c)):
             for group in opt.param_groups:
                 group["lr"] = lr * factor
 
@@ -361,6 +409,9 @@ class GANStep:
         g_turn = self._batches % self.train_spec.d_steps == 0
         real = real.contiguous(memory_format=self.memory_format)
         fake = self.d_step(real, labels, keep_fake=g_turn)
+        t = self.train_spec
+        if (t.r1_gamma or t.r2_gamma) and t.reg_interval > 1 and (self._batches - 1) % t.reg_interval == 0:
+            self.regularise(real, fake, labels)  # D steps 1, N + 1, 2N + 1, ... (StyleGAN2-ADA's phases)
         if g_turn:
             self.g_step(fake, labels)
 
