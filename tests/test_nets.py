@@ -621,3 +621,13 @@ def test_a_spectrally_normalised_d_reloads_from_its_state_dict_with_its_power_it
     D.eval(), other.eval()
     with torch.no_grad():
         assert torch.equal(other(x, y), D(x, y))
+
+
+def test_dcgan_init_of_a_conditional_resnet_leaves_cbns_affine_free_batchnorm_alone() -> None:
+    # cifar_biggan_diffaug's N(0, 0.02) init: conditional BatchNorm's inner BN has no weight.
+    from ganops.nets.resnet import ConditionalBatchNorm2d
+
+    G, _ = _nets("resnet", (3, 32, 32), conditional=True, init="dcgan", g_widths=[32, 32, 32, 32])
+    assert float(G.body.blocks[0].c1.weight.std()) == pytest.approx(0.02, rel=0.1)
+    cbn = next(m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d))
+    assert float(cbn.embed.weight[:, : cbn.channels].mean()) == pytest.approx(1.0, abs=0.01)  # gains still ~1

@@ -17,6 +17,7 @@ from tests.helpers import JOBS, REPO, run_cli
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
 EXPECTED_JOBS = {
     "mnist_dcgan", "mnist_mlp", "cifar_mlp", "cifar_dcgan", "svhn_dcgan", "mnist_deep", "cifar_deep", "mnist_cgan",
+    "cifar_sngan", "cifar_biggan_diffaug",
 }  # fmt: skip
 
 

@@ -330,7 +330,7 @@ def init_dcgan_(net: nn.Module) -> nn.Module:
             nn.init.normal_(m.weight, 0.0, DCGAN_INIT_STD)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, _NORMS):
+        elif isinstance(m, _NORMS) and m.affine:  # conditional BatchNorm's own BN has no affine
             nn.init.normal_(m.weight, 1.0, DCGAN_INIT_STD)
             nn.init.zeros_(m.bias)
     return net
