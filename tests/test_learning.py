@@ -119,6 +119,16 @@ def test_a_collapsed_generator_that_left_noise_fails_the_bar(judge: Judge, ceili
     assert any("too few classes" in r for r in failures(v, ceiling)), v.line()
 
 
+# The resnet cases' settings (MODERN below): G 64 wide from 7x7, D 64 wide, z 128, hinge, Adam
+# 2e-4 with the SNGAN betas (0.0, 0.9), one D step per G step (the plain loop's), an EMA of G.
+RESNET_SETS = [
+    "spec.model.arch=resnet", "spec.model.d_norm=null", "spec.model.d_dropout=null", "spec.model.kernel_size=null",
+    "spec.model.g_activation=null", "spec.model.latent_dim=128", "spec.model.g_widths=[64,64,64]",
+    "spec.model.d_widths=[64,64,64,64]", "spec.train.loss=hinge", "spec.train.betas=[0.0,0.9]",
+]  # fmt: skip
+RESNET_STEPS = 1500
+RESNET_COND_STEPS = 1000
+
 # -- through `ganops submit`, two Ray workers (make test-heavy) -------------------------------
 
 
@@ -160,11 +170,35 @@ def _plain_reference(job_spec, steps: int, judge: Judge) -> Callable[[], Verdict
 def test_the_job_submitted_to_two_ray_workers_learns_mnist_digits(
     case: str, judge: Judge, ceiling: float, ray_cluster: None, mnist_folder: Path, tmp_path: Path
 ) -> None:
+    _submit_and_judge(case, SUBMITTED[case], judge, ceiling, mnist_folder, tmp_path)
+
+
+# The SNGAN ResNets (spectral-norm D, hinge, the SNGAN betas) and their BigGAN-style conditional
+# form (cBN in G, projection D), narrowed for 2 CPUs, on the MNIST jobs. In make test-learning
+# (beside their references) only: CI's 70 minutes have no room for them.
+MODERN: dict[str, Case] = {
+    "resnet-sn": Case("mnist_dcgan", RESNET_STEPS, [*RESNET_SETS]),
+    "resnet-cbn-projection": Case("mnist_cgan", RESNET_COND_STEPS, [*RESNET_SETS]),
+}
+
+
+@pytest.mark.heavy
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(
+    os.environ.get("GANOPS_LEARNING_REFERENCES") != "1", reason="make test-learning only (CI's time budget)"
+)
+@pytest.mark.parametrize("case", list(MODERN))
+def test_the_resnet_jobs_submitted_to_two_ray_workers_learn_mnist_digits(
+    case: str, judge: Judge, ceiling: float, ray_cluster: None, mnist_folder: Path, tmp_path: Path
+) -> None:
+    _submit_and_judge(case, MODERN[case], judge, ceiling, mnist_folder, tmp_path)
+
+
+def _submit_and_judge(case: str, c: Case, judge: Judge, ceiling: float, mnist_folder: Path, tmp_path: Path) -> None:
     from ganops import jobdir
     from ganops.nets import build_generator
     from tests.conftest import run
 
-    c = SUBMITTED[case]
     train: Digits = mnist()[0]
     per_epoch = len(train) // runs.BATCH
     epochs = -(-c.steps // per_epoch)
