@@ -6,6 +6,7 @@ SyncBN training the global batch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ganops import client
@@ -89,3 +90,23 @@ def test_linear_lr_decay_resumes_where_the_schedule_was_mid_g_step() -> None:
             s.train_batch(real, None)
         rates.append((s.opt_g.param_groups[0]["lr"], s.opt_d.param_groups[0]["lr"]))
     assert rates == [(1e-3 / 2, 1e-3 / 2)] * 2
+
+
+@pytest.mark.parametrize("name", ["cifar_sngan", "cifar_biggan_diffaug"])
+def test_the_resnet_cifar_jobs_start_on_a_cpu_as_shipped(name: str) -> None:
+    # Their real runs need GPUs. Here: the shipped file's nets (full widths), objective,
+    # d_steps, augmentation and optimizer, at a batch of 2, train one G step on CIFAR-shaped data.
+    job = client.load_job(JOBS / f"{name}.yaml", ["spec.data.dataset=fake", "spec.data.root=",
+                                                 "spec.data.download=false", "spec.train.batch_size=2",
+                                                 "spec.scaling.num_workers=1"])  # fmt: skip
+    t = job.spec.train
+    torch.manual_seed(0)
+    step = GANStep(job.spec, (3, 32, 32), 10, torch.device("cpu"))
+    before = {k: v.clone() for k, v in step.g.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(t.d_steps):
+        step.train_batch(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (2,), generator=g))
+    assert (step.stats.d_steps, step.stats.g_steps) == (t.d_steps, 1)
+    stats = step.take_stats()
+    assert all(v == v and abs(v) < 1e6 for v in stats.values()), stats  # finite
+    assert any(not torch.equal(before[k], v) for k, v in step.g.state_dict().items())  # G took its step

@@ -358,26 +358,6 @@ def test_a_conditional_resnet_with_ada_runs_under_ddp_and_logs_p(
     assert meta["rank_checksums"][0] == pytest.approx(meta["rank_checksums"][1], rel=1e-9)
 
 
-@pytest.mark.heavy  # their nets and steps are exact in make test-fast; this is the shipped files end to end
-@pytest.mark.parametrize(("name", "images"), [("cifar_sngan", 64 * 5), ("cifar_biggan_diffaug", 50 * 4)])
-def test_the_resnet_cifar_jobs_start_on_a_cpu_as_shipped(
-    name: str, images: int, ray_cluster: None, tmp_path: Path
-) -> None:
-    # Their real runs need GPUs; here each trains one G step (its d_steps D steps) at its
-    # shipped nets and settings on CIFAR-shaped data, and writes its checkpoint.
-    job = client.load_job(
-        JOBS / f"{name}.yaml",
-        [
-            "spec.data.dataset=fake", "spec.data.root=", "spec.data.download=false", "spec.data.num_classes=10",
-            f"spec.data.limit={images}", "spec.train.epochs=1", "spec.eval.every_epochs=null",
-            "spec.checkpoint.keep_best=null", "spec.samples.num=16", f"spec.storage={tmp_path}",
-        ],
-    )  # fmt: skip
-    result = run(job)
-    assert result.trained and result.epochs_done == 1 and result.step == job.spec.train.d_steps
-    assert result.latest_checkpoint
-
-
 def test_the_embedded_mlflow_store_records_the_run_next_to_the_jobs(two_worker_run) -> None:
     from mlflow import MlflowClient
 
