@@ -35,8 +35,8 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     ),
     "d-forward-bypasses-ddp": (
         "ganops/train/step.py",
-        "logits = _full(self.d_train(parts,",
-        'logits = _full(getattr(self.d_train, "module", self.d_train)(parts,',
+        "logits = _full(self.d_train(parts, [y] * len(parts) if y is not None else None))\n",
+        'logits = _full(getattr(self.d_train, "module", self.d_train)(parts, [y] * len(parts) if y is not None else None))\n',
     ),
     "label-smoothing-on-the-fakes": (
         "ganops/losses.py",
