@@ -380,3 +380,17 @@ def test_the_arch_sizes_the_preflight_checks_are_the_nets_own() -> None:
     from ganops.spec.models import ARCH_RESOLUTIONS
 
     assert ARCH_RESOLUTIONS == {a.name: a.resolutions for a in NET_ARCHS.values()}
+
+
+def test_a_checkpoint_from_before_arch_dependent_defaults_still_resumes_the_same_job() -> None:
+    # Checkpoints written before kernel_size/init became arch defaults (and before
+    # d_spectral_norm) saved 5, "dcgan" and nothing: the same job file must still resume them.
+    from ganops.train.launch import _compatible
+
+    job = load(JOBS / "mnist_cgan.yaml")
+    before = job.to_dict()
+    before["spec"]["model"].update(kernel_size=5, init="dcgan")
+    before["spec"]["model"].pop("d_spectral_norm")
+    assert _compatible(before, job) == []
+    other = load(JOBS / "mnist_cgan.yaml", ["spec.model.d_spectral_norm=true"])
+    assert _compatible(before, other) == ["spec.model.d_spectral_norm"]

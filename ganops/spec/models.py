@@ -369,9 +369,9 @@ class AugmentSpec(_Strict):
     probability `p`, and ADA's controller of p (Karras et al. 2020)."""
 
     policy: list[Literal["color", "translation", "cutout"]] = Field(default_factory=list)
-    """DiffAugment policies, any combination, applied in this order: `color` (brightness,
-    saturation, contrast), `translation` (by up to 1/8 of the size, zero fill), `cutout` (a
-    half-size square). Empty: no augmentation."""
+    """DiffAugment policies, any combination, applied in the order listed: `color`
+    (brightness, saturation, contrast), `translation` (by up to 1/8 of the size, zero fill),
+    `cutout` (a half-size square). Empty: no augmentation."""
     p: Annotated[float, Field(ge=0, le=1)] | None = None
     """Probability that each policy transforms a sample (default: 1, DiffAugment's; with
     `ada_target`, where p starts: 0 as in StyleGAN2-ADA)."""
@@ -442,6 +442,19 @@ def batchnorm_critic(model: ModelSpec, image_size: int | None) -> bool:
     if model.d_norm is not None:
         return model.d_norm == "batch"
     return model.arch == "dcgan" and image_size is not None and image_size != 28
+
+
+def model_for_resume(model: dict[str, Any]) -> dict[str, Any]:
+    """A dumped `spec.model` with the arch defaults that decide the weights filled in, so a
+    checkpoint written before a field became arch-dependent (kernel_size 5, init dcgan, no
+    d_spectral_norm) still matches the same job spec now."""
+    resnet = model.get("arch") == "resnet"
+    arch_default = {
+        "kernel_size": 3 if resnet else 5,
+        "init": "xavier" if resnet else "dcgan",
+        "d_spectral_norm": resnet,
+    }
+    return {**model, **{k: v for k, v in arch_default.items() if model.get(k) is None}}
 
 
 def check_model(model: ModelSpec) -> None:

@@ -24,7 +24,7 @@ from ganops import jobdir, rayinit, storage
 from ganops.data import ImageInfo
 from ganops.errors import JobFailedError, ResourceError, UserError
 from ganops.spec import dump
-from ganops.spec.models import GANJob
+from ganops.spec.models import GANJob, model_for_resume
 from ganops.timings import mark
 
 Echo = Callable[[str], None]
@@ -56,9 +56,9 @@ def _compatible(previous: dict[str, Any], job: GANJob) -> list[str]:
     now = job.to_dict()["spec"]
     prev = previous.get("spec", {})
     problems = []
-    if prev.get("model") != now["model"]:
-        changed = sorted(k for k in now["model"] if prev.get("model", {}).get(k) != now["model"][k])
-        problems += [f"spec.model.{k}" for k in changed]
+    model, prev_model = model_for_resume(now["model"]), model_for_resume(prev.get("model", {}))
+    if prev_model != model:
+        problems += [f"spec.model.{k}" for k in sorted(k for k in model if prev_model.get(k) != model[k])]
     for k in ("dataset", "image_size", "channels"):
         if prev.get("data", {}).get(k) != now["data"][k]:
             problems.append(f"spec.data.{k}")

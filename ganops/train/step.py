@@ -83,8 +83,9 @@ class PartsForward(nn.Module):
     own statistics (and advances its running statistics once per part, as separate D calls
     would) and spectral norm runs one power iteration per part (as SNGAN's code and Mimicry,
     which call D on the real and the fake batch apart); without it the parts are
-    concatenated into one cheaper pass, which is the same computation for a D with neither. Parameters used by several parts get their
-    gradients summed by autograd before DDP's hook fires, so the all-reduce stays one.
+    concatenated into one cheaper pass, which is the same computation for a D with neither.
+    Parameters used by several parts get their gradients summed by autograd before DDP's
+    hook fires, so the all-reduce stays one.
     """
 
     def __init__(self, d: nn.Module, separate: bool) -> None:
