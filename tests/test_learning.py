@@ -119,15 +119,17 @@ def test_a_collapsed_generator_that_left_noise_fails_the_bar(judge: Judge, ceili
     assert any("too few classes" in r for r in failures(v, ceiling)), v.line()
 
 
-# The resnet cases' settings (MODERN below): G 64 wide from 7x7, D 64 wide, z 128, hinge, Adam
+# The resnet cases' settings (MODERN below): G 32 wide from 7x7, D 32 wide, z 128, hinge, Adam
 # 2e-4 with the SNGAN betas (0.0, 0.9), one D step per G step (the plain loop's), an EMA of G.
 RESNET_SETS = [
     "spec.model.arch=resnet", "spec.model.d_norm=null", "spec.model.d_dropout=null", "spec.model.kernel_size=null",
-    "spec.model.g_activation=null", "spec.model.latent_dim=128", "spec.model.g_widths=[64,64,64]",
-    "spec.model.d_widths=[64,64,64,64]", "spec.train.loss=hinge", "spec.train.betas=[0.0,0.9]",
+    "spec.model.g_activation=null", "spec.model.latent_dim=128", "spec.model.g_widths=[32,32,32]",
+    "spec.model.d_widths=[32,32,32,32]", "spec.train.loss=hinge", "spec.train.betas=[0.0,0.9]",
 ]  # fmt: skip
 RESNET_STEPS = 1500
-RESNET_COND_STEPS = 1000
+# The conditional form (mnist_cgan + RESNET_SETS: cBN in G, projection D) has no budget yet: at
+# 1,000 steps both ganops and the plain loop drew the class asked for in only 19% and 15% of
+# samples (FD 128 and 119), far from the 80% bar.
 
 # -- through `ganops submit`, two Ray workers (make test-heavy) -------------------------------
 
@@ -173,12 +175,11 @@ def test_the_job_submitted_to_two_ray_workers_learns_mnist_digits(
     _submit_and_judge(case, SUBMITTED[case], judge, ceiling, mnist_folder, tmp_path)
 
 
-# The SNGAN ResNets (spectral-norm D, hinge, the SNGAN betas) and their BigGAN-style conditional
-# form (cBN in G, projection D), narrowed for 2 CPUs, on the MNIST jobs. In make test-learning
+# The SNGAN ResNets (spectral-norm D, hinge, the SNGAN betas), narrowed for 2 CPUs, on the
+# MNIST job. In make test-learning
 # (beside their references) only: CI's 70 minutes have no room for them.
 MODERN: dict[str, Case] = {
     "resnet-sn": Case("mnist_dcgan", RESNET_STEPS, [*RESNET_SETS]),
-    "resnet-cbn-projection": Case("mnist_cgan", RESNET_COND_STEPS, [*RESNET_SETS]),
 }
 
 
