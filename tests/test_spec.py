@@ -394,3 +394,16 @@ def test_a_checkpoint_from_before_arch_dependent_defaults_still_resumes_the_same
     assert _compatible(before, job) == []
     other = load(JOBS / "mnist_cgan.yaml", ["spec.model.d_spectral_norm=true"])
     assert _compatible(before, other) == ["spec.model.d_spectral_norm"]
+
+
+def test_the_resume_check_fills_the_same_arch_defaults_the_nets_build_with() -> None:
+    # model_for_resume is the torch-free twin of the nets' arch defaults; they must agree.
+    from ganops.nets import resolve_config
+    from ganops.spec.models import ModelSpec, model_for_resume
+
+    for arch in ARCHS:
+        cfg = resolve_config(ModelSpec(arch=arch), (1, 28, 28), None)
+        filled = model_for_resume(ModelSpec(arch=arch).model_dump())
+        assert (filled["kernel_size"], filled["init"], filled["d_spectral_norm"]) == (
+            cfg.kernel_size, cfg.init, cfg.d_spectral_norm,
+        ), arch  # fmt: skip

@@ -448,7 +448,7 @@ def model_for_resume(model: dict[str, Any]) -> dict[str, Any]:
     """A dumped `spec.model` with the arch defaults that decide the weights filled in, so a
     checkpoint written before a field became arch-dependent (kernel_size 5, init dcgan, no
     d_spectral_norm) still matches the same job spec now."""
-    resnet = model.get("arch") == "resnet"
+    resnet = model.get("arch") == "resnet"  # tests/test_spec.py checks these against the nets
     arch_default = {
         "kernel_size": 3 if resnet else 5,
         "init": "xavier" if resnet else "dcgan",
