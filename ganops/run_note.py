@@ -166,8 +166,8 @@ def render(facts: NoteFacts) -> str:
         lines.append(f"- **Best FID** {b.fid:.2f}{kid}{when}")
         kept = f"`{tracking.redact(b.checkpoint)}`" if b.checkpoint else "not kept (set spec.checkpoint.keep_best: fid)"
         lines.append(f"- **Best checkpoint** {kept}")
-    elif spec.eval.every_epochs is None:
-        lines.append("- **Best FID** not measured (spec.eval.every_epochs is unset)")
+    elif not spec.eval.enabled:
+        lines.append("- **Best FID** not measured (spec.eval.every_epochs and every_steps are unset)")
     if facts.model_uri:
         model = f"- **Generator** `{facts.model_uri}`"
         if spec.tracking.register_as:
@@ -254,7 +254,7 @@ def collect(ref: tracking.RunRef, job: GANJob, jd: jobdir.JobDir, info: ImageInf
         networks=tags.get(NETWORKS_TAG) or describe_networks(job),
         precision=tags.get(PRECISION_TAG),
         latest_checkpoint=latest.uri if latest else None,
-        best=_best(jd) if job.spec.eval.every_epochs is not None else None,
+        best=_best(jd) if job.spec.eval.enabled else None,
         model_uri=tags.get("ganops.model_uri"),
         champion_version=tags.get("ganops.champion_version"),
         registered_version=tags.get(tracking.REGISTERED_TAG),

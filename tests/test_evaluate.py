@@ -73,7 +73,9 @@ def _eval_overrides(s3_uri: str, sha: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(ray_cluster: None, mnist_root: Path, s3_weights: str, weights: tuple[Path, str],
             tmp_path_factory: pytest.TempPathFactory) -> dict:  # fmt: skip
-    """2 workers, 2 epochs scored after each, the best kept; then resumed to a third epoch."""
+    """2 workers, 2 epochs scored after each, the best kept; then resumed to a third epoch
+    scored every 4 steps instead (eval.every_steps: mid-epoch at step 20, and once at 24, where
+    the step and the run's end fall together)."""
     storage = tmp_path_factory.mktemp("eval-train")
     overrides = [*_eval_overrides(s3_weights, weights[1]), "spec.scaling.num_workers=2", "spec.checkpoint.keep=1",
                  "spec.checkpoint.keep_best=fid", f"spec.tracking.register_as={REGISTERED}"]  # fmt: skip
@@ -81,7 +83,8 @@ def trained(ray_cluster: None, mnist_root: Path, s3_weights: str, weights: tuple
     first = run(job)
     cache = sorted((storage / refs.CACHE_DIR).glob("*.npz"))
     cache_mtime = cache[0].stat().st_mtime_ns if cache else None
-    second = run(mnist_job(storage, mnist_root, *overrides, "spec.train.epochs=3"))
+    second = run(mnist_job(storage, mnist_root, *overrides, "spec.train.epochs=3", "spec.eval.every_epochs=null",
+                           "spec.eval.every_steps=4"))  # fmt: skip
     return {"job": job, "storage": storage, "first": first, "second": second, "cache": cache,
             "cache_mtime": cache_mtime, "uri": embedded_store(str(storage))[0]}  # fmt: skip
 
@@ -103,8 +106,9 @@ def test_scores_are_logged_per_evaluation_step_with_what_they_were_computed_from
     client = _client(trained["uri"])
     for key in ("eval/fid", "eval/kid_mean", "eval/kid_std", "eval/is_mean", "eval/is_std", "eval/precision",
                 "eval/recall"):  # fmt: skip
-        # 512 images, global batch 64: 8 steps an epoch; scored after epochs 1, 2 (first run) and 3 (resumed).
-        assert [m.step for m in client.get_metric_history(first.mlflow_run_id, key)] == [8, 16, 24], key
+        # 512 images, global batch 64: 8 steps an epoch; scored after epochs 1, 2 (first run), then
+        # (resumed) at steps 20 (mid-epoch) and 24, each once.
+        assert [m.step for m in client.get_metric_history(first.mlflow_run_id, key)] == [8, 16, 20, 24], key
     fids = [m.value for m in client.get_metric_history(first.mlflow_run_id, "eval/fid")]
     assert all(f > 0 for f in fids)
     assert all(m.value > 1.0 for m in client.get_metric_history(first.mlflow_run_id, "eval/is_mean"))
@@ -114,7 +118,7 @@ def test_scores_are_logged_per_evaluation_step_with_what_they_were_computed_from
     assert record["reference"]["num_images"] == NUM_SAMPLES and record["inception_sha256"]
     assert record["kid"]["subset_size"] == NUM_SAMPLES and record["pr"]["k"] == 3
     artifacts = [a.path for a in client.list_artifacts(first.mlflow_run_id, "eval")]
-    assert artifacts == [f"eval/{jobdir.eval_record_name(s)}" for s in (8, 16, 24)]
+    assert artifacts == [f"eval/{jobdir.eval_record_name(s)}" for s in (8, 16, 20, 24)]
     tags = client.get_run(first.mlflow_run_id).data.tags
     assert tags["ganops.eval.reference"] == f"mnist test: {NUM_SAMPLES} of 512 images"
 
@@ -136,7 +140,8 @@ def test_the_best_checkpoint_survives_pruning_and_the_champion_moves_only_on_imp
     # keep: 1 leaves one checkpoint in Ray's directory; the best one lives beside it, complete.
     assert [c.name for c in jd.complete_checkpoints()] == ["epoch_0003"]
     best = jd.best_checkpoint()
-    assert best is not None and best.step == best_step and best.name == jobdir.checkpoint_name(best_step // 8)
+    assert best is not None and best.step == best_step
+    assert best.name == jobdir.checkpoint_name(best_step // 8, best_step % 8)  # mid-epoch at step 20
     assert best.meta["eval"]["fid"] == pytest.approx(fids[best_step])
     assert [p.name for p in (trained["storage"] / trained["job"].name / jobdir.BEST).iterdir()] == [best.name]
     state = torch.load(Path(best.uri) / jobdir.STATE_FILE, map_location="cpu", weights_only=True)

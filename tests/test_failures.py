@@ -367,9 +367,9 @@ def test_a_tracking_outage_mid_run_costs_no_retry_and_no_metric_points(
 
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
-    # 640 steps: the first checkpoint after 128, then ~60 s or more of training on 2 CPUs,
-    # longer than the 30 s outage (checked below: the run must still be training after it).
-    epochs = 10
+    # 512 steps: the first checkpoint after 128, then ~40 s or more of training on 2 CPUs,
+    # longer than the 15 s outage (checked below: the run must still be training after it).
+    epochs = 8
     job = mnist_job(tmp_path / "runs", mnist_root, *LONG, f"spec.train.epochs={epochs}",
                     "spec.train.log_every_steps=1", "spec.checkpoint.every_epochs=2",
                     f"spec.tracking.uri={server.uri}")  # fmt: skip
@@ -391,7 +391,7 @@ def test_a_tracking_outage_mid_run_costs_no_retry_and_no_metric_points(
             time.sleep(0.2)
         assert jd.complete_checkpoints(), "the run never reached its first checkpoint"
         server.stop()
-        time.sleep(30)
+        time.sleep(15)
         assert trainer.is_alive(), "the run ended during the outage: make it longer"
         server.start()
         trainer.join(timeout=400)  # inside pytest's 600 s, so that this test's own asserts say what went wrong

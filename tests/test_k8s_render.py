@@ -118,6 +118,8 @@ def test_rayjob_content_follows_spec_and_defaults() -> None:
     head = spec["rayClusterSpec"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert "nodeSelector" not in head["template"]["spec"]
+    # Ray pods ignore SIGTERM (bash is PID 1): a short grace frees the node in seconds, not 30.
+    assert head["template"]["spec"]["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"] == 5
     assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
     # Each Ray Train worker reserves its pod's CPUs (torch threads follow the reservation).
     sent = _spec_in(spec["entrypoint"])

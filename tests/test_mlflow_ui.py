@@ -78,7 +78,7 @@ def test_a_run_in_the_embedded_store_is_generated_from_with_its_storage_root(mni
         "ganops", "generate", "--run-id", RUN_ID, "--storage", "/tmp/runs", "--out", "./generated/mnist-dcgan",
     ]  # fmt: skip
     note = run_note.render(facts)
-    assert "**Best FID** not measured (spec.eval.every_epochs is unset)" in note
+    assert "**Best FID** not measured (spec.eval.every_epochs and every_steps are unset)" in note
     assert "MLFLOW_TRACKING_USERNAME" not in note
 
 

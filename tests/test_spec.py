@@ -179,6 +179,17 @@ def test_regularisers_and_d_steps_refuse_impossible_values_naming_the_field() ->
     assert got["spec.train.r1_gamma"] == "must be >= 0", got
 
 
+def test_keep_best_and_fid_regression_take_either_evaluation_schedule() -> None:
+    for every in ({"every_epochs": 2}, {"every_steps": 500}):
+        job = validate(minimal(eval=every, checkpoint={"keep_best": "fid"}, train={"stop_on": ["fid_regression"]}))
+        assert job.spec.eval.enabled
+    got = problems(minimal(checkpoint={"keep_best": "fid"}))
+    assert "eval.every_epochs or eval.every_steps" in got["spec.checkpoint.keep_best"], got
+    got = problems(minimal(train={"stop_on": ["fid_regression"]}))
+    assert "eval.every_epochs or eval.every_steps" in got["spec.train.stop_on"], got
+    assert set(problems(minimal(eval={"every_steps": 0}))) == {"spec.eval.every_steps"}
+
+
 def test_registries_in_the_spec_match_the_worker_side_registries() -> None:
     from ganops import data, losses, nets
 

@@ -127,12 +127,21 @@ def _container(name: str, image: str, cpu: str, memory: str, extra: dict[str, An
     return c
 
 
+RAY_POD_GRACE_SECONDS = 5
+
+
 def _pod(container: dict[str, Any], sa: str | None, node_selector: dict[str, str],
          tolerations: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     spec: dict[str, Any] = {
         "containers": [container],
         # Ray's object store lives in /dev/shm; the container default (64 MiB) is too small.
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        # KubeRay runs `bash -lc "ulimit ...; ray start --block"`: bash is PID 1 and drops the
+        # SIGTERM, so the kubelet waits out the whole grace period (30 s by default) before its
+        # SIGKILL. Nothing in a Ray pod acts on SIGTERM (a cancel's checkpoint is taken through
+        # Ray's job stop, before the cluster goes; the state is in storage and MLflow), so a
+        # finished, cancelled or deleted job's pods free their node in seconds.
+        "terminationGracePeriodSeconds": RAY_POD_GRACE_SECONDS,
     }
     if sa:
         spec["serviceAccountName"] = sa

@@ -137,7 +137,7 @@ class Worker:
         self.checkpoints = Checkpoints(self.job, self.jobdir, self.step, r, self.pos, self.noise, self.stream)
         self.divergence = DivergenceGuard(spec.train, self.step, r, self.pos, self.checkpoints, self.jobdir)
         self.eval: EvalRound | None = None
-        if spec.eval.every_epochs is not None:
+        if spec.eval.enabled:
             self.eval = EvalRound(
                 self.job, config.mlflow, self.jobdir, self.step, r, self.pos, self.checkpoints, self.tracker, self._warn
             )
@@ -192,6 +192,8 @@ class Worker:
                         now = time.perf_counter()
                         self._log_progress(now - t_log, steps_since_log)
                         t_log, steps_since_log = now, 0
+                    if self._eval_due_at_step() and self.pos.batch < self.batches_per_epoch:
+                        self._evaluate()  # mid-epoch (at an epoch's end: with the epoch's)
                     if save and self.pos.batch < self.batches_per_epoch:
                         self._checkpoint(self._metrics(), final=False)  # mid-epoch
                     elif save:
@@ -351,15 +353,25 @@ class Worker:
         if self.tracker is not None:
             self.tracker.log_metrics({"epoch": e, "epoch_time_s": epoch_time}, self.pos.step)
         last = e == spec.train.epochs
-        if self.eval is not None and (e % (spec.eval.every_epochs or 1) == 0 or last):
-            fid = self.eval.run()
-            if fid is not None:
-                self._observe_health(lambda h: h.observe_fid(fid, self.pos.step))
+        every = spec.eval.every_epochs
+        if self.eval is not None and ((every is not None and e % every == 0) or self._eval_due_at_step() or last):
+            self._evaluate()
         if save or e % spec.checkpoint.every_epochs == 0 or last:
             self._checkpoint(metrics, final=last)
         else:
             ray.train.report(metrics)
         return not last and bool(self.ranks.broadcast(self._stop_reason is not None))
+
+    def _eval_due_at_step(self) -> bool:
+        every = self.spec.eval.every_steps
+        return self.eval is not None and every is not None and self.pos.step % every == 0
+
+    def _evaluate(self) -> None:
+        """Score G (every rank); the FID feeds the health signals (fid_regression)."""
+        assert self.eval is not None
+        fid = self.eval.run()
+        if fid is not None:
+            self._observe_health(lambda h: h.observe_fid(fid, self.pos.step))
 
     def _metrics(self) -> dict[str, Any]:
         return {"epoch": self.pos.epoch, "batch": self.pos.batch, "step": self.pos.step}

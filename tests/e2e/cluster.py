@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,11 +99,17 @@ class Cluster:
         return self.k8s().list_namespaced_pod(self.namespace, label_selector=selector).items
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float, every: float = 2) -> Any:
-        """``check()``'s first truthy value, or an AssertionError after ``timeout`` seconds."""
+        """``check()``'s first truthy value, or an AssertionError after ``timeout`` seconds.
+
+        Each wait's time is printed (``make e2e`` runs with ``-s``): where the tier's minutes go.
+        """
+        t0 = time.monotonic()
         try:
             return helpers.wait_for(what, check, timeout, every)
         except AssertionError as e:
             raise AssertionError(f"{e} (log: {self.log})") from None
+        finally:
+            print(f"  waited {time.monotonic() - t0:5.0f} s for {what}", flush=True)
 
     def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
         """``ganops status NAME -o json`` once the phase (polled cheaply) is one of ``phases``."""

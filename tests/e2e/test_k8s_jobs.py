@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if was_up and not keep:
         pytest.fail(f"a cluster is already up (netns {NETNS}): run cluster/local/down.sh, or set GANOPS_E2E_KEEP=1")
     log = tmp_path_factory.mktemp("e2e") / "cluster.log"
+    t0 = time.monotonic()
     with log.open("ab") as err:
         out = subprocess.run(["bash", str(UP)], stdout=subprocess.PIPE, stderr=err, timeout=3600, check=False)
+    print(f"  up.sh: {time.monotonic() - t0:.0f} s", flush=True)
     if out.returncode != 0:
         pytest.fail(f"up.sh exited {out.returncode}:\n{log.read_text()[-4000:]}")
     env = dict(re.findall(r"^export ([A-Z_][A-Z0-9_]*)=(\S*)$", out.stdout.decode(), re.M))
