@@ -42,11 +42,19 @@ cli.add_command(operator)
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
 def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
-    """Validate SPEC and print the resolved spec (all defaults filled in)."""
+    """Validate SPEC (any kind: GANJob, GANGeneration, GANEvaluation, as its `kind:` says) and
+    print it resolved (all defaults filled in); a GANJob's data is checked where it is here."""
     from ganops.client import load_job, preflight
     from ganops.spec import dump
+    from ganops.spec.loader import load_resource
 
-    job = load_job(spec_file, list(overrides))
+    resource = load_resource(spec_file, list(overrides))
+    kind = getattr(resource, "kind", "GANJob")
+    if kind != "GANJob":
+        click.echo(dump(resource), nl=False)
+        err(f"{spec_file}: valid {kind}")
+        return
+    job = load_job(spec_file, list(overrides))  # with its local paths resolved, as submit reads it
     click.echo(dump(job), nl=False)
     # The data may live only on the cluster's nodes: check it when it is reachable here.
     data = job.spec.data

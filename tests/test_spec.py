@@ -242,6 +242,31 @@ def test_cli_validate_prints_the_resolved_spec(tmp_path: Path) -> None:
     assert resolved["spec"]["train"]["d_steps"] == 1  # defaults are filled in
 
 
+def test_cli_validate_reads_every_kind_by_its_kind_field(tmp_path: Path) -> None:
+    from ganops.spec.loader import load_resource
+
+    gen = {"apiVersion": "ganops.io/v1alpha1", "kind": "GANGeneration", "metadata": {"name": "g"},
+           "spec": {"run_id": "abc", "out": "s3://bucket/gen", "num": 100}}  # fmt: skip
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump(gen))
+    r = _ganops("validate", str(path), "--set", "spec.seed=7")
+    assert r.returncode == 0 and "valid GANGeneration" in r.stderr, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    assert resolved["spec"]["seed"] == 7 and resolved["spec"]["format"] == "png"  # defaults filled in
+    # A typo is answered with the generation's own fields (it was GANJob's, and "kind must be GANJob").
+    gen["spec"]["nmu"] = gen["spec"].pop("num")
+    path.write_text(yaml.safe_dump(gen))
+    r = _ganops("validate", str(path))
+    assert r.returncode == 2 and "spec.nmu: unknown field (did you mean 'num'?)" in r.stderr, r.stderr
+    ev = {**gen, "kind": "GANEvaluation", "spec": {"run_id": "abc", "metrics": ["fid"]}}
+    path.write_text(yaml.safe_dump(ev))
+    assert load_resource(path).kind == "GANEvaluation"
+    path.write_text(yaml.safe_dump({**ev, "kind": "GANSweepz"}))
+    with pytest.raises(SpecError) as e:
+        load_resource(path)
+    assert e.value.problems == [("kind", "must be one of: GANJob, GANGeneration, GANEvaluation (got 'GANSweepz')")]
+
+
 def test_cli_spec_errors_exit_non_zero_without_a_traceback(tmp_path: Path) -> None:
     r = _ganops("submit", str(JOBS / "mnist_dcgan.yaml"), "--set", "spec.train.lr=-1", "--dry-run")
     assert r.returncode == 2

@@ -432,6 +432,25 @@ def load(path: str | Path, overrides: list[str] | None = None) -> GANJob:
     return validate(doc, str(path))
 
 
-def dump(job: GANJob) -> str:
+def kinds() -> dict[str, type[BaseModel]]:
+    """Every kind ganops defines, by the ``kind:`` its files carry."""
+    from ganops.spec.evaluation import GANEvaluation  # they import this module's neighbours
+    from ganops.spec.generation import GANGeneration
+
+    return {"GANJob": GANJob, "GANGeneration": GANGeneration, "GANEvaluation": GANEvaluation}
+
+
+def load_resource(path: str | Path, overrides: list[str] | None = None) -> BaseModel:
+    """Read, override and validate a spec file of any kind, as its ``kind:`` says (none: a
+    GANJob, as `ganops submit` reads it); its typos are answered with that kind's fields."""
+    doc = apply_overrides(read_yaml(path), overrides or [])
+    known = kinds()
+    kind = doc.get("kind", "GANJob")
+    if not isinstance(kind, str) or kind not in known:
+        raise SpecError([("kind", f"must be one of: {', '.join(known)} (got {short(kind)})")], str(path))
+    return validate_model(known[kind], doc, str(path))
+
+
+def dump(job: BaseModel) -> str:
     """The resolved spec as YAML, in field order (what gets printed and saved)."""
-    return yaml.safe_dump(job.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
