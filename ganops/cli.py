@@ -58,13 +58,19 @@ def validate(spec_file: str, overrides: tuple[str, ...]) -> None:
     click.echo(dump(job), nl=False)
     # The data may live only on the cluster's nodes: check it when it is reachable here.
     data = job.spec.data
-    reachable = data.dataset == "fake" or (data.root is not None and os.path.isdir(data.root))
-    info = preflight(job) if reachable else None
-    shape = "×".join(map(str, info.shape)) if info else ""
-    where = (
-        f"; data: {info.num_images} images of {shape}" if info else f"; data not checked ({data.root} not found here)"
-    )
-    err(f"{spec_file}: valid{where}")
+    looked = data.dataset == "fake" or data.download or (data.root is not None and os.path.isdir(data.root))
+    info = preflight(job, download=False) if looked else None
+    err(f"{spec_file}: valid{_data_checked(job, info, looked)}")
+
+
+def _data_checked(job: Any, info: Any, looked: bool) -> str:
+    """What validate and the dry run found of the data (they download and create nothing)."""
+    data = job.spec.data
+    if info is not None:
+        return f"; data: {info.num_images} images of {'×'.join(map(str, info.shape))}"
+    if looked and data.download:
+        return f"; data not here yet ({data.root}): the submit downloads it (download: true)"
+    return f"; data not checked ({data.root} not found here)"
 
 
 def _target_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,8 +152,8 @@ def submit(
     if not quiet or dry_run:
         click.echo(dump(job), nl=False)
     if dry_run:
-        preflight(job)
-        err(f"{spec_file or 'spec'}: valid (dry run: nothing submitted)")
+        info = preflight(job, download=False)
+        err(f"{spec_file or 'spec'}: valid{_data_checked(job, info, True)} (dry run: nothing submitted)")
         return
     result = sdk_submit(
         job, address=address, restart=restart or bool(restart_token), restart_token=restart_token,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ganops import data as gdata
 from ganops import storage
-from ganops.errors import UserError
+from ganops.errors import DataMissingError, UserError
 from ganops.spec import load
 from ganops.spec.evaluation import GANEvaluation
 from ganops.spec.generation import GANGeneration
@@ -74,10 +74,20 @@ def _resolve_paths(job: GANJob) -> GANJob:
     return job
 
 
-def preflight(job: GANJob) -> gdata.ImageInfo:
-    """Checks that need the data's headers: cheap, and done before any worker starts."""
+def preflight(job: GANJob, *, download: bool = True) -> gdata.ImageInfo | None:
+    """Checks that need the data's headers: cheap, and done before any worker starts.
+
+    ``download=False`` (``validate``, ``--dry-run``: nothing is fetched or created): None
+    when the files are not there yet and ``spec.data.download`` will fetch them at submit.
+    """
     spec = job.spec
-    info = gdata.probe(spec.data)
+    if download or not spec.data.download:
+        info = gdata.probe(spec.data)
+    else:
+        try:
+            info = gdata.probe(spec.data.model_copy(update={"download": False}))
+        except DataMissingError:
+            return None
     sizes = ARCH_RESOLUTIONS[spec.model.arch]
     _c, h, w = info.shape
     if sizes is not None and (h != w or h not in sizes):
@@ -123,7 +133,7 @@ def preflight_eval_weights(job: GANJob, *, address: str | None, echo: Callable[[
     ``validate`` and ``--dry-run`` must not download 90 MB.
     """
     ev = job.spec.eval
-    if ev.every_epochs is None:
+    if not ev.enabled:
         return
     if ev.inception_weights:
         if not address:  # the workers will read this very file: check its sha256 before any starts
@@ -155,6 +165,7 @@ def submit(
     ``restart_token`` it starts over once per token: a retry of the same submission (the
     next attempt of a RayJob) resumes what the first attempt began."""
     info = preflight(job)
+    assert info is not None  # downloads allowed: the data is there or this raised
     preflight_eval_weights(job, address=address, echo=echo)
     from ganops.train.launch import run
 

@@ -67,6 +67,11 @@ class UserError(Exception):
         return (_restore, (type(self), self.args, self.__dict__))
 
 
+class DataMissingError(UserError):
+    """A downloadable dataset's files are not where the spec says (yet): what a dry run,
+    which downloads nothing, reports as "to be downloaded" when `download: true`."""
+
+
 class SpecError(UserError):
     """The job spec failed validation; ``problems`` are ``(path, message)`` pairs."""
 

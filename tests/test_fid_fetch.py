@@ -254,3 +254,8 @@ def test_submit_downloads_the_weights_on_the_driver_before_the_workers(
     wrong = client.load_job(JOBS / "cifar_dcgan.yaml", [*fake, f"spec.eval.inception_weights={named}"])
     with pytest.raises(UserError, match=r"spec\.eval\.inception_weights: .*w\.pth has sha256 .*expected 6726825d"):
         client.preflight_eval_weights(wrong, address=None, echo=said.append)
+    # Scored by steps only (eval.every_steps): checked the same (it was skipped as "no evaluation").
+    by_steps = client.load_job(JOBS / "cifar_dcgan.yaml", [*fake, f"spec.eval.inception_weights={named}",
+                                                           "spec.eval.every_epochs=null", "spec.eval.every_steps=100"])  # fmt: skip
+    with pytest.raises(UserError, match=r"spec\.eval\.inception_weights: .*w\.pth has sha256"):
+        client.preflight_eval_weights(by_steps, address=None, echo=said.append)

@@ -170,6 +170,65 @@ def test_a_path_for_an_unknown_user_is_refused_naming_the_field(field: str) -> N
     assert err.field == field and "nosuchuser-ganops" in str(err)
 
 
+# Every s3:// shape and system path, in every field that takes a location: refused by the spec
+# reader, naming the field, before anything starts or is created (issue 31). Each of these
+# passed validate and the dry-run before; `s3://` as storage trained into a folder `./s3:`.
+LOCATION_FIELDS = ["spec.data.root", "spec.storage", "spec.eval.inception_weights"]
+BAD_LOCATIONS = [
+    ("s3:///x", "needs a bucket"),
+    ("s3://", "needs a bucket"),
+    ("s3://Bad_Bucket/x", "is not an S3 bucket name"),
+    ("s3://ab/x", "is not an S3 bucket name"),
+    ("S3://bucket/x", "unsupported scheme"),
+    ("gs://bucket/x", "unsupported scheme"),
+    ("/proc/self", "under /proc"),
+    ("/sys/kernel", "under /sys"),
+    ("/dev/null", "under /dev"),
+    ("/tmp/../proc/x", "under /proc"),
+]
+
+
+@pytest.mark.parametrize("field", LOCATION_FIELDS)
+@pytest.mark.parametrize(("value", "message"), BAD_LOCATIONS)
+def test_a_bad_location_is_refused_by_the_spec_reader_naming_the_field(field: str, value: str, message: str) -> None:
+    err = refused(lambda: load(BASE, [f"{field}={value}"]))
+    assert err.field == field and message in str(err), str(err)
+
+
+def test_good_locations_pass() -> None:
+    for value in ("s3://my-bucket.v2", "s3://my-bucket/runs/a", "/dev/shm/data", "./runs", "runs"):
+        assert load(BASE, [f"spec.storage={value}"]).spec.storage == value
+
+
+@pytest.mark.parametrize("value", ["foo://bar", "gs://bucket/x", "s3://bucket/mlflow"])
+def test_a_tracking_uri_mlflow_has_no_store_for_is_refused_naming_the_field(value: str) -> None:
+    err = refused(lambda: load(BASE, [f"spec.tracking.uri={value}"]))
+    assert err.field == "spec.tracking.uri" and "unsupported scheme" in str(err)
+
+
+@pytest.mark.parametrize(("uri", "message"), [("postgresql://u@db/mlflow", "needs a database driver"),
+                                              ("file:///tmp/mlruns", "MLflow's file store")])  # fmt: skip
+def test_a_tracking_store_mlflow_cannot_open_here_is_refused_before_anything_exists(
+    uri: str, message: str, tmp_path: Path, mnist_root: Path
+) -> None:
+    # Before: a psycopg ModuleNotFoundError or an MlflowException traceback, after Ray had
+    # started and the job directory was made.
+    t0 = time.monotonic()
+    r = ganops("submit", str(BASE), "-q", "--set", f"spec.tracking.uri={uri}", "--set", f"spec.storage={tmp_path / 'runs'}",
+               "--set", f"spec.data.root={mnist_root}", "--set", "spec.data.download=false",
+               "--set", "spec.data.split=test")  # fmt: skip
+    assert_clean_refusal(r, "spec.tracking.uri", message)
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "runs").exists()
+
+
+def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
+    for flags, name in ((["--out", "s3:///x"], "--out"), (["--out", str(tmp_path / "o"), "--z", "/dev/zero"], "--z"),
+                        (["--out", str(tmp_path / "o"), "--tracking-uri", "foo://bar"], "--tracking-uri")):  # fmt: skip
+        r = ganops("generate", "--run-id", "abc", *flags)
+        assert_clean_refusal(r, name)
+    assert not (tmp_path / "o").exists()
+
+
 # --- --set values --------------------------------------------------------------------------
 
 

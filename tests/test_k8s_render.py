@@ -184,7 +184,7 @@ _cli = cli_in_process
 
 def test_submit_dry_run_prints_the_ganjob(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _cli(["submit", str(JOBS / "cifar_dcgan.yaml"), "--target", "k8s", "--dry-run", "-o", "yaml",
-                           "-n", "team-a", "--set", "spec.storage=s3://b/runs"], capsys)  # fmt: skip
+                           "-n", "team-a", "--set", "spec.storage=s3://bkt/runs"], capsys)  # fmt: skip
     assert code == 0, err
     obj = yaml.safe_load(out)
     assert (obj["apiVersion"], obj["kind"], obj["metadata"]) == (
@@ -328,7 +328,7 @@ def test_generate_on_k8s_leaves_mlflow_to_the_cluster_unless_the_flag_names_one(
     from tests.helpers import cli_in_process
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000")
-    base = ["generate", "--run-id", "abc", "-o", "s3://b/gen", "--target", "k8s", "-n", "ns", "--dry-run"]
+    base = ["generate", "--run-id", "abc", "-o", "s3://bkt/gen", "--target", "k8s", "-n", "ns", "--dry-run"]
     code, out, err = cli_in_process(base, capsys)
     assert code == 0, err
     assert ((yaml.safe_load(out)["spec"].get("tracking") or {}).get("uri")) is None

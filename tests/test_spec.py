@@ -219,9 +219,9 @@ def test_name_must_be_a_dns_label() -> None:
 
 
 def test_overrides_set_nested_fields_with_yaml_values() -> None:
-    doc = apply_overrides(minimal(), ["spec.train.epochs=3", "spec.train.betas=[0.0, 0.9]", "spec.storage=s3://b/p"])
+    doc = apply_overrides(minimal(), ["spec.train.epochs=3", "spec.train.betas=[0.0, 0.9]", "spec.storage=s3://bkt/p"])
     job = validate(doc)
-    assert job.spec.train.epochs == 3 and job.spec.train.betas == (0.0, 0.9) and job.spec.storage == "s3://b/p"
+    assert job.spec.train.epochs == 3 and job.spec.train.betas == (0.0, 0.9) and job.spec.storage == "s3://bkt/p"
 
 
 def test_a_malformed_override_is_a_user_error() -> None:
@@ -265,6 +265,18 @@ def test_cli_validate_reads_every_kind_by_its_kind_field(tmp_path: Path) -> None
     with pytest.raises(SpecError) as e:
         load_resource(path)
     assert e.value.problems == [("kind", "must be one of: GANJob, GANGeneration, GANEvaluation (got 'GANSweepz')")]
+
+
+def test_validate_and_the_dry_run_download_and_create_nothing(tmp_path: Path) -> None:
+    # The shipped job (download: true) with its data not here yet: before, both tried to
+    # download MNIST (an offline machine failed them) after creating the data directory.
+    sets = ["--set", f"spec.data.root={tmp_path}/data/mnist", "--set", f"spec.storage={tmp_path}/runs",
+            "--set", f"spec.tracking.uri=sqlite:///{tmp_path}/db/mlflow.db"]  # fmt: skip
+    for args in (["validate"], ["submit", "--dry-run", "-q"]):
+        r = _ganops(*args, str(JOBS / "mnist_dcgan.yaml"), *sets, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert f"data not here yet ({tmp_path}/data/mnist): the submit downloads it" in r.stderr, r.stderr
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_spec_errors_exit_non_zero_without_a_traceback(tmp_path: Path) -> None:
@@ -405,7 +417,7 @@ def test_generation_option_combinations_are_refused_by_the_spec_itself(fields: d
     from ganops.spec.generation import GANGeneration
     from ganops.spec.loader import validate_model
 
-    doc = {"metadata": {"name": "g"}, "spec": {"run_id": "abc", "out": "s3://b/o", **fields}}
+    doc = {"metadata": {"name": "g"}, "spec": {"run_id": "abc", "out": "s3://bkt/o", **fields}}
     with pytest.raises(SpecError) as e:
         validate_model(GANGeneration, doc)
     assert e.value.field == path and message in str(e.value)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ganops.errors import UserError
+from ganops.errors import DataMissingError, UserError
 
 if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
@@ -197,9 +197,10 @@ def root_dir(spec: DataSpec, *, create: bool = False) -> Path:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"spec.data.root: cannot create {root} ({e.strerror or e})", field=ROOT_FIELD) from None
+    if not root.exists():
+        raise DataMissingError(f"spec.data.root: {root} does not exist", field=ROOT_FIELD)
     if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise UserError(f"spec.data.root: {root} {what}", field=ROOT_FIELD)
+        raise UserError(f"spec.data.root: {root} is not a directory", field=ROOT_FIELD)
     return root
 
 

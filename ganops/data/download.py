@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ganops.data import root_dir
-from ganops.errors import UserError
+from ganops.errors import DataMissingError, UserError
 
 if TYPE_CHECKING:
     from ganops.spec.models import DataSpec
@@ -74,7 +74,7 @@ def obtain(
         lines.append(f"  found the {other} split ({names}): set spec.data.split={other}")
     urls = sorted({r.urls[0].rsplit("/", 1)[0] + "/" for r in remotes(spec.split)})
     lines.append(f"  or set spec.data.download=true to fetch them from {', '.join(urls)}")
-    raise UserError("\n".join(lines), field="spec.data.root")
+    raise DataMissingError("\n".join(lines), field="spec.data.root")
 
 
 def fetch(files: Sequence[Remote], root: Path, dataset: str) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from ganops.spec.generation import GenerationTracking, ModelSource
-from ganops.spec.models import API_VERSION, Metadata, PathStr, PositiveInt, Seed, _Resource, check_metrics
+from ganops.spec.models import API_VERSION, Location, Metadata, PositiveInt, Seed, _Resource, check_metrics
 
 EVALUATION_KIND = "GANEvaluation"
 # Where Inception runs: a torch device name.
@@ -25,14 +25,14 @@ class GANEvaluationSpec(ModelSource):
     """Generated (and reference) images (unset: the run's `eval.num_samples`); FID needs a covariance, so >= 2."""
     metrics: list[Literal["fid", "kid", "is", "pr"]] | None = None
     """Which scores (unset: the run's `eval.metrics`)."""
-    inception_weights: PathStr | None = None
+    inception_weights: Location | None = None
     """The FID Inception-v3 weights, local or s3:// (unset: the run's `eval.inception_weights`, else the
     published file, downloaded once into $GANOPS_CACHE)."""
     inception_sha256: str | None = None
     """Expected sha256 of the weights (unset: the pinned pytorch-fid file's)."""
     reference_split: Literal["train", "test"] | None = None
     """Real split to compare against (unset: the run's `eval.reference_split`, else its `data.split`)."""
-    data_root: PathStr | None = None
+    data_root: Location | None = None
     """Where the dataset's files are here (unset: the run's `data.root`)."""
     batch_size: PositiveInt | None = None
     """Images per Inception pass (unset: the run's `eval.batch_size`)."""

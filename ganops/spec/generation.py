@@ -16,11 +16,12 @@ from ganops.errors import FieldValueError, short
 from ganops.spec.models import (
     API_VERSION,
     ClusterSpec,
+    Location,
     Metadata,
-    PathStr,
     PositiveInt,
-    RequiredPath,
+    RequiredLocation,
     Seed,
+    TrackingUri,
     _Resource,
     _Strict,
 )
@@ -38,7 +39,7 @@ MAX_INTERPOLATE_STEPS = 1000
 
 
 class GenerationTracking(_Strict):
-    uri: PathStr | None = None
+    uri: TrackingUri | None = None
     """MLflow tracking URI (default: the cluster's, i.e. the operator's MLFLOW_TRACKING_URI)."""
 
 
@@ -58,7 +59,7 @@ class ModelSource(_Strict):
 
 
 class GANGenerationSpec(ModelSource):
-    out: RequiredPath
+    out: RequiredLocation
     """Output: s3://bucket/prefix (or a path every node shares); must not hold a finished job."""
     num: PositiveInt | None = None
     """Images to make (with `interpolate`: walks); unset: one per vector of `z_file`, else 64."""
@@ -76,7 +77,7 @@ class GANGenerationSpec(ModelSource):
     """K candidates per image; keep the one that the discriminator saved with G rates most real."""
     interpolate: PositiveInt | None = None
     """Walk (slerp) between consecutive seeds in this many steps (>= 2): a grid and a GIF of `num` walks."""
-    z_file: PathStr | None = None
+    z_file: Location | None = None
     """Latent vectors to use, one image each: .npy [N, latent] (conditional: + a class column) or .npz (z, labels)."""
     save_z: bool = False
     """Store each image's latent vector with it (npz shards)."""

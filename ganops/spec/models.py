@@ -9,12 +9,13 @@ constraints live on the fields so that errors name the exact path
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ganops.errors import FieldValueError, clip
+from ganops.errors import FieldValueError, clip, short
 
 API_VERSION = "ganops.io/v1alpha1"
 KIND = "GANJob"
@@ -74,6 +75,60 @@ def _not_blank(v: str) -> str:
 PathStr = Annotated[str, Field(max_length=MAX_PATH_CHARS), AfterValidator(_path_string)]
 RequiredPath = Annotated[PathStr, AfterValidator(_not_blank)]
 
+# S3's bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit
+# at each end.
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# The kernel's trees: reading a folder under /proc or /sys fails at random (EINVAL) or takes
+# minutes, and writing there is never meant. /dev/shm is a tmpfs users keep data in.
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+
+
+def _location(v: str) -> str:
+    """A local path or s3://BUCKET[/KEY], parsed once, here: what storage, data and weights
+    fields accept. Empty is left to each field (`--set spec.data.root=` clears it)."""
+    if not v.strip():
+        return v
+    scheme, sep, rest = v.partition("://")
+    if sep:
+        if scheme != "s3":
+            raise ValueError(f"unsupported scheme in {short(v)} (use a local path or s3://BUCKET/PREFIX)")
+        bucket = rest.split("/", 1)[0]
+        if not bucket:
+            raise ValueError(f"an s3:// URI needs a bucket: s3://BUCKET/PREFIX (got {short(v)})")
+        if not S3_BUCKET.fullmatch(bucket):
+            raise ValueError(
+                f"{short(bucket)} is not an S3 bucket name (3-63 lowercase letters, digits, dots and "
+                "hyphens, starting and ending with a letter or digit)"
+            )
+        return v
+    where = os.path.normpath(os.path.abspath(os.path.expanduser(v)))
+    for top in SYSTEM_DIRS:
+        inside = where == top or where.startswith(top + "/")
+        if inside and not (where == "/dev/shm" or where.startswith("/dev/shm/")):
+            raise ValueError(f"{short(v)} is under {top}, the kernel's: not a place for data, weights or runs")
+    return v
+
+
+Location = Annotated[PathStr, AfterValidator(_location)]
+RequiredLocation = Annotated[RequiredPath, AfterValidator(_location)]
+
+# MLflow's tracking stores: its REST server, Databricks, and SQLAlchemy databases (a dialect,
+# optionally +driver); a path or file:// is its file store.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+def _tracking_uri(v: str) -> str:
+    scheme, sep, _ = v.partition("://")
+    if sep and scheme.split("+", 1)[0].lower() not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"unsupported scheme in {short(v)} (MLflow tracking: http(s)://HOST:PORT, sqlite:///PATH, "
+            "postgresql://, mysql://, mssql://, databricks://)"
+        )
+    return v
+
+
+TrackingUri = Annotated[PathStr, AfterValidator(_tracking_uri)]
+
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: `lr: .inf` or `nan` must be refused here, not train NaNs.
@@ -112,7 +167,7 @@ MAX_CLASSES = 100_000
 class DataSpec(_Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake", "shards"]
     """Which reader to use; `shards`: a pack from `ganops data pack`, streamed through Ray Data."""
-    root: PathStr | None = None
+    root: Location | None = None
     """Directory holding the dataset's official files, or the pack (required for all but `fake`)."""
     split: Literal["train", "test"] = "train"
     """Which official split to read."""
@@ -340,7 +395,7 @@ class SamplesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: PathStr | None = None
+    uri: TrackingUri | None = None
     """MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite store under the storage root)."""
     experiment: str | None = None
     """MLflow experiment (default: 'ganops')."""
@@ -411,7 +466,7 @@ class EvalSpec(_Strict):
     """Generated (and reference) images per evaluation; the literature uses 50000 for FID."""
     metrics: list[Literal["fid", "kid", "is", "pr"]] = Field(default_factory=lambda: list(METRICS))
     """Which scores: Fréchet and kernel Inception distance, Inception score, precision/recall."""
-    inception_weights: PathStr | None = None
+    inception_weights: Location | None = None
     """The FID Inception-v3 weights (pt_inception-2015-12-05), a local path or s3:// URI (unset: the
     published file, downloaded once per machine into $GANOPS_CACHE)."""
     inception_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
@@ -583,7 +638,7 @@ class GANJobSpec(_Strict):
     """How often to checkpoint and how many to keep."""
     samples: SamplesSpec = Field(default_factory=SamplesSpec)
     """The per-epoch sample grids and the training GIF."""
-    storage: PathStr = "./runs"
+    storage: Location = "./runs"
     """Local directory or s3://bucket/prefix; the job writes under <storage>/<metadata.name>/."""
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     """The MLflow server, experiment and model registry name."""

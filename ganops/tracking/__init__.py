@@ -181,8 +181,40 @@ def mlflow_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def check_reachable(uri: str) -> None:
-    """Fail before any worker starts when the tracking server cannot be reached."""
+# SQLAlchemy dialects MLflow stores runs in, beside SQLite (whose driver Python ships).
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def check_backend(uri: str, field: str = "spec.tracking.uri") -> None:
+    """What MLflow would fail on with a traceback, said first: a database URI whose Python
+    driver is not installed here, and the file store MLflow 3 refuses unless opted in."""
+    scheme, sep, _ = uri.partition("://")
+    if sep and scheme.split("+", 1)[0].lower() in _DATABASES:
+        import sqlalchemy  # MLflow's own dependency; create_engine loads the driver, connects nothing
+
+        try:
+            sqlalchemy.create_engine(uri)
+        except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+            raise UserError(
+                f"{field}: {redact(uri)} needs a database driver this Python lacks ({str(e).splitlines()[0][:160]}); "
+                "install it (e.g. psycopg2-binary for postgresql, pymysql for mysql+pymysql) or use another store",
+                field=field,
+            ) from None
+        except Exception as e:  # noqa: BLE001 - a malformed URL: say so before any worker starts
+            raise UserError(f"{field}: {redact(uri)} is not a database URL ({str(e)[:160]})", field=field) from None
+    local_files = scheme == "file" if sep else not uri.startswith("databricks")
+    if local_files and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise UserError(
+            f"{field}: {redact(uri)} is MLflow's file store, which MLflow 3 refuses (maintenance mode); use "
+            "sqlite:///PATH/mlflow.db, unset it for the store under spec.storage, or set "
+            "MLFLOW_ALLOW_FILE_STORE=true",
+            field=field,
+        )
+
+
+def check_reachable(uri: str, field: str = "spec.tracking.uri") -> None:
+    """Fail before any worker starts when the tracking store cannot be used or reached."""
+    check_backend(uri, field)
     if not uri.startswith(("http://", "https://")):
         return
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}

@@ -205,12 +205,17 @@ def run(
     (4) close the run and say where everything went."""
     t0 = time.time()
     mark("driver.submit")  # the command's imports, spec load and pre-flight are behind us
+    from ganops import tracking
+
+    named = job.spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if named:  # before the job directory or Ray exist (the server's reachability: open_run, as Ray starts)
+        tracking.check_backend(named)
     start = _starting_point(job, restart, echo, restart_token)
     if start.latest is not None and start.latest.epoch >= job.spec.train.epochs:
         return _result(start.jd, job, start.latest, None, start.archived, False, t0, trained=False)
     storage.write_bytes(start.jd.root.child(jobdir.SPEC_FILE), dump(job).encode())
     run_ref, resources = _open_run_while_ray_starts(job, start.jd, info, address, echo)
-    from ganops import run_note, tracking
+    from ganops import run_note
 
     status, latest_after, stopped = "FAILED", None, False
     try:
