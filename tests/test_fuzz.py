@@ -221,6 +221,24 @@ def test_a_tracking_store_mlflow_cannot_open_here_is_refused_before_anything_exi
     assert time.monotonic() - t0 < 10 and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "field", "message"),
+    [
+        ('metadata.labels={team: "a b"}', "metadata.labels", "not a Kubernetes label value"),
+        ("metadata.labels={team: " + "x" * 64 + "}", "metadata.labels", "not a Kubernetes label value"),
+        ('metadata.labels={"-x": ok}', "metadata.labels", "not a Kubernetes label key"),
+        ('metadata.labels={"Bad_Prefix/x": ok}', "metadata.labels", "not a Kubernetes label key"),
+        ("spec.cluster.ttl_seconds_after_finished=2147483648", "spec.cluster.ttl_seconds_after_finished", "2147483647"),
+        ("spec.cluster.active_deadline_seconds=99999999999", "spec.cluster.active_deadline_seconds", "2147483647"),
+    ],
+)
+def test_what_kubernetes_would_refuse_is_refused_by_the_spec_reader(setting: str, field: str, message: str) -> None:
+    # Before: accepted, and the API server refused the RayJob the operator made of it.
+    err = refused(lambda: load(BASE, [setting]))
+    assert err.field == field and message in str(err), str(err)
+    assert load(BASE, ['metadata.labels={team: ml, "example.com/owner": a.b_c-1, empty: ""}']).metadata.labels
+
+
 def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
     for flags, name in ((["--out", "s3:///x"], "--out"), (["--out", str(tmp_path / "o"), "--z", "/dev/zero"], "--z"),
                         (["--out", str(tmp_path / "o"), "--tracking-uri", "foo://bar"], "--tracking-uri")):  # fmt: skip

@@ -110,3 +110,13 @@ def test_the_resnet_cifar_jobs_start_on_a_cpu_as_shipped(name: str) -> None:
     stats = step.take_stats()
     assert all(v == v and abs(v) < 1e6 for v in stats.values()), stats  # finite
     assert any(not torch.equal(before[k], v) for k, v in step.g.state_dict().items())  # G took its step
+
+
+def test_the_divergence_error_advises_what_is_not_already_set() -> None:
+    from ganops.spec.models import TrainSpec
+    from ganops.train.divergence import DivergedError
+
+    err = DivergedError("training diverged at step 7: g_loss not finite from step 7 (rank 0)")
+    assert err.final_message(TrainSpec()).endswith("set spec.train.on_divergence: rollback")
+    told = err.final_message(TrainSpec(on_divergence="rollback", max_rollbacks=2))
+    assert "on_divergence" not in told and "spec.train.max_rollbacks, now 2" in told

@@ -137,11 +137,39 @@ class _Strict(BaseModel):
     )
 
 
+# Kubernetes' label names and values (apimachinery validation.IsQualifiedName / IsValidLabelValue).
+_LABEL_RE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Kubernetes' int32 fields (activeDeadlineSeconds of a RayJob, ttlSecondsAfterFinished).
+INT32_MAX = 2**31 - 1
+
+
 class Metadata(_Strict):
     name: str = Field(max_length=63)
     """Job name: the storage directory, the MLflow run name and the Kubernetes object name."""
     labels: dict[str, str] = Field(default_factory=dict)
-    """Free-form labels, copied to MLflow tags and Kubernetes labels."""
+    """Labels, copied to MLflow tags and Kubernetes labels (so Kubernetes' rules: a key is an
+    optional DNS-subdomain prefix and '/', then a name of at most 63 letters, digits, '-',
+    '_' and '.'; a value is such a name or empty)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _k8s_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        # Checked here, not by the API server when the operator creates the RayJob: the
+        # GANJob would be accepted and then fail, and a local run would tag MLflow with them.
+        for key, value in v.items():
+            prefix, _, name = key.rpartition("/")
+            if (prefix and (len(prefix) > 253 or not _SUBDOMAIN_RE.fullmatch(prefix))) or not _LABEL_RE.fullmatch(name):
+                raise ValueError(
+                    f"label key {short(key)} is not a Kubernetes label key (an optional DNS-subdomain prefix and "
+                    "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric)"
+                )
+            if not isinstance(value, str) or (value and not _LABEL_RE.fullmatch(value)):
+                raise ValueError(
+                    f"label {short(key)}: value {short(value)} is not a Kubernetes label value (at most 63 "
+                    "letters, digits, '-', '_' or '.', starting and ending alphanumeric, or empty)"
+                )
+        return v
 
     @field_validator("name")
     @classmethod
@@ -614,12 +642,12 @@ class ClusterSpec(_Strict):
     gpu_resource: str | None = None
     """Extended resource name of a GPU on the nodes, with scaling.use_gpu (default: the
     operator's, nvidia.com/gpu)."""
-    active_deadline_seconds: PositiveInt | None = None
+    active_deadline_seconds: Annotated[int, Field(gt=0, le=INT32_MAX)] | None = None
     """Fail the job after this many seconds (the RayJob's activeDeadlineSeconds)."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] | None = None
     """Retries of a failed job on a fresh Ray cluster (the RayJob's backoffLimit); each resumes
     from the checkpoints in storage (unset: the operator's default, the chart's `jobs.backoffLimit`, 2)."""
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] = 600
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=INT32_MAX)] = 600
     """Delete the Ray cluster this long after the job ends (its logs go with it)."""
 
 

@@ -28,13 +28,17 @@ class DivergedError(Exception):
         super().__init__(message)
         self.reason = ""
 
-    def final_message(self) -> str:
-        """What the job fails with."""
+    def final_message(self, train: TrainSpec) -> str:
+        """What the job fails with, and what to change (not what is already set)."""
         why = f"; {self.reason}" if self.reason else ""
-        return (
-            f"{self}{why}. The newest complete checkpoint is kept; lower the learning rates or set "
-            "spec.train.on_divergence: rollback"
-        )
+        if train.on_divergence == "rollback":
+            advice = (
+                "lower the learning rates, or give the rollbacks more room (spec.train.max_rollbacks, "
+                f"now {train.max_rollbacks}; spec.train.rollback_lr_factor, now {train.rollback_lr_factor})"
+            )
+        else:
+            advice = "lower the learning rates or set spec.train.on_divergence: rollback"
+        return f"{self}{why}. The newest complete checkpoint is kept; {advice}"
 
 
 class DivergenceGuard:

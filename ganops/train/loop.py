@@ -319,7 +319,7 @@ class Worker:
 
     def _fail_diverged(self, err: DivergedError) -> None:
         """Stop every rank without writing a checkpoint; the driver raises the message."""
-        message = err.final_message()
+        message = err.final_message(self.spec.train)
         if self.ranks.is_chief:
             if self.tracker is not None:
                 self.tracker.set_tag(DIVERGED_TAG, message[:4000])
