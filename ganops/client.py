@@ -74,11 +74,14 @@ def _resolve_paths(job: GANJob) -> GANJob:
     return job
 
 
-def preflight(job: GANJob, *, download: bool = True) -> gdata.ImageInfo | None:
+def preflight(
+    job: GANJob, *, download: bool = True, size: bool = True, address: str | None = None
+) -> gdata.ImageInfo | None:
     """Checks that need the data's headers: cheap, and done before any worker starts.
 
     ``download=False`` (``validate``, ``--dry-run``: nothing is fetched or created): None
     when the files are not there yet and ``spec.data.download`` will fetch them at submit.
+    ``size``: the networks are measured (``ganops.nets.size.check_job``; imports torch).
     """
     spec = job.spec
     if download or not spec.data.download:
@@ -115,6 +118,10 @@ def preflight(job: GANJob, *, download: bool = True) -> gdata.ImageInfo | None:
             f"spec.train.batch_size: {spec.train.batch_size} needs {per_worker_batch} images per worker, "
             f"but {info.num_images} images over {workers} workers leave {per_worker_images} each"
         )
+    if size:
+        from ganops.nets import size as sizing  # torch: only where asked (the dry run)
+
+        sizing.check_job(job, info, address)
     return info
 
 
@@ -164,7 +171,7 @@ def submit(
     An existing run of the job resumes; ``restart`` moves it aside and starts over. With a
     ``restart_token`` it starts over once per token: a retry of the same submission (the
     next attempt of a RayJob) resumes what the first attempt began."""
-    info = preflight(job)
+    info = preflight(job, size=False)  # the driver sizes the networks, where it imports torch anyway
     assert info is not None  # downloads allowed: the data is there or this raised
     preflight_eval_weights(job, address=address, echo=echo)
     from ganops.train.launch import run

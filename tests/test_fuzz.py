@@ -239,6 +239,27 @@ def test_what_kubernetes_would_refuse_is_refused_by_the_spec_reader(setting: str
     assert load(BASE, ['metadata.labels={team: ml, "example.com/owner": a.b_c-1, empty: ""}']).metadata.labels
 
 
+@pytest.mark.parametrize("setting", ["spec.model.latent_dim=10000000000000", "spec.model.g_widths=[128,1000000000000,32]",
+                                     "spec.model.d_widths=[200000,200000]"])  # fmt: skip
+def test_the_dry_run_sizes_the_networks_before_anything_is_built(setting: str, mnist_root: Path) -> None:
+    # Before: valid, and the submit's workers died one after another ~80 s later ("lost").
+    t0 = time.monotonic()
+    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", setting, "--set", f"spec.data.root={mnist_root}",
+               "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
+    assert_clean_refusal(r, "spec.model: G has", "per worker")
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_submit_sizes_the_networks_before_the_job_directory_or_ray_exist(mnist_root: Path, tmp_path: Path) -> None:
+    # Before: ~80 s of workers dying, then "workers were lost 1 time(s), more than ... allows".
+    t0 = time.monotonic()
+    r = ganops("submit", str(BASE), "-q", "--set", "spec.model.d_widths=[200000,200000]", "--set",
+               f"spec.storage={tmp_path / 'runs'}", "--set", f"spec.data.root={mnist_root}",
+               "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
+    assert_clean_refusal(r, "spec.model: G has 884,449 parameters and D 1,000,015,400,001")
+    assert time.monotonic() - t0 < 20 and not (tmp_path / "runs").exists()
+
+
 def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
     for flags, name in ((["--out", "s3:///x"], "--out"), (["--out", str(tmp_path / "o"), "--z", "/dev/zero"], "--z"),
                         (["--out", str(tmp_path / "o"), "--tracking-uri", "foo://bar"], "--tracking-uri")):  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import Any
 
@@ -14,6 +15,7 @@ from ganops.losses import LOSSES, gradient_penalty, interpolates
 from ganops.nets import ARCHS, build_discriminator, build_generator, default_widths
 from ganops.spec import models as spec_models
 from ganops.spec.models import ModelSpec
+from tests.helpers import JOBS
 
 N = 4  # > 1: BatchNorm needs a batch in train mode
 NUM_CLASSES = 10
@@ -630,3 +632,34 @@ def test_dcgan_init_of_a_conditional_resnet_leaves_cbns_affine_free_batchnorm_al
     assert float(G.body.blocks[0].c1.weight.std()) == pytest.approx(0.02, rel=0.1)
     cbn = next(m for m in G.modules() if isinstance(m, ConditionalBatchNorm2d))
     assert float(cbn.embed.weight[:, : cbn.channels].mean()) == pytest.approx(1.0, abs=0.01)  # gains still ~1
+
+
+@pytest.mark.parametrize(("job", "shape"), [("mnist_dcgan", (1, 28, 28)), ("mnist_cgan", (1, 28, 28)),
+                                            ("cifar_sngan", (3, 32, 32)), ("cifar_biggan_diffaug", (3, 32, 32)),
+                                            ("cifar_mlp", (3, 32, 32))])  # fmt: skip
+def test_the_meta_device_sizes_are_the_built_networks_own(job: str, shape: tuple[int, int, int]) -> None:
+    from ganops.client import load_job
+    from ganops.nets import build_discriminator, build_generator, size
+
+    model = load_job(JOBS / f"{job}.yaml").spec.model
+    classes = 10 if model.conditional else None
+    sized = size.measure(model, shape, classes)
+    g, d = build_generator(model, shape, classes), build_discriminator(model, shape, classes)
+    assert sized.g_params == sum(p.numel() for p in g.parameters())
+    assert sized.d_params == sum(p.numel() for p in d.parameters())
+    assert sized.g_activations > math.prod(shape) and sized.d_activations > math.prod(shape)
+
+
+def test_a_network_no_worker_can_hold_is_refused_naming_the_fields() -> None:
+    from ganops.errors import UserError
+    from ganops.nets import size
+    from ganops.spec.models import ModelSpec, TrainSpec
+
+    huge = ModelSpec(arch="dcgan", latent_dim=10**13)
+    with pytest.raises(UserError, match=r"spec\.model: G has [0-9,]{20,} parameters .*\(1 TiB\)"):
+        size.check_fits(huge, TrainSpec(), (1, 28, 28), None, workers=2, memory=None)
+    fine = ModelSpec(arch="dcgan")
+    sized = size.check_fits(fine, TrainSpec(), (1, 28, 28), None, workers=2, memory=(8 * 2**30, 2))
+    need = sized.training_bytes(TrainSpec(), 32)
+    with pytest.raises(UserError, match=r"2 worker\(s\) share"):
+        size.check_fits(fine, TrainSpec(), (1, 28, 28), None, workers=2, memory=(need, 2))

@@ -210,6 +210,9 @@ def run(
     named = job.spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if named:  # before the job directory or Ray exist (the server's reachability: open_run, as Ray starts)
         tracking.check_backend(named)
+    from ganops.nets import size  # torch: the driver imports it anyway, through the loop
+
+    size.check_job(job, info, address)  # before anything is created; each worker checks its node too
     start = _starting_point(job, restart, echo, restart_token)
     if start.latest is not None and start.latest.epoch >= job.spec.train.epochs:
         return _result(start.jd, job, start.latest, None, start.archived, False, t0, trained=False)

@@ -25,6 +25,7 @@ import torch
 from ganops import data as gdata
 from ganops import images, jobdir, storage
 from ganops.errors import JobFailedError, UserError
+from ganops.nets import size
 from ganops.spec import validate
 from ganops.spec.models import GANJob
 from ganops.timings import mark
@@ -106,6 +107,15 @@ class Worker:
             self.data = gdata.load(spec.data)
             info = self.data.info
         mark(f"rank{r.rank}.data")
+        # Sized before it is built: a network no worker can hold is the spec's error (named
+        # fields, no retries), not workers killed one after another and reported "lost".
+        if device.type == "cuda":
+            memory = (torch.cuda.get_device_properties(device).total_memory, 1)
+        else:
+            available = size.available_memory()
+            memory = None if available is None else (available, ctx.get_local_world_size())
+        classes = info.num_classes if spec.model.conditional else None
+        size.check_fits(spec.model, spec.train, info.shape, classes, workers=r.world, memory=memory)
         self.step = GANStep(
             spec, info.shape, info.num_classes, device, ddp=r.world > 1,
             noise_seed=rank_seed(spec.train.seed, r.rank, salt=1),
