@@ -14,9 +14,11 @@ an S3 PUT is atomic per object.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +167,15 @@ def sync(loc: Location) -> None:
 
 
 def read_bytes(loc: Location) -> bytes:
+    """A whole file; a local FIFO, device or socket is refused (OSError) rather than opened:
+    reading one blocks for a writer or never ends."""
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        try:
+            mode = os.stat(loc.path).st_mode
+        except FileNotFoundError:
+            mode = None  # pyarrow's own error below names the file
+        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise OSError(errno.EINVAL, f"{loc.uri} is not a regular file (a FIFO, device or socket)")
     # A random-access file reads an S3 object in one request; pyarrow's input *stream*
     # fetches it in many small ranged GETs (95 MB: 29 s against 0.25 s on the test server).
     with loc.fs.open_input_file(loc.path) as f:

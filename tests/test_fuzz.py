@@ -260,6 +260,38 @@ def test_a_submit_sizes_the_networks_before_the_job_directory_or_ray_exist(mnist
     assert time.monotonic() - t0 < 20 and not (tmp_path / "runs").exists()
 
 
+def test_a_fifo_where_a_file_is_read_is_refused_without_waiting_for_a_writer(tmp_path: Path, mnist_root: Path) -> None:
+    # Before: the pack's manifest, the FID weights and --z blocked forever on a FIFO.
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    for fifo in (pack / "manifest.json", tmp_path / "w.pth", tmp_path / "z.npy"):
+        os.mkfifo(fifo)
+    data = [
+        "--set",
+        f"spec.data.root={mnist_root}",
+        "--set",
+        "spec.data.download=false",
+        "--set",
+        "spec.data.split=test",
+    ]
+    runs = [
+        (["submit", str(BASE), "--dry-run", "-q", "--set", "spec.data.dataset=shards", "--set", f"spec.data.root={pack}",
+          "--set", "spec.data.download=false"],
+         "spec.data.root"),
+        (["data", "verify", str(pack)], "manifest.json"),
+        (["submit", str(BASE), "-q", *data, "--set", "spec.eval.every_epochs=1", "--set",
+          f"spec.eval.inception_weights={tmp_path / 'w.pth'}", "--set", f"spec.storage={tmp_path / 'runs'}"],
+         "spec.eval.inception_weights"),
+        (["generate", "--run-id", "abc", "--out", str(tmp_path / "out"), "--z", str(tmp_path / "z.npy")], "--z"),
+    ]  # fmt: skip
+    for args, name in runs:
+        t0 = time.monotonic()
+        r = ganops(*args, timeout=30)
+        assert_clean_refusal(r, name, "not a regular file")
+        assert time.monotonic() - t0 < 10, args
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
 def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
     for flags, name in ((["--out", "s3:///x"], "--out"), (["--out", str(tmp_path / "o"), "--z", "/dev/zero"], "--z"),
                         (["--out", str(tmp_path / "o"), "--tracking-uri", "foo://bar"], "--tracking-uri")):  # fmt: skip
