@@ -311,3 +311,14 @@ def test_a_finished_output_is_never_overwritten_and_an_unwritable_one_is_refused
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="--out"):
         _gen(trained, blocker / "out", num=8)
+    # The user's own files in --out (before: shards written over them, exit 0); an unfinished
+    # generation's own files are resumed over, as before.
+    theirs = tmp_path / "theirs"
+    (theirs / "png").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"--out: .*theirs holds files a generation does not write \(notes\.txt\)"):
+        _gen(trained, theirs, num=8)
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt", "png"] and not any((theirs / "png").iterdir())
+    (theirs / "notes.txt").unlink()
+    _gen(trained, theirs, num=8)
+    assert (theirs / "manifest.json").exists()

@@ -76,6 +76,13 @@ def check(
     state = writer.existing_output(out)
     if state == "complete":
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
+    if state == "foreign":
+        names = writer.foreign_entries(out)
+        raise UserError(
+            f"--out: {out.uri} holds files a generation does not write ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}), which it could overwrite; choose an empty or new location",
+            field="--out",
+        )
     storage.check_writable(out, field="--out")
     return z_all, labels_all, g, d
 

@@ -50,6 +50,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -376,11 +377,30 @@ def verify(out: storage.Location) -> dict[str, Any]:
     return manifest
 
 
+# What a generation writes at the top of its output (shards in png/, npz/, z/; the
+# interpolation's files; write_bytes' temporary names end in .tmp-XXXXXXXX).
+OWN_ENTRIES = frozenset({"png", "npz", "z", PREVIEW, MANIFEST, "interpolation.png", "interpolation.gif",
+                         "interpolation_z.npy"})  # fmt: skip
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{8}$")
+
+
+def foreign_entries(out: storage.Location) -> list[str]:
+    """Names at the top of ``out`` that no generation writes (the user's files)."""
+    try:
+        names = storage.list_dir(out)
+    except NotADirectoryError:
+        return [out.uri]  # a plain file where the output directory should be
+    return [n for n in names if n not in OWN_ENTRIES and not (_TEMP.search(n) and _TEMP.sub("", n) in OWN_ENTRIES)]
+
+
 def existing_output(out: storage.Location) -> str | None:
-    """ "complete" (manifest.json exists), "partial" (other files), None (empty or missing)."""
+    """ "complete" (manifest.json exists), "foreign" (files a generation does not write),
+    "partial" (an unfinished generation's files), None (empty or missing)."""
     if storage.exists(out.child(MANIFEST)):
         return "complete"
+    if foreign_entries(out):
+        return "foreign"
     try:
         return "partial" if storage.list_dir(out) else None
     except NotADirectoryError:
-        return "partial"  # a plain file where the output directory should be
+        return "foreign"
