@@ -388,6 +388,19 @@ def test_generate_refuses_a_0d_z_file(tmp_path: Path) -> None:
     assert_clean_refusal(r, "--z", "0-D")
 
 
+def test_generate_refuses_a_z_file_whose_header_claims_more_than_it_holds(tmp_path: Path) -> None:
+    # Before: numpy allocated what the header claimed, a MemoryError traceback (8 TB here).
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (2 * 10**10, 128)})
+    z = tmp_path / "z.npy"
+    z.write_bytes(buf.getvalue() + bytes(64))
+    r = ganops("generate", "--run-id", "x", "--out", str(tmp_path / "out"), "--z", str(z))
+    assert_clean_refusal(r, "--z", "claims a float32 array of shape (20000000000, 128)", "but holds 64")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "flag"),
     [(["--gpus-per-worker", "nan"], "--gpus-per-worker"), (["--num", "0"], "--num"), (["--out", ""], "--out"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import zipfile
 from collections.abc import Iterator, Sequence
 from typing import overload
 
@@ -211,20 +212,24 @@ def read_z_file(path: str) -> ZFile:
     loc = storage.locate(path)
     if not storage.exists(loc):
         raise UserError(f"--z: no such file {path}", field="--z")
-    try:
-        loaded = np.load(io.BytesIO(storage.read_bytes(loc)), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"--z: cannot read {path} as .npy or .npz ({str(e)[:200]})", field="--z") from None
     labels: np.ndarray | None = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            if "z" not in loaded.files:
-                names = ", ".join(loaded.files)[:200] or "none"
-                raise UserError(f"--z: {path} has no array named 'z' (it has: {names})", field="--z")
-            z = loaded["z"]
-            labels = loaded["labels"] if "labels" in loaded.files else None
-    else:
-        z = loaded
+    try:
+        data = storage.read_bytes(loc)
+        _check_npy_header(data, path)
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if "z" not in loaded.files:
+                    names = ", ".join(loaded.files)[:200] or "none"
+                    raise UserError(f"--z: {path} has no array named 'z' (it has: {names})", field="--z")
+                z = loaded["z"]
+                labels = loaded["labels"] if "labels" in loaded.files else None
+        else:
+            z = loaded
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"--z: cannot read {path} as .npy or .npz ({str(e)[:200]})", field="--z") from None
+    except MemoryError:  # an .npz member whose header claims more than this machine has
+        raise UserError(f"--z: {path} claims an array larger than this machine's memory", field="--z") from None
     if z.dtype.kind not in "fiu":
         raise UserError(f"--z: {path} holds {z.dtype} values; expected floats", field="--z")
     if z.ndim != 2:
@@ -233,6 +238,24 @@ def read_z_file(path: str) -> ZFile:
     if len(z) == 0:
         raise UserError(f"--z: {path} holds no vectors", field="--z")
     return z, labels
+
+
+def _check_npy_header(data: bytes, path: str) -> None:
+    """An .npy file's header against its size: one claiming more than the file holds (numpy
+    would allocate it first: a MemoryError for a header that asks for terabytes) is refused."""
+    if not data.startswith(b"\x93NUMPY"):
+        return  # an .npz (a zip), or not numpy at all: np.load says which
+    f = io.BytesIO(data)
+    major, _minor = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _order, dtype = read(f)
+    need = math.prod(shape) * dtype.itemsize
+    held = len(data) - f.tell()
+    if need > held:
+        raise UserError(
+            f"--z: {path} claims a {dtype} array of shape {tuple(shape)} ({need:,} bytes) but holds {held:,}",
+            field="--z",
+        )
 
 
 def check_z(stored: ZFile, path: str, info: ModelInfo) -> tuple[np.ndarray, np.ndarray | None]:
