@@ -322,3 +322,12 @@ def test_a_finished_output_is_never_overwritten_and_an_unwritable_one_is_refused
     (theirs / "notes.txt").unlink()
     _gen(trained, theirs, num=8)
     assert (theirs / "manifest.json").exists()
+
+
+def test_an_output_on_an_unreachable_s3_endpoint_is_a_clear_error(
+    trained: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: pyarrow's OSError traceback from the look for an earlier manifest.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    with pytest.raises(UserError, match=r"--out: cannot look into s3://nobucket/x \(.*NETWORK_CONNECTION"):
+        _gen(trained, "s3://nobucket/x", num=8)

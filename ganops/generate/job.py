@@ -73,7 +73,11 @@ def check(
         g = load_generator(source)
         d = load_discriminator(source, g)
     out = storage.locate(opts.out)
-    state = writer.existing_output(out)
+    try:
+        state = writer.existing_output(out)
+    except OSError as e:  # an unreachable endpoint, a bucket these credentials cannot list
+        reason = (e.strerror or str(e)).splitlines()[0][:200]
+        raise UserError(f"--out: cannot look into {out.uri} ({reason})", field="--out") from None
     if state == "complete":
         raise UserError(f"--out: {out.uri} already holds a finished generation (manifest.json); choose a new location")
     if state == "foreign":
