@@ -188,6 +188,12 @@ BAD_LOCATIONS = [
 ]
 
 
+def test_the_file_systems_root_is_no_dataset() -> None:
+    # Before: the folder reader walked all of / for 51 s and trained on the icons it found.
+    err = refused(lambda: load(BASE, ["spec.data.dataset=folder", "spec.data.download=false", "spec.data.root=/"]))
+    assert err.field == "spec.data.root" and "file system's root" in str(err)
+
+
 @pytest.mark.parametrize("field", LOCATION_FIELDS)
 @pytest.mark.parametrize(("value", "message"), BAD_LOCATIONS)
 def test_a_bad_location_is_refused_by_the_spec_reader_naming_the_field(field: str, value: str, message: str) -> None:

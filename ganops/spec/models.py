@@ -83,6 +83,14 @@ S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
 
+def _not_the_root(v: str) -> str:
+    # The whole file system is no dataset: a folder reader walked all of it (51 s) and took
+    # whatever images it met.
+    if v.strip() and "://" not in v and os.path.normpath(os.path.abspath(os.path.expanduser(v))) == "/":
+        raise ValueError("is the file system's root: name the folder that holds the dataset")
+    return v
+
+
 def _location(v: str) -> str:
     """A local path or s3://BUCKET[/KEY], parsed once, here: what storage, data and weights
     fields accept. Empty is left to each field (`--set spec.data.root=` clears it)."""
@@ -195,7 +203,7 @@ MAX_CLASSES = 100_000
 class DataSpec(_Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10", "svhn", "folder", "fake", "shards"]
     """Which reader to use; `shards`: a pack from `ganops data pack`, streamed through Ray Data."""
-    root: Location | None = None
+    root: Annotated[Location, AfterValidator(_not_the_root)] | None = None
     """Directory holding the dataset's official files, or the pack (required for all but `fake`)."""
     split: Literal["train", "test"] = "train"
     """Which official split to read."""
