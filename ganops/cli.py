@@ -67,7 +67,9 @@ def _data_checked(job: Any, info: Any, looked: bool) -> str:
     """What validate and the dry run found of the data (they download and create nothing)."""
     data = job.spec.data
     if info is not None:
-        return f"; data: {info.num_images} images of {'×'.join(map(str, info.shape))}"
+        from ganops.client import data_checked
+
+        return f"; data: {info.num_images} images of {'×'.join(map(str, info.shape))} ({data_checked(job)})"
     if looked and data.download:
         return f"; data not here yet ({data.root}): the submit downloads it (download: true)"
     return f"; data not checked ({data.root} not found here)"

@@ -84,13 +84,14 @@ def preflight(
     ``size``: the networks are measured (``ganops.nets.size.check_job``; imports torch).
     """
     spec = job.spec
-    if download or not spec.data.download:
-        info = gdata.probe(spec.data)
-    else:
-        try:
-            info = gdata.probe(spec.data.model_copy(update={"download": False}))
-        except DataMissingError:
-            return None
+    data = spec.data if download else spec.data.model_copy(update={"download": False})
+    try:
+        info = gdata.probe(data)
+    except DataMissingError:
+        if download or not spec.data.download:
+            raise
+        return None
+    gdata.read_whole(data)  # where cheap: a truncated gzip or a label out of range, before any worker
     sizes = ARCH_RESOLUTIONS[spec.model.arch]
     _c, h, w = info.shape
     if sizes is not None and (h != w or h not in sizes):
@@ -123,6 +124,18 @@ def preflight(
 
         sizing.check_job(job, info, address)
     return info
+
+
+def data_checked(job: GANJob) -> str:
+    """How much of the data ``preflight`` read: said by validate and the dry run."""
+    data = job.spec.data
+    if data.dataset == "fake":
+        return "generated"
+    if data.dataset in gdata.READ_WHOLE and not (data.root or "").startswith("s3://"):
+        return "read whole: sizes, gzip CRCs, labels"
+    if (data.root or "").startswith("s3://"):
+        return "headers only: the data is on S3"
+    return "headers and sizes only"
 
 
 def preflight_eval_weights(job: GANJob, *, address: str | None, echo: Callable[[str], None] = print) -> None:

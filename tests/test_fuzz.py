@@ -298,6 +298,39 @@ def test_a_fifo_where_a_file_is_read_is_refused_without_waiting_for_a_writer(tmp
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
+def _broken_mnist(root: Path, mnist_root: Path, how: str) -> None:
+    import gzip
+    import shutil
+
+    root.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_root / name, root / name)
+    images, labels = root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"
+    if how == "truncated gzip":
+        images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
+    elif how == "bad crc":
+        data = bytearray(images.read_bytes())
+        data[-8] ^= 0xFF  # the gzip trailer's CRC-32
+        images.write_bytes(bytes(data))
+    elif how == "label out of range":
+        raw = bytearray(gzip.decompress(labels.read_bytes()))
+        raw[8 + 1234] = 200
+        labels.write_bytes(gzip.compress(bytes(raw)))
+
+
+@pytest.mark.parametrize(("how", "message"), [("truncated gzip", "truncated gzip file"), ("bad crc", "CRC check failed"),
+                                              ("label out of range", "label 200 is not a class")])  # fmt: skip
+def test_the_dry_run_reads_the_digits_it_will_train_on(
+    how: str, message: str, mnist_root: Path, tmp_path: Path
+) -> None:
+    # Before: headers only; the dry run passed and the submit failed 45-55 s later, leaving a
+    # FAILED MLflow run and a job directory behind.
+    _broken_mnist(tmp_path / "mnist", mnist_root, how)
+    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", f"spec.data.root={tmp_path / 'mnist'}",
+               "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
+    assert_clean_refusal(r, "t10k-", message)
+
+
 def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
     for flags, name in ((["--out", "s3:///x"], "--out"), (["--out", str(tmp_path / "o"), "--z", "/dev/zero"], "--z"),
                         (["--out", str(tmp_path / "o"), "--tracking-uri", "foo://bar"], "--tracking-uri")):  # fmt: skip
