@@ -247,6 +247,53 @@ def test_a_finished_pack_is_not_overwritten_without_force(
 # --- damaged packs -----------------------------------------------------------------------------
 
 
+def _fix_up(out: Path, edit) -> None:
+    """Edit the manifest (a JSON dict) and write it back: a pack whose manifest lies."""
+    import json
+
+    doc = json.loads((out / "manifest.json").read_text())
+    edit(doc)
+    (out / "manifest.json").write_text(json.dumps(doc))
+
+
+def test_a_full_verify_checks_what_quick_does_and_every_row(tmp_path: Path, mnist_root: Path) -> None:
+    # Before: the full verify skipped the footers (a manifest lying about the count passed it
+    # while --quick refused), and read no row (a wrong label, a shifted index: "ok").
+    import hashlib
+
+    out = tmp_path / "pack"
+    pack(str(out), "--dataset", "mnist", "--root", str(mnist_root), "--split", "test", "--limit", "600",
+         "--shard-mb", "1")  # fmt: skip
+    good = (out / "manifest.json").read_text()
+
+    def lie_about_the_count(doc: dict) -> None:
+        doc["shards"][0]["num_images"] -= 1
+        doc["num_images"] -= 1
+
+    _fix_up(out, lie_about_the_count)
+    with pytest.raises(UserError, match=r"shard .*shard-00000\.parquet has \d+ rows, the manifest says"):
+        shards.verify_shards(str(out), shards.read_manifest(str(out)))
+    (out / "manifest.json").write_text(good)
+
+    # A shard rewritten with a label out of range, its size and sha256 fixed up in the manifest.
+    m = shards.read_manifest(str(out))
+    first = m.shards[0]
+    ds = shards.read_first(str(out), m, first.num_images)
+    labels = ds.labels.copy()
+    labels[7] = 12
+    data = shards.encode_shard(first.first_index, ds.images, labels)
+    (out / first.file).write_bytes(data)
+
+    def fix_up_the_shard(doc: dict) -> None:
+        doc["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    _fix_up(out, fix_up_the_shard)
+    m = shards.read_manifest(str(out))
+    shards.check_shards(str(out), m)  # the quick check cannot see it
+    with pytest.raises(UserError, match=r"shard-00000\.parquet, row group 0: label 12 is not one of the manifest's 10"):
+        shards.verify_shards(str(out), m)
+
+
 def test_a_truncated_or_altered_shard_is_named_by_the_checks(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

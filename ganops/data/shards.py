@@ -236,23 +236,65 @@ def _check_rows(uri: str, s: ShardInfo, rows: int, names: set[str], manifest: Ma
 
 
 def verify_shards(root: str, manifest: Manifest) -> None:
-    """``check_shards`` plus every shard's sha256 (reads the whole pack)."""
+    """Everything ``check_shards`` checks (sizes, footers: the quick check), then every
+    shard's sha256, and every row as the workers will read it: each row group decoded (a
+    corrupt page fails here, naming the shard), its indexes the consecutive run the manifest
+    gives, each image the manifest's shape, each label a class. Reads the whole pack."""
     import hashlib
+    import io
+
+    import pyarrow.parquet as pq
 
     from ganops import storage
 
-    check_shards(root, manifest, footers=False)
+    check_shards(root, manifest, footers=True)
     base = locate_root(root)
+    total = 0
     for s in manifest.shards:
         loc = base.child(s.file)
         h = hashlib.sha256()
+        buf = io.BytesIO()
         with storage.errors_as_user(loc.uri, field=ROOT_FIELD), loc.fs.open_input_file(loc.path) as f:
             while chunk := f.read(8 << 20):
                 h.update(chunk)
+                buf.write(chunk)
         if h.hexdigest() != s.sha256:
             raise UserError(
                 f"{ROOT_FIELD}: shard {loc.uri} does not match its sha256 in the manifest", field=ROOT_FIELD
             )
+        _verify_rows(loc.uri, pq.ParquetFile(io.BytesIO(buf.getvalue())), s, manifest)
+        total += s.num_images
+    if total != manifest.num_images:
+        raise UserError(
+            f"{ROOT_FIELD}: the manifest says {manifest.num_images} images, its shards hold {total}", field=ROOT_FIELD
+        )
+
+
+def _verify_rows(uri: str, pf: Any, s: ShardInfo, manifest: Manifest) -> None:
+    """Every row group of one shard decoded and checked against the manifest."""
+    expected = s.first_index
+    for g in range(pf.metadata.num_row_groups):
+        try:
+            table = pf.read_row_group(g)
+            images = decode(table.column("image"), manifest.shape)
+        except (OSError, ValueError, TypeError) as e:  # a corrupt page, a wrong image size
+            raise UserError(f"{ROOT_FIELD}: shard {uri}, row group {g}: {str(e)[:200]}", field=ROOT_FIELD) from None
+        index = table.column("index").to_numpy()
+        if len(index) and (index[0] != expected or np.any(np.diff(index) != 1)):
+            raise UserError(
+                f"{ROOT_FIELD}: shard {uri}, row group {g}: indexes {int(index[0])}.. are not the run from "
+                f"{expected} the manifest gives",
+                field=ROOT_FIELD,
+            )
+        expected += len(images)
+        if manifest.labelled:
+            labels = table.column("label").to_numpy()
+            if len(labels) and (labels.min() < 0 or labels.max() >= (manifest.num_classes or 0)):
+                raise UserError(
+                    f"{ROOT_FIELD}: shard {uri}, row group {g}: label {int(labels.max())} is not one of the "
+                    f"manifest's {manifest.num_classes} classes",
+                    field=ROOT_FIELD,
+                )
 
 
 def decode(images: Any, shape: tuple[int, int, int]) -> np.ndarray:
