@@ -256,6 +256,21 @@ def _fix_up(out: Path, edit) -> None:
     (out / "manifest.json").write_text(json.dumps(doc))
 
 
+def test_a_pack_never_writes_over_or_deletes_shard_files_it_did_not_write(
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the user's look-alike shards were overwritten (one) and deleted (another), exit 0.
+    out = tmp_path / "pack"
+    out.mkdir()
+    for name in ("shard-00000.parquet", "shard-00007.parquet"):
+        (out / name).write_bytes(b"the user's own " + name.encode())
+    err = fails(["data", "pack", "--quiet", str(out), "--dataset", "mnist", "--root", str(mnist_root),
+                 "--split", "test", "--limit", "100"], capsys)  # fmt: skip
+    assert "holds shard files no pack here wrote (shard-00000.parquet, shard-00007.parquet" in err
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.parquet", "shard-00007.parquet"]
+    assert (out / "shard-00000.parquet").read_bytes() == b"the user's own shard-00000.parquet"
+
+
 def test_a_full_verify_checks_what_quick_does_and_every_row(tmp_path: Path, mnist_root: Path) -> None:
     # Before: the full verify skipped the footers (a manifest lying about the count passed it
     # while --quick refused), and read no row (a wrong label, a shifted index: "ok").

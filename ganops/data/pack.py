@@ -168,6 +168,15 @@ def _check_out(loc: Location, force: bool) -> None:
             f"OUT: {loc.uri} holds files that are not a pack's ({shown}); pack into a new or empty directory",
             field=OUT_FIELD,
         )
+    if MANIFEST not in names and STATE not in names and [n for n in names if n.endswith(".parquet")]:
+        # A pack writes its state before its first shard: shards with neither are not ours,
+        # and a pack would write over one and delete the others.
+        shown = ", ".join(n for n in names if n.endswith(".parquet"))[:200]
+        raise UserError(
+            f"OUT: {loc.uri} holds shard files no pack here wrote ({shown}: no {MANIFEST}, no {STATE}); "
+            "pack into a new or empty directory",
+            field=OUT_FIELD,
+        )
     if MANIFEST in names:
         if not force:
             raise UserError(
