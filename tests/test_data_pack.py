@@ -289,6 +289,15 @@ def test_a_full_verify_checks_what_quick_does_and_every_row(tmp_path: Path, mnis
     with pytest.raises(UserError, match=r"shard .*shard-00000\.parquet has \d+ rows, the manifest says"):
         shards.verify_shards(str(out), shards.read_manifest(str(out)))
     (out / "manifest.json").write_text(good)
+    # The shape and the row groups: the quick check (and so the dry run) reads them now. Before,
+    # they passed it and every worker failed on its first batch, retried as "lost" workers.
+    for edit, message in ((lambda d: d.update(shape=[1, 28, 27]), r"holds images of \[784\] bytes, but the manifest's "
+                                                                  r"shape 1x28x27 makes 756"),
+                          (lambda d: d.update(row_group=7), r"has row groups of \[.*\] images, the manifest says 7")):  # fmt: skip
+        _fix_up(out, edit)
+        with pytest.raises(UserError, match=message):
+            shards.check_shards(str(out), shards.read_manifest(str(out)))
+        (out / "manifest.json").write_text(good)
 
     # A shard rewritten with a label out of range, its size and sha256 fixed up in the manifest.
     m = shards.read_manifest(str(out))

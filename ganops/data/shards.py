@@ -209,14 +209,44 @@ def check_shards(root: str, manifest: Manifest, *, footers: bool = True) -> None
                 continue
             try:
                 with loc.fs.open_input_file(loc.path) as f:
-                    meta = pq.ParquetFile(f).metadata
+                    pf = pq.ParquetFile(f)
+                    meta = pf.metadata
                     names = set(meta.schema.names)
                     rows = meta.num_rows
+                    groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+                    _check_rows(loc.uri, s, rows, names, manifest)
+                    _check_groups(loc.uri, groups, manifest)
+                    if s is manifest.shards[0] and groups:
+                        # One row group read: an image size that is not the manifest's shape is
+                        # found here, not by every worker's first batch.
+                        _check_images(loc.uri, pf.read_row_group(0, columns=["image"]), manifest)
             except (OSError, ValueError) as e:  # a damaged footer: ArrowInvalid, a ValueError
                 raise UserError(
                     f"{ROOT_FIELD}: shard {loc.uri} is not a Parquet file ({e})", field=ROOT_FIELD
                 ) from None
-        _check_rows(loc.uri, s, rows, names, manifest)
+
+
+def _check_groups(uri: str, groups: list[int], manifest: Manifest) -> None:
+    """Row groups of the manifest's size (the last may be smaller): what the streaming
+    reader's resume arithmetic relies on."""
+    want = manifest.rows_per_group
+    if any(n != want for n in groups[:-1]) or (groups and groups[-1] > want):
+        raise UserError(
+            f"{ROOT_FIELD}: shard {uri} has row groups of {sorted(set(groups))} images, the manifest says {want}",
+            field=ROOT_FIELD,
+        )
+
+
+def _check_images(uri: str, table: Any, manifest: Manifest) -> None:
+    try:
+        decode(table.column("image"), manifest.shape)
+    except ValueError:
+        sizes = sorted({len(v) for v in table.column("image").to_pylist()[:1000]})
+        raise UserError(
+            f"{ROOT_FIELD}: shard {uri} holds images of {sizes} bytes, but the manifest's shape "
+            f"{'x'.join(map(str, manifest.shape))} makes {manifest.image_bytes}",
+            field=ROOT_FIELD,
+        ) from None
 
 
 def _check_rows(uri: str, s: ShardInfo, rows: int, names: set[str], manifest: Manifest) -> None:
