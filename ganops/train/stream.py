@@ -21,6 +21,7 @@ at its end, plus fewer than ``world`` rows of the equal split, is not shown.)
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ganops.data import shards
+from ganops.errors import UserError
 from ganops.spec.models import DataSpec
 from ganops.train.ranks import Ranks, rank_seed
 
@@ -65,6 +67,24 @@ class _Board:
         return self._splits[rank]
 
 
+# What pyarrow's OSErrors say when a file's bytes, not the connection, are at fault.
+_PARQUET_DAMAGE = re.compile(r"deserializ|thrift|corrupt|invalid|unexpected end|magic bytes|decompress", re.I)
+
+
+def _bad_bytes(e: BaseException) -> bool:
+    """pyarrow's word for a file it cannot parse: ArrowInvalid (a ValueError), or an OSError
+    that says so; other OSErrors (an S3 hiccup, a timeout) are not the data's fault."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return False
+    return isinstance(e, ValueError) or (isinstance(e, OSError) and _PARQUET_DAMAGE.search(str(e)) is not None)
+
+
+_UNREADABLE_TAIL = "; run `ganops data verify` on the pack (it reads every row) and repack what it names"
+_UNREADABLE = re.compile(
+    re.escape(shards.ROOT_FIELD) + r": shard \S+, row group \d+, cannot be read \(.*?\)" + re.escape(_UNREADABLE_TAIL)
+)
+
+
 def _read_units(
     batch: dict[str, np.ndarray],
     fs: Any,
@@ -77,7 +97,17 @@ def _read_units(
     minus rows already trained on this epoch and rows past ``limit``."""
     tables = []
     for shard, group in zip(batch["shard"], batch["group"], strict=True):
-        t = shards.read_row_group(fs, paths[int(shard)], int(group), columns)
+        path = paths[int(shard)]
+        try:
+            t = shards.read_row_group(fs, path, int(group), columns)
+        except Exception as e:
+            if not _bad_bytes(e):
+                raise  # an S3 hiccup, a lost node: Ray's retries
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(
+                f"{shards.ROOT_FIELD}: shard {path}, row group {int(group)}, cannot be read ({first}){_UNREADABLE_TAIL}",
+                field=shards.ROOT_FIELD,
+            ) from None
         if seen is not None or limit is not None:
             idx = t.column("index").to_numpy()
             keep = np.ones(len(idx), bool)
@@ -159,23 +189,66 @@ class StreamBatches:
         split = self._split(epoch, resumed=start > 0)
         b = self.batch_size
         shape = self.manifest.shape
-        for batch in split.iter_batches(
-            batch_size=b,
-            batch_format="pyarrow",
-            drop_last=True,
-            prefetch_batches=PREFETCH_BATCHES,
-            local_shuffle_buffer_size=b * SHUFFLE_BATCHES,
-            local_shuffle_seed=rank_seed(self.seed, self.ranks.rank, salt=1000 + epoch),
-        ):
+        batches = iter(
+            split.iter_batches(
+                batch_size=b,
+                batch_format="pyarrow",
+                drop_last=True,
+                prefetch_batches=PREFETCH_BATCHES,
+                local_shuffle_buffer_size=b * SHUFFLE_BATCHES,
+                local_shuffle_seed=rank_seed(self.seed, self.ranks.rank, salt=1000 + epoch),
+            )
+        )
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # noqa: BLE001 - a data error is re-raised as one, the rest as it came
+                raise self._data_error(e) from None
             idx = batch.column("index").to_numpy()
+            try:
+                decoded = shards.decode(batch.column("image"), shape)
+            except ValueError as e:
+                raise self._data_error(e) from None
             # Arrow's buffers are read-only; torch wants to own writable memory (one uint8 copy).
-            images = torch.from_numpy(np.array(shards.decode(batch.column("image"), shape)))
+            images = torch.from_numpy(np.array(decoded))
             real = images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
             y = None
             if self.labelled:
                 y = torch.from_numpy(batch.column("label").to_numpy().astype(np.int64, copy=True)).to(self.device)
             _set(self._seen, idx)  # before the step: a checkpoint after it counts this batch
             yield real, y
+
+    def _data_error(self, e: BaseException) -> BaseException:
+        """A read that failed on the pack's bytes as the ``UserError`` it is (raised by
+        ``_read_units`` in a Ray Data task, naming the shard, and wrapped by Ray on its way
+        here; or a decode here): retrying it would fail the same way, and Ray Train's restarts
+        are for lost workers. Anything else (a lost node, a killed task) comes back as it was."""
+        seen: set[int] = set()
+        stack = [e]
+        while stack:
+            x = stack.pop()
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            if isinstance(x, UserError):
+                return x
+            stack += [
+                c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)
+            ]
+        # Ray Data re-raises a UDF's exception as UserCodeException inside RayTaskErrors whose
+        # pickled causes lose the original: its message survives in their text.
+        found = _UNREADABLE.search(str(e))
+        if found:
+            return UserError(found.group(0), field=shards.ROOT_FIELD)
+        if isinstance(e, ValueError) and not isinstance(e, ray.exceptions.RayError):  # decode: not the shape
+            return UserError(
+                f"{shards.ROOT_FIELD}: the pack at {self.root} holds an image that is not the manifest's shape "
+                f"({str(e)[:200]}); run `ganops data verify {self.root}`",
+                field=shards.ROOT_FIELD,
+            )
+        return e
 
     def _split(self, epoch: int, resumed: bool) -> Any:
         """This rank's iterator over the epoch's dataset (built and split on rank 0)."""
