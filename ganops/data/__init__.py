@@ -171,9 +171,9 @@ def _local_copy(spec: DataSpec) -> Iterator[DataSpec]:
     except UserError as e:
         # The message names the cache directory, which means nothing to the user: name the
         # S3 location instead, keeping what the error is about (its field).
-        if type(e) is not UserError or local not in str(e):
+        if type(e) not in (UserError, DataMissingError) or local not in str(e):
             raise
-        raise UserError(str(e).replace(local, spec.root.rstrip("/")), field=e.field) from None
+        raise type(e)(str(e).replace(local, spec.root.rstrip("/")), field=e.field) from None
 
 
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
