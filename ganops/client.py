@@ -77,7 +77,8 @@ def _resolve_paths(job: GANJob) -> GANJob:
 def preflight(
     job: GANJob, *, download: bool = True, size: bool = True, address: str | None = None
 ) -> gdata.ImageInfo | None:
-    """Checks that need the data's headers: cheap, and done before any worker starts.
+    """Checks of the data (its headers; the whole split where that is cheap: ``gdata.READ_WHOLE``)
+    against the job, done before any worker starts.
 
     ``download=False`` (``validate``, ``--dry-run``: nothing is fetched or created): None
     when the files are not there yet and ``spec.data.download`` will fetch them at submit.
