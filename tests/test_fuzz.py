@@ -245,25 +245,25 @@ def test_what_kubernetes_would_refuse_is_refused_by_the_spec_reader(setting: str
     assert load(BASE, ['metadata.labels={team: ml, "example.com/owner": a.b_c-1, empty: ""}']).metadata.labels
 
 
-@pytest.mark.parametrize("setting", ["spec.model.latent_dim=10000000000000", "spec.model.g_widths=[128,1000000000000,32]",
-                                     "spec.model.d_widths=[200000,200000]"])  # fmt: skip
-def test_the_dry_run_sizes_the_networks_before_anything_is_built(setting: str, mnist_root: Path) -> None:
+def test_the_dry_run_sizes_the_networks_before_anything_is_built(mnist_root: Path, tmp_path: Path) -> None:
     # Before: valid, and the submit's workers died one after another ~80 s later ("lost").
+    from ganops import client
+
+    data = [f"spec.data.root={mnist_root}", "spec.data.download=false", "spec.data.split=test"]
     t0 = time.monotonic()
-    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", setting, "--set", f"spec.data.root={mnist_root}",
-               "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
+    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", "spec.model.latent_dim=10000000000000",
+               *(x for d in data for x in ("--set", d)))  # fmt: skip
     assert_clean_refusal(r, "spec.model: G has", "per worker")
     assert time.monotonic() - t0 < 10
-
-
-def test_a_submit_sizes_the_networks_before_the_job_directory_or_ray_exist(mnist_root: Path, tmp_path: Path) -> None:
-    # Before: ~80 s of workers dying, then "workers were lost 1 time(s), more than ... allows".
-    t0 = time.monotonic()
-    r = ganops("submit", str(BASE), "-q", "--set", "spec.model.d_widths=[200000,200000]", "--set",
-               f"spec.storage={tmp_path / 'runs'}", "--set", f"spec.data.root={mnist_root}",
-               "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
-    assert_clean_refusal(r, "spec.model: G has 884,449 parameters and D 1,000,015,400,001")
-    assert time.monotonic() - t0 < 20 and not (tmp_path / "runs").exists()
+    for setting in ("spec.model.g_widths=[128,1000000000000,32]", "spec.model.d_widths=[200000,200000]"):
+        job = client.load_job(BASE, [setting, *data])
+        err = refused(lambda job=job: client.preflight(job, download=False))
+        assert err.field == "spec.model" and "per worker" in str(err)
+    # And the submit, before the job directory or Ray exist. Before: ~80 s of workers dying,
+    # then "workers were lost 1 time(s), more than spec.scaling.max_failures=3 allows".
+    job = client.load_job(BASE, ["spec.model.d_widths=[200000,200000]", f"spec.storage={tmp_path / 'runs'}", *data])
+    err = refused(lambda: client.submit(job, show_progress=False, echo=lambda _m: None))
+    assert "G has 884,449 parameters and D 1,000,015,400,001" in str(err) and not (tmp_path / "runs").exists()
 
 
 def test_a_fifo_where_a_file_is_read_is_refused_without_waiting_for_a_writer(tmp_path: Path, mnist_root: Path) -> None:
@@ -318,17 +318,21 @@ def _broken_mnist(root: Path, mnist_root: Path, how: str) -> None:
         labels.write_bytes(gzip.compress(bytes(raw)))
 
 
-@pytest.mark.parametrize(("how", "message"), [("truncated gzip", "truncated gzip file"), ("bad crc", "CRC check failed"),
-                                              ("label out of range", "label 200 is not a class")])  # fmt: skip
-def test_the_dry_run_reads_the_digits_it_will_train_on(
-    how: str, message: str, mnist_root: Path, tmp_path: Path
-) -> None:
+def test_the_dry_run_reads_the_digits_it_will_train_on(mnist_root: Path, tmp_path: Path) -> None:
     # Before: headers only; the dry run passed and the submit failed 45-55 s later, leaving a
     # FAILED MLflow run and a job directory behind.
-    _broken_mnist(tmp_path / "mnist", mnist_root, how)
-    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", f"spec.data.root={tmp_path / 'mnist'}",
+    from ganops import client
+
+    _broken_mnist(tmp_path / "cli", mnist_root, "truncated gzip")
+    r = ganops("submit", str(BASE), "--dry-run", "-q", "--set", f"spec.data.root={tmp_path / 'cli'}",
                "--set", "spec.data.download=false", "--set", "spec.data.split=test")  # fmt: skip
-    assert_clean_refusal(r, "t10k-", message)
+    assert_clean_refusal(r, "t10k-images", "truncated gzip file")
+    for how, message in (("bad crc", "CRC check failed"), ("label out of range", "label 200 is not a class")):
+        root = tmp_path / how.replace(" ", "-")
+        _broken_mnist(root, mnist_root, how)
+        job = client.load_job(BASE, [f"spec.data.root={root}", "spec.data.download=false", "spec.data.split=test"])
+        with quick(), pytest.raises(UserError, match=message):
+            client.preflight(job, download=False, size=False)
 
 
 def test_generate_flags_take_the_same_location_checks(tmp_path: Path) -> None:
