@@ -576,3 +576,26 @@ def test_fuzz_the_cli(job: Path, path: str, value: str, command: list[str]) -> N
     if r.returncode:
         assert len(r.stderr) < MAX_MESSAGE + 200
         assert any(name in r.stderr for name in ("spec.", "metadata.", "--set", job.name)), r.stderr[-1000:]
+
+
+def test_a_worker_out_of_memory_is_reported_as_that_not_as_lost_workers(tmp_path: Path) -> None:
+    # Ray's memory monitor raises its OutOfMemoryError for the worker it kills (a fault these
+    # 24 GiB cannot be made to cause in a test's time: the exception is Ray's own, built here).
+    # Before: "workers were lost 4 time(s), more than spec.scaling.max_failures=3 allows".
+    from ray.exceptions import OutOfMemoryError
+
+    from ganops.client import load_job
+    from ganops.train.launch import _lost_workers_message
+
+    class FailedError(Exception):
+        worker_failures = {0: OutOfMemoryError("Task was killed due to the node running low on memory.")}
+
+    job = load_job(BASE, [f"spec.storage={tmp_path}"])
+    said = _lost_workers_message(FailedError("worker group failed"), job, control=None)
+    assert said.startswith("training failed: a worker ran out of memory (OutOfMemoryError: Task was killed")
+    assert "spec.train.batch_size" in said and "workers were lost" not in said
+
+    class LostError(Exception):
+        worker_failures = {0: RuntimeError("The actor died unexpectedly before finishing this task.")}
+
+    assert "workers were lost 1 time(s)" in _lost_workers_message(LostError("worker group failed"), job, control=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import signal
 import threading
 import time
@@ -455,10 +456,22 @@ def _lost_workers_message(e: BaseException, job: GANJob, control: Any) -> str:
     restarts = _restarts(control)
     latest = jobdir.JobDir(job.spec.storage, job.name).latest_checkpoint()
     kept = f"; the newest complete checkpoint is kept: {latest.uri}" if latest else ""
+    if any(_OUT_OF_MEMORY.search(f"{type(c).__name__}: {c}") for c in [*causes.values(), e]):
+        # The same step needs the same memory on every retry: say what it is, and what to change.
+        return (
+            f"training failed: a worker ran out of memory ({type(first).__name__}: {cause}), {restarts + 1} time(s) "
+            f"(spec.scaling.max_failures={limit}). Lower spec.train.batch_size or narrow spec.model, or give each "
+            f"worker more memory (spec.scaling.resources_per_worker, spec.cluster.worker_memory){kept}"
+        )
     return (
         f"training failed: workers were lost {restarts + 1} time(s), more than spec.scaling.max_failures={limit} "
         f"allows ({type(first).__name__}: {cause}){kept}. Submit again to resume from it"
     )
+
+
+# How Ray and the kernel say a process ran out of memory: Ray's memory monitor raises
+# OutOfMemoryError; the kernel's OOM killer leaves a SIGKILL that Ray reports as possibly OOM.
+_OUT_OF_MEMORY = re.compile(r"OutOfMemory|out of memory|running low on memory|memory monitor|\bOOM\b", re.I)
 
 
 def _total_steps(job: GANJob, info: ImageInfo) -> int:
