@@ -663,3 +663,17 @@ def test_a_network_no_worker_can_hold_is_refused_naming_the_fields() -> None:
     need = sized.training_bytes(TrainSpec(), 32)
     with pytest.raises(UserError, match=r"2 worker\(s\) share"):
         size.check_fits(fine, TrainSpec(), (1, 28, 28), None, workers=2, memory=(need, 2))
+
+
+def test_a_pods_memory_limit_bounds_what_a_worker_has(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /proc/meminfo is the host's; a pod's limit is its cgroup's (files in the kernel's format).
+    from ganops.nets import size
+
+    (tmp_path / "meminfo").write_text("MemTotal:       25165824 kB\nMemAvailable:   20971520 kB\n")
+    (tmp_path / "memory.max").write_text("4294967296\n")
+    (tmp_path / "memory.current").write_text("1073741824\n")
+    monkeypatch.setattr(size, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(size, "CGROUP_FILES", ((str(tmp_path / "memory.max"), str(tmp_path / "memory.current")),))
+    assert size.available_memory() == 3 * 2**30  # the pod's 4 GiB less the 1 GiB it uses, not the host's 20
+    (tmp_path / "memory.max").write_text("max\n")
+    assert size.available_memory() == 20 * 2**30

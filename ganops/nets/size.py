@@ -79,16 +79,39 @@ def measure(model: ModelSpec, image_shape: tuple[int, int, int], num_classes: in
     )
 
 
+MEMINFO = "/proc/meminfo"
+# A container's limit and use (cgroup v2, then v1): a pod's memory, which /proc/meminfo, the
+# host's, does not show.
+CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
 def available_memory() -> int | None:
-    """Bytes of memory available on this machine (Linux's MemAvailable), None if unknown."""
+    """Bytes of memory available here: Linux's MemAvailable, or less where this process's
+    cgroup (a Kubernetes pod's limit) leaves less; None if unknown."""
+    available = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max" (v2) or a huge number (v1): no limit
+            left = max(int(limit) - usage, 0)
+            available = left if available is None else min(available, left)
+        break
+    return available
 
 
 def check_fits(
