@@ -117,3 +117,24 @@ class FieldValueError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The ``UserError`` somewhere inside ``exc``, as Ray wraps one on its way from a worker
+    or a task: through ``__cause__``/``__context__``, a RayTaskError's ``cause``, and the
+    per-worker failures of Ray Train's errors (``worker_failures``, ``errors``)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        stack += [x for x in (getattr(e, "cause", None), e.__cause__, e.__context__) if isinstance(x, BaseException)]
+        for attr in ("worker_failures", "errors"):
+            more = getattr(e, attr, None)
+            values = more.values() if isinstance(more, dict) else more if isinstance(more, list) else ()
+            stack += [v for v in values if isinstance(v, BaseException)]
+    return None

@@ -23,7 +23,7 @@ import yaml
 
 from ganops import jobdir, rayinit, storage
 from ganops.data import ImageInfo
-from ganops.errors import JobFailedError, ResourceError, UserError
+from ganops.errors import JobFailedError, ResourceError, UserError, user_error_in
 from ganops.spec import dump
 from ganops.spec.models import GANJob, model_for_resume
 from ganops.timings import mark
@@ -158,26 +158,6 @@ def _fit_off_main_thread(trainer: Any) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("result")
-
-
-def _user_error_in(exc: BaseException) -> UserError | None:
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
-        stack += [x for x in (e.__cause__, e.__context__) if x is not None]
-        for attr in ("worker_failures", "errors"):
-            more = getattr(e, attr, None)
-            if isinstance(more, dict):
-                stack += [v for v in more.values() if isinstance(v, BaseException)]
-            elif isinstance(more, list):
-                stack += [v for v in more if isinstance(v, BaseException)]
-    return None
 
 
 @dataclass
@@ -416,7 +396,7 @@ def _train(
         raise
     except Exception as e:
         _raise_recorded_failure(control)
-        user = _user_error_in(e)
+        user = user_error_in(e)
         if user is not None:
             raise user from None
         if isinstance(e, ray.train.TrainingFailedError):

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ganops.data import shards
-from ganops.errors import UserError
+from ganops.errors import UserError, user_error_in
 from ganops.spec.models import DataSpec
 from ganops.train.ranks import Ranks, rank_seed
 
@@ -225,18 +225,9 @@ class StreamBatches:
         ``_read_units`` in a Ray Data task, naming the shard, and wrapped by Ray on its way
         here; or a decode here): retrying it would fail the same way, and Ray Train's restarts
         are for lost workers. Anything else (a lost node, a killed task) comes back as it was."""
-        seen: set[int] = set()
-        stack = [e]
-        while stack:
-            x = stack.pop()
-            if id(x) in seen:
-                continue
-            seen.add(id(x))
-            if isinstance(x, UserError):
-                return x
-            stack += [
-                c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)
-            ]
+        found_error = user_error_in(e)
+        if found_error is not None:
+            return found_error
         # Ray Data re-raises a UDF's exception as UserCodeException inside RayTaskErrors whose
         # pickled causes lose the original: its message survives in their text.
         found = _UNREADABLE.search(str(e))
