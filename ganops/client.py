@@ -74,9 +74,7 @@ def _resolve_paths(job: GANJob) -> GANJob:
     return job
 
 
-def preflight(
-    job: GANJob, *, download: bool = True, size: bool = True, address: str | None = None
-) -> gdata.ImageInfo | None:
+def preflight(job: GANJob, *, download: bool = True, size: bool = True) -> gdata.ImageInfo | None:
     """Checks of the data (its headers; the whole split where that is cheap: ``gdata.READ_WHOLE``)
     against the job, done before any worker starts.
 
@@ -123,7 +121,7 @@ def preflight(
     if size:
         from ganops.nets import size as sizing  # torch: only where asked (the dry run)
 
-        sizing.check_job(job, info, address)
+        sizing.check_job(job, info, address=None)  # every worker here: this machine's memory
     return info
 
 
